@@ -1,0 +1,192 @@
+"""Settings for the migration operations console.
+
+Every value comes from the environment (12-factor) through django-environ;
+`.env` at the project root is read when present. `.env.example` documents
+each variable. Targets are parsed and validated in `opsapp.targets` and by the
+system checks in `opsapp.checks`, so a malformed target never crashes start-up
+with a traceback: `manage.py check` names the problem instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file() and not os.environ.get("OPS_IGNORE_DOTENV"):
+    environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=False)
+
+_DEV_SECRET_KEY = "dev-only-insecure-key-never-use-in-production"
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY and os.environ.get("SECRET_KEY_FILE"):
+    SECRET_KEY = Path(os.environ["SECRET_KEY_FILE"]).read_text().strip()
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) in the environment; "
+            "a development default is only used when DEBUG=1."
+        )
+    SECRET_KEY = _DEV_SECRET_KEY
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "axes",
+    "opsapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # AxesMiddleware must be last: it turns a lockout into a 429 page.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # Axes first: it refuses a locked-out client before a password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+ROOT_URLCONF = "console.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "opsapp.context_processors.environment",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "console.wsgi.application"
+
+VAR_DIR = Path(env.str("OPS_VAR_DIR", default=str(BASE_DIR / "var")))
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'console.sqlite3'}"),
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# --- e-mail: verification codes go out through Django's email framework ---
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="ops-console@localhost")
+
+# --- security (production values; see `manage.py check --deploy`) ---
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_AGE = min(env.int("SESSION_COOKIE_AGE", default=8 * 3600), 12 * 3600)
+if env.bool("USE_X_FORWARDED_PROTO", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- login throttling (django-axes) ---
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Behind a reverse proxy, name the header carrying the real client address
+# (e.g. HTTP_X_FORWARDED_FOR) so throttling and audit see the client, not the proxy.
+AXES_IPWARE_META_PRECEDENCE_ORDER = env.list("OPS_CLIENT_IP_HEADERS", default=["REMOTE_ADDR"])
+OPS_CLIENT_IP_HEADERS = AXES_IPWARE_META_PRECEDENCE_ORDER
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+
+# --- the console's own domain ---
+OPS_ENVIRONMENT_NAME = env.str("OPS_ENVIRONMENT_NAME", default="development" if DEBUG else "")
+OPS_ENVIRONMENT_COLOUR = env.str("OPS_ENVIRONMENT_COLOUR", default="")
+OPS_SNAPSHOT_DIR = Path(env.str("OPS_SNAPSHOT_DIR", default=str(VAR_DIR / "snapshots")))
+
+# Targets: raw strings here, parsed and validated by opsapp.targets / opsapp.checks.
+OPS_TARGETS = {}
+for _name in [n.strip() for n in env.str("OPS_TARGETS", default="shop").split(",") if n.strip()]:
+    _key = _name.upper()
+    _defaults = (
+        {"URL": f"sqlite:///{VAR_DIR / 'shop.sqlite3'}", "ALEMBIC_INI": str(BASE_DIR / "alembic.ini")}
+        if _name == "shop"
+        else {"URL": "", "ALEMBIC_INI": ""}
+    )
+    OPS_TARGETS[_name] = {
+        "URL": env.str(f"OPS_TARGET_{_key}_URL", default=_defaults["URL"]),
+        "ALEMBIC_INI": env.str(f"OPS_TARGET_{_key}_ALEMBIC_INI", default=_defaults["ALEMBIC_INI"]),
+        "ISOLATION_LEVEL": env.str(f"OPS_TARGET_{_key}_ISOLATION_LEVEL", default="SERIALIZABLE"),
+    }
+
+# Gate limits (DESIGN.md, "The downgrade gate").
+OPS_CODE_TTL_SECONDS = env.int("OPS_CODE_TTL_SECONDS", default=600)
+OPS_CODE_MAX_ATTEMPTS = env.int("OPS_CODE_MAX_ATTEMPTS", default=5)
+OPS_CODE_DIGITS = max(8, env.int("OPS_CODE_DIGITS", default=8))
+OPS_SNAPSHOT_MAX_AGE_SECONDS = env.int("OPS_SNAPSHOT_MAX_AGE_SECONDS", default=3600)
+OPS_TWO_PERSON_RULE = env.bool("OPS_TWO_PERSON_RULE", default=True)
+OPS_LOCK_WAIT_SECONDS = env.float("OPS_LOCK_WAIT_SECONDS", default=5.0)
+OPS_LOCK_TIMEOUT_MS = env.int("OPS_LOCK_TIMEOUT_MS", default=5000)
+OPS_SERIALIZATION_RETRIES = env.int("OPS_SERIALIZATION_RETRIES", default=3)
+OPS_CONNECT_TIMEOUT_SECONDS = env.int("OPS_CONNECT_TIMEOUT_SECONDS", default=5)
+OPS_PG_DUMP = env.str("OPS_PG_DUMP", default="pg_dump")
+OPS_PG_RESTORE = env.str("OPS_PG_RESTORE", default="pg_restore")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,23 @@
+"""Test settings: the real suite needs a PostgreSQL server.
+
+It uses DATABASE_URL when set, else postgres://postgres@127.0.0.1:5432/ops_console
+(trust auth, as on the CI machine). pytest-django creates and drops
+`test_ops_console` (plus one per xdist worker). Throwaway target databases are
+created and dropped on the same server by the fixtures in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ops_console")
+os.environ.setdefault("OPS_IGNORE_DOTENV", "1")
+os.environ.setdefault("OPS_VAR_DIR", tempfile.mkdtemp(prefix="ops-test-var-"))
+
+from console.settings import *  # noqa: E402,F403
+
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+AXES_ENABLED = False

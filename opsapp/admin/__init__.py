@@ -1,0 +1,1 @@
+"""Admin registrations, one module per model (imported here so Django finds them)."""

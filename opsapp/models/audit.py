@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class AuditAction(models.TextChoices):
+    ROLLBACK_REQUESTED = "rollback_requested", "rollback requested"
+    CODE_ISSUED = "code_issued", "code issued"
+    CODE_REJECTED = "code_rejected", "code rejected"
+    REQUEST_LOCKED = "request_locked", "request locked out"
+    REQUEST_CANCELLED = "request_cancelled", "request cancelled"
+    SNAPSHOT_TAKEN = "snapshot_taken", "snapshot taken"
+    SNAPSHOT_VERIFIED = "snapshot_verified", "snapshot verified"
+    SNAPSHOT_FAILED = "snapshot_failed", "snapshot failed"
+    SNAPSHOT_PRUNED = "snapshot_pruned", "snapshot pruned"
+    SNAPSHOT_RESTORED = "snapshot_restored", "snapshot restored"
+    SNAPSHOT_ATTACHED = "snapshot_attached", "snapshot attached"
+    ROLLBACK_REFUSED = "rollback_refused", "rollback refused"
+    ROLLBACK_STARTED = "rollback_started", "rollback started"
+    ROLLBACK_RETRIED = "rollback_retried", "rollback retried"
+    ROLLBACK_SUCCEEDED = "rollback_succeeded", "rollback succeeded"
+    ROLLBACK_FAILED = "rollback_failed", "rollback failed"
+    ROLLBACK_INTERRUPTED = "rollback_interrupted", "rollback interrupted"
+    STAMP = "stamp", "stamp"
+    HEADS_CHANGED = "heads_changed", "heads changed"
+    AUDIT_VERIFIED = "audit_verified", "audit log verified"
+    AUDIT_EXPORTED = "audit_exported", "audit log exported"
+
+
+class AuditOutcome(models.TextChoices):
+    SUCCESS = "success", "success"
+    FAILURE = "failure", "failure"
+    REFUSED = "refused", "refused"
+    INFO = "info", "info"
+
+
+class AuditEvent(models.Model):
+    """Append-only, hash-chained record. Only opsapp.services.audit.append_event writes it.
+
+    Request, snapshot and user are plain ids, not foreign keys: a cascade or
+    SET NULL would be an UPDATE/DELETE, which the triggers refuse, and the
+    record must outlive what it describes.
+    """
+
+    seq = models.BigIntegerField(unique=True, editable=False)
+    created_at = models.DateTimeField(editable=False, db_index=True)
+    actor_user_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    actor = models.CharField(max_length=150, editable=False, db_index=True)
+    action = models.CharField(max_length=40, choices=AuditAction.choices, editable=False)
+    outcome = models.CharField(max_length=20, choices=AuditOutcome.choices, editable=False)
+    target_name = models.CharField("target", max_length=100, blank=True, editable=False)
+    request_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    snapshot_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    from_revision = models.CharField(max_length=500, blank=True, editable=False)
+    to_revision = models.CharField(max_length=500, blank=True, editable=False)
+    message = models.TextField(blank=True, editable=False)
+    detail = models.JSONField(default=dict, blank=True, editable=False)
+    client_ip = models.GenericIPAddressField(null=True, blank=True, editable=False)
+    user_agent = models.CharField(max_length=500, blank=True, editable=False)
+    prev_hash = models.CharField(max_length=64, editable=False)
+    hash = models.CharField(max_length=64, editable=False)
+
+    class Meta:
+        ordering = ["-seq"]
+        permissions = [("export_auditevent", "Can export the audit log")]
+        indexes = [
+            # filtered changelists, newest first: by action, outcome, target
+            models.Index(fields=["action", "-seq"], name="audit_action_seq"),
+            models.Index(fields=["outcome", "-seq"], name="audit_outcome_seq"),
+            models.Index(fields=["target_name", "-seq"], name="audit_target_seq"),
+            models.Index(fields=["request_id"], name="audit_request"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.action} {self.outcome}"

@@ -1,0 +1,83 @@
+"""The one place that builds Alembic `Config` objects and engines for a target.
+
+Alembic is driven through its Python API only (never the CLI). The live
+connection is handed to the target's env.py in `config.attributes["connection"]`
+(Alembic cookbook, "Sharing a Connection"), so the console controls the
+transaction, isolation level and locks. Alembic errors are translated here.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import contextmanager
+from typing import Iterator
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from opsapp.services.errors import ScriptDirectoryError, TargetUnreachable
+from opsapp.targets import TargetConfig, mask_url
+
+
+def make_config(
+    target: TargetConfig,
+    *,
+    connection: sa.engine.Connection | None = None,
+    output_buffer: io.StringIO | None = None,
+    **attributes: object,
+) -> Config:
+    """Build the Alembic Config for `target`.
+
+    `connection`, when given, is used by env.py instead of opening its own.
+    The target URL is passed as `sqlalchemy.url` for offline (`--sql`) mode
+    and for env.py running without a connection.
+    """
+    config = Config(str(target.alembic_ini), output_buffer=output_buffer, stdout=output_buffer or io.StringIO())
+    # ConfigParser interpolation: a '%' in a password must be doubled.
+    config.set_main_option("sqlalchemy.url", target.sqlalchemy_url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    config.attributes["ops_console"] = True
+    config.attributes.update(attributes)
+    return config
+
+
+def script_directory(target: TargetConfig) -> ScriptDirectory:
+    """Load the target's ScriptDirectory; raise ScriptDirectoryError on failure."""
+    try:
+        return ScriptDirectory.from_config(make_config(target))
+    except CommandError as exc:
+        raise ScriptDirectoryError(f"Target {target.name!r}: {exc}", target=target.name) from exc
+
+
+def create_engine(target: TargetConfig, **kwargs: object) -> sa.engine.Engine:
+    """An engine for the target with a bounded connect timeout and no pooling surprises."""
+    from django.conf import settings
+
+    connect_args: dict[str, object] = {}
+    if target.is_postgresql:
+        connect_args["connect_timeout"] = settings.OPS_CONNECT_TIMEOUT_SECONDS
+        connect_args["application_name"] = "ops-console"
+    return sa.create_engine(target.sqlalchemy_url, connect_args=connect_args, poolclass=sa.pool.NullPool, **kwargs)
+
+
+@contextmanager
+def connect(target: TargetConfig, **engine_kwargs: object) -> Iterator[sa.engine.Connection]:
+    """Open a connection to the target; TargetUnreachable (password masked) when it is down."""
+    engine = create_engine(target, **engine_kwargs)
+    try:
+        try:
+            conn = engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise TargetUnreachable(
+                f"Target {target.name!r} is unreachable: {mask_url(str(getattr(exc, 'orig', exc) or exc)).strip()}",
+                target=target.name,
+            ) from exc
+        try:
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        engine.dispose()

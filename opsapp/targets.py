@@ -1,0 +1,182 @@
+"""The configured targets: parsing, validation and password masking.
+
+`settings.OPS_TARGETS` holds raw strings from the environment; this module
+turns them into `TargetConfig` objects. It never raises on a malformed value
+at import time: `validate_target` returns problems for the system checks, and
+`get_target` raises `TargetNotConfigured` / `TargetMisconfigured` for callers.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from opsapp.services.errors import TargetMisconfigured, TargetNotConfigured
+
+ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+SUPPORTED_DIALECTS = ("postgresql", "sqlite")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_PASSWORD_RE = re.compile(r"(?P<prefix>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<at>@)")
+
+
+def mask_url(text: str | None) -> str:
+    """Replace every password in `scheme://user:password@host` forms with `***`.
+
+    Works on free text too (driver error messages quote the DSN), so it is
+    applied to everything shown, logged or audited.
+    """
+    if not text:
+        return text or ""
+    masked = _PASSWORD_RE.sub(lambda m: f"{m['prefix']}***{m['at']}", str(text))
+    # libpq-style "password=secret" in DSNs and error messages.
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", masked, flags=re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One managed database plus its Alembic script directory."""
+
+    name: str
+    url: str
+    alembic_ini: Path
+    isolation_level: str = "SERIALIZABLE"
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.split(":", 1)[0].split("+", 1)[0].lower()
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.dialect in ("postgresql", "postgres")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL with the psycopg 3 driver made explicit for PostgreSQL."""
+        scheme, rest = self.url.split("://", 1)
+        if scheme in ("postgres", "postgresql"):
+            return f"postgresql+psycopg://{rest}"
+        return self.url
+
+    @property
+    def script_location(self) -> Path | None:
+        """The `script_location` named by the ini file, resolved like Alembic does."""
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(self.alembic_ini)
+            location = parser.get("alembic", "script_location")
+        except (configparser.Error, OSError):
+            return None
+        location = location.replace("%(here)s", str(self.alembic_ini.parent))
+        path = Path(location)
+        if not path.is_absolute():
+            path = self.alembic_ini.parent / path
+        return path
+
+
+def configured_names() -> list[str]:
+    return list(settings.OPS_TARGETS)
+
+
+def _raw(name: str) -> dict:
+    try:
+        return settings.OPS_TARGETS[name]
+    except KeyError:
+        raise TargetNotConfigured(
+            f"Target {name!r} is not configured. Configured targets: {', '.join(settings.OPS_TARGETS) or 'none'}.",
+            target=name,
+        ) from None
+
+
+def validate_target(name: str) -> list[tuple[str, str]]:
+    """Return (check id, message) pairs for everything wrong with a target."""
+    problems: list[tuple[str, str]] = []
+    raw = settings.OPS_TARGETS.get(name, {})
+    if not NAME_RE.match(name):
+        problems.append(("opsapp.E006", f"Target name {name!r} must start with a letter and hold only letters, digits and _."))
+    url = (raw.get("URL") or "").strip()
+    if not url:
+        problems.append(
+            ("opsapp.E001", f"Target {name!r} has no URL: set OPS_TARGET_{name.upper()}_URL.")
+        )
+    else:
+        try:
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(url)
+            if parsed.get_backend_name() not in SUPPORTED_DIALECTS and not url.startswith("postgres://"):
+                raise ValueError(f"unsupported database {parsed.get_backend_name()!r} (use postgresql:// or sqlite://)")
+            if parsed.get_backend_name() == "postgresql" and not parsed.database:
+                raise ValueError("no database name")
+            if parsed.get_backend_name() == "sqlite" and not parsed.database:
+                raise ValueError("no database file")
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a configuration problem
+            problems.append(
+                (
+                    "opsapp.E002",
+                    f"Target {name!r} has a malformed URL {mask_url(url)!r}: {mask_url(str(exc))}.",
+                )
+            )
+    ini = (raw.get("ALEMBIC_INI") or "").strip()
+    if not ini:
+        problems.append(("opsapp.E003", f"Target {name!r} has no alembic.ini: set OPS_TARGET_{name.upper()}_ALEMBIC_INI."))
+    elif not Path(ini).is_file():
+        problems.append(("opsapp.E003", f"Target {name!r}: alembic.ini {ini!r} does not exist."))
+    else:
+        cfg = TargetConfig(name=name, url=url, alembic_ini=Path(ini))
+        location = cfg.script_location
+        if location is None:
+            problems.append(("opsapp.E004", f"Target {name!r}: {ini!r} has no [alembic] script_location."))
+        elif not (location / "env.py").is_file():
+            problems.append(
+                ("opsapp.E004", f"Target {name!r}: script directory {str(location)!r} is missing or has no env.py.")
+            )
+    level = (raw.get("ISOLATION_LEVEL") or "SERIALIZABLE").strip().upper().replace("_", " ")
+    if level not in ISOLATION_LEVELS:
+        problems.append(
+            ("opsapp.E005", f"Target {name!r}: unknown isolation level {level!r}; use one of {', '.join(ISOLATION_LEVELS[1:])}.")
+        )
+    elif level == "READ UNCOMMITTED":
+        problems.append(
+            (
+                "opsapp.E005",
+                f"Target {name!r}: isolation level READ UNCOMMITTED is refused; operations run at READ COMMITTED or stricter.",
+            )
+        )
+    return problems
+
+
+def get_target(name: str) -> TargetConfig:
+    """Return the validated configuration of target `name`.
+
+    Raises TargetNotConfigured for an unknown name and TargetMisconfigured
+    (with every problem listed) for a target the system checks would reject.
+    """
+    raw = _raw(name)
+    problems = validate_target(name)
+    if problems:
+        raise TargetMisconfigured("; ".join(msg for _, msg in problems), target=name)
+    level = (raw.get("ISOLATION_LEVEL") or "SERIALIZABLE").strip().upper().replace("_", " ")
+    return TargetConfig(name=name, url=raw["URL"].strip(), alembic_ini=Path(raw["ALEMBIC_INI"]).resolve(), isolation_level=level)
+
+
+def all_targets() -> list[TargetConfig]:
+    """Every configured target that passes validation."""
+    result = []
+    for name in configured_names():
+        try:
+            result.append(get_target(name))
+        except (TargetMisconfigured, TargetNotConfigured):
+            continue
+    return result
