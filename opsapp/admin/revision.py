@@ -1,0 +1,3 @@
+"""Admin for revision (see the issue that owns it)."""
+
+from __future__ import annotations

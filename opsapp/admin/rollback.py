@@ -1,0 +1,3 @@
+"""Admin for rollback (see the issue that owns it)."""
+
+from __future__ import annotations
