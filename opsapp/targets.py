@@ -72,13 +72,12 @@ class TargetConfig:
     @property
     def script_location(self) -> Path | None:
         """The `script_location` named by the ini file, resolved like Alembic does."""
-        parser = configparser.ConfigParser()
+        parser = configparser.ConfigParser(defaults={"here": str(self.alembic_ini.parent.resolve())})
         try:
             parser.read(self.alembic_ini)
             location = parser.get("alembic", "script_location")
         except (configparser.Error, OSError):
             return None
-        location = location.replace("%(here)s", str(self.alembic_ini.parent))
         path = Path(location)
         if not path.is_absolute():
             path = self.alembic_ini.parent / path
