@@ -1,3 +1,130 @@
-"""Admin for snapshot (see the issue that owns it)."""
+"""Admin for snapshots: a read-only list, a "verify selected" action, a "take snapshot" POST URL.
+
+Rows are never added, changed or deleted here; only the snapshot service
+changes them (take, verify, prune), and it audits every change.
+"""
 
 from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.timesince import timesince
+
+from opsapp.models import Snapshot, Target
+from opsapp.services.actors import Actor
+from opsapp.services.errors import OpsError
+from opsapp.services.snapshots import take_snapshot, verify_snapshot
+
+TAKE_PERMISSION = "opsapp.take_snapshot"
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(admin.ModelAdmin):
+    list_display = ("id", "target", "status", "human_size", "age", "heads_display", "short_checksum", "taken_by")
+    list_filter = ("target", "status")
+    list_select_related = ("target",)
+    search_fields = ("sha256", "path", "taken_by")
+    date_hierarchy = "started_at"
+    ordering = ("-started_at", "-id")
+    actions = ["verify_selected"]
+    fields = (
+        "target",
+        "status",
+        "format",
+        "path",
+        "size",
+        "sha256",
+        "heads",
+        "dump_tool_version",
+        "server_version",
+        "taken_by",
+        "started_at",
+        "finished_at",
+        "verified_at",
+        "pruned_at",
+        "error",
+    )
+    readonly_fields = fields
+
+    # Read-only rows: only the snapshot service changes them.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Snapshot | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Snapshot | None = None) -> bool:
+        return False
+
+    def has_take_snapshot_permission(self, request: HttpRequest) -> bool:
+        # Django allows an action when ANY of its permissions holds, so both are checked here.
+        return self.has_view_permission(request) and request.user.has_perm(TAKE_PERMISSION)
+
+    @admin.display(description="size", ordering="size")
+    def human_size(self, obj: Snapshot) -> str:
+        return filesizeformat(obj.size) if obj.size is not None else "-"
+
+    @admin.display(description="age", ordering="-started_at")
+    def age(self, obj: Snapshot) -> str:
+        return timesince(obj.started_at, timezone.now()) if obj.started_at else "-"
+
+    @admin.display(description="heads")
+    def heads_display(self, obj: Snapshot) -> str:
+        return ", ".join(h[:12] for h in obj.heads) or "(empty)"
+
+    @admin.display(description="SHA-256")
+    def short_checksum(self, obj: Snapshot) -> str:
+        return obj.sha256[:12] or "-"
+
+    @admin.action(description="Verify selected snapshots", permissions=["take_snapshot"])
+    def verify_selected(self, request: HttpRequest, queryset) -> None:
+        actor = Actor.from_request(request)
+        for snap in queryset.select_related("target"):
+            try:
+                snap = verify_snapshot(snap, actor=actor)
+            except OpsError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+                continue
+            if snap.status == "verified":
+                self.message_user(request, f"Snapshot #{snap.pk} of {snap.target.name} verified.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"Snapshot #{snap.pk} failed verification: {snap.error}", messages.ERROR)
+
+    def get_urls(self):
+        custom = [
+            path("take/", self.admin_site.admin_view(self.take_view), name="opsapp_snapshot_take"),
+        ]
+        return custom + super().get_urls()
+
+    def take_view(self, request: HttpRequest):
+        """POST only (CSRF-checked by admin_view): take a snapshot of the posted target, then redirect back."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_take_snapshot_permission(request):
+            raise PermissionDenied
+        back = request.POST.get("next", "")
+        if not url_has_allowed_host_and_scheme(
+            back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            back = reverse("admin:opsapp_snapshot_changelist")
+        try:
+            target = Target.objects.get(pk=int(request.POST.get("target", "")))
+        except (ValueError, Target.DoesNotExist):
+            self.message_user(request, "No such target.", messages.ERROR)
+            return HttpResponseRedirect(back)
+        try:
+            snap = take_snapshot(target.name, actor=Actor.from_request(request))
+        except OpsError as exc:
+            self.message_user(request, f"Snapshot of {target.name} failed: {exc}", messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Snapshot #{snap.pk} of {target.name} taken and verified ({filesizeformat(snap.size)}).",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(back)

@@ -1,0 +1,316 @@
+"""PostgreSQL snapshots: `pg_dump --format=custom` out, `pg_restore` back in.
+
+The tools run as argument lists (never a shell string). Connection details go
+in a libpq conninfo string without the password; the password travels in the
+child's `PGPASSWORD` environment variable only, so it never appears on a
+command line, in `ps`, in an error or in a log.
+
+Consistency: the heads are read inside a REPEATABLE READ transaction that also
+exports its snapshot (`pg_export_snapshot()`), and `pg_dump --snapshot=<id>`
+dumps exactly that snapshot while the transaction is held open. The recorded
+heads therefore always match the archive, even if a migration runs mid-dump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from django.conf import settings
+from psycopg.conninfo import make_conninfo
+from sqlalchemy.engine import make_url
+
+from opsapp.services.alembic_api import connect
+from opsapp.services.catalog import read_current_heads
+from opsapp.services.errors import SnapshotError
+from opsapp.targets import TargetConfig, mask_url
+
+CHUNK = 1 << 20
+TOOL_TIMEOUT_SECONDS = 60
+_VERSION_RE = re.compile(r"(\d+)(?:\.(\d+))?")
+SYSTEM_SCHEMA_FILTER = "n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'"
+
+
+@dataclass
+class DumpResult:
+    size: int
+    sha256: str
+    heads: list[str]
+    tool_version: str
+    server_version: str
+    heads_after: list[str] = field(default_factory=list)
+
+
+def libpq_target(url: str) -> tuple[str, dict[str, str]]:
+    """(conninfo without password, extra child environment with PGPASSWORD) for a SQLAlchemy/libpq URL."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
+        raise SnapshotError(f"{mask_url(url)!r} is not a valid database URL.", reason="bad_url") from exc
+    if not parsed.database:
+        raise SnapshotError(f"{mask_url(url)!r} names no database.", reason="bad_url")
+    params: dict[str, str] = {str(k): str(v) for k, v in parsed.query.items() if isinstance(v, str)}
+    params.pop("password", None)
+    if parsed.host:
+        params["host"] = parsed.host
+    if parsed.port:
+        params["port"] = str(parsed.port)
+    if parsed.username:
+        params["user"] = parsed.username
+    params["dbname"] = parsed.database
+    env = {"PGCONNECT_TIMEOUT": str(settings.OPS_CONNECT_TIMEOUT_SECONDS), "PGAPPNAME": "ops-console"}
+    if parsed.password is not None:
+        env["PGPASSWORD"] = str(parsed.password)
+    return make_conninfo(**params), env
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    # A URL without a password leaves libpq's own PGPASSWORD / ~/.pgpass in charge.
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def major_of(version: str) -> int:
+    """15 for "pg_dump (PostgreSQL) 15.20 (Debian ...)", 9 for "9.6.1"."""
+    match = _VERSION_RE.search(version.split(")", 1)[-1] if ")" in version else version)
+    if not match:
+        raise SnapshotError(f"Cannot read a version number from {version!r}.")
+    return int(match.group(1))
+
+
+def check_tool_not_older(tool_version: str, server_version_num: int, server_version: str) -> None:
+    """Refuse a pg_dump whose major version is older than the server's (it cannot dump it)."""
+    server_major = server_version_num // 10000
+    tool_major = major_of(tool_version)
+    if tool_major < server_major:
+        raise SnapshotError(
+            f"pg_dump {tool_version.strip()!r} is older than the server (PostgreSQL {server_version}); "
+            f"install pg_dump {server_major} or newer and point OPS_PG_DUMP at it.",
+            reason="pg_dump_too_old",
+        )
+
+
+def tool_version(binary: str, setting: str) -> str:
+    """`<binary> --version`; SnapshotError naming the setting when the binary is missing or broken."""
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS, check=False
+        )
+    except FileNotFoundError as exc:
+        raise SnapshotError(
+            f"{Path(binary).name} not found: {binary!r} does not exist or is not on PATH; set {setting} to the binary.",
+            reason="tool_missing",
+        ) from exc
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SnapshotError(f"Cannot run {binary!r} ({setting}): {exc}.", reason="tool_broken") from exc
+    if done.returncode != 0:
+        raise SnapshotError(
+            f"{binary!r} --version failed: {done.stderr.strip() or done.returncode}.", reason="tool_broken"
+        )
+    return done.stdout.strip()
+
+
+def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | None) -> DumpResult:
+    """Dump the target into `dest` (created, must not exist), hashing while streaming.
+
+    Raises TargetUnreachable when the target is down and SnapshotError for any
+    tool problem. The caller owns `dest` and removes it on failure.
+    """
+    binary = settings.OPS_PG_DUMP
+    version = tool_version(binary, "OPS_PG_DUMP")
+    conninfo, env_extra = libpq_target(config.url)
+    with connect(config) as conn:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            heads = read_current_heads(config, conn)
+            server_version = str(conn.exec_driver_sql("SHOW server_version").scalar())
+            server_num = int(conn.exec_driver_sql("SHOW server_version_num").scalar())
+            check_tool_not_older(version, server_num, server_version)
+            exported = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
+            # Held open until pg_dump is done: the exported snapshot lives as long as this transaction.
+            size, digest = _stream_dump(
+                [binary, "--format=custom", "--no-password", f"--snapshot={exported}", f"--dbname={conninfo}"],
+                _child_env(env_extra),
+                dest,
+                progress,
+            )
+    return DumpResult(
+        size=size, sha256=digest, heads=heads, tool_version=version, server_version=server_version, heads_after=heads
+    )
+
+
+def _stream_dump(
+    cmd: list[str], env: dict[str, str], dest: Path, progress: Callable[[int], None] | None
+) -> tuple[int, str]:
+    hasher = hashlib.sha256()
+    size = 0
+    with tempfile.TemporaryFile() as errfile, open(dest, "xb") as out:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, env=env)
+        except OSError as exc:
+            raise SnapshotError(f"Cannot run pg_dump {cmd[0]!r}: {exc}.", reason="tool_broken") from exc
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read(CHUNK):
+                out.write(chunk)
+                hasher.update(chunk)
+                size += len(chunk)
+                if progress:
+                    progress(size)
+            out.flush()
+            os.fsync(out.fileno())
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if proc.stdout:
+                proc.stdout.close()
+        if returncode != 0:
+            errfile.seek(0)
+            message = mask_url(errfile.read().decode(errors="replace").strip())
+            raise SnapshotError(
+                f"pg_dump failed (exit {returncode}): {message or 'no error output'}", reason="dump_failed"
+            )
+    return size, hasher.hexdigest()
+
+
+def list_archive(path: Path) -> str:
+    """`pg_restore --list`: the archive's table of contents; SnapshotError if it does not read back."""
+    binary = settings.OPS_PG_RESTORE
+    try:
+        done = subprocess.run(
+            [binary, "--list", "--", str(path)], capture_output=True, text=True, timeout=600, check=False
+        )
+    except FileNotFoundError as exc:
+        raise SnapshotError(
+            f"pg_restore not found: {binary!r} does not exist or is not on PATH; set OPS_PG_RESTORE to the binary.",
+            reason="tool_missing",
+        ) from exc
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SnapshotError(f"Cannot run pg_restore {binary!r}: {exc}.", reason="tool_broken") from exc
+    if done.returncode != 0:
+        raise SnapshotError(
+            f"pg_restore --list cannot read the archive: {done.stderr.strip() or f'exit {done.returncode}'}",
+            reason="unreadable",
+        )
+    return done.stdout
+
+
+def check_archive(path: Path) -> None:
+    """The archive reads back and holds the alembic_version data."""
+    listing = list_archive(path)
+    if not re.search(r"\bTABLE DATA \S+ alembic_version\b", listing):
+        raise SnapshotError(
+            "pg_restore --list reads the archive but it holds no alembic_version data "
+            "(the target was not under Alembic when dumped).",
+            reason="no_alembic_version",
+        )
+
+
+def _engine(url: str) -> sa.Engine:
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgres", "postgresql"):
+        url = f"postgresql+psycopg://{rest}"
+    return sa.create_engine(
+        url,
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": settings.OPS_CONNECT_TIMEOUT_SECONDS, "application_name": "ops-console"},
+    )
+
+
+def _open(url: str) -> tuple[sa.Engine, sa.Connection]:
+    engine = _engine(url)
+    try:
+        return engine, engine.connect()
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise SnapshotError(
+            f"Cannot connect to {mask_url(url)}: {mask_url(str(getattr(exc, 'orig', exc))).strip()}",
+            reason="unreachable",
+        ) from exc
+
+
+def user_tables(conn: sa.Connection) -> list[tuple[str, str]]:
+    """(schema, name) of every table, view, sequence... outside the system schemas."""
+    rows = conn.exec_driver_sql(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def check_empty(url: str) -> None:
+    """Refuse a database that is unreachable or already holds tables."""
+    engine, conn = _open(url)
+    try:
+        found = user_tables(conn)
+    finally:
+        conn.close()
+        engine.dispose()
+    if found:
+        names = ", ".join(f"{s}.{t}" for s, t in found[:5]) + (" ..." if len(found) > 5 else "")
+        raise SnapshotError(
+            f"Refusing to restore into {mask_url(url)}: it is not empty ({len(found)} relation(s): {names}). "
+            "Create a new, empty database and restore into that.",
+            reason="not_empty",
+        )
+
+
+def restore(path: Path, url: str) -> None:
+    """`pg_restore --no-owner` into `url` in one transaction (all or nothing)."""
+    binary = settings.OPS_PG_RESTORE
+    conninfo, env_extra = libpq_target(url)
+    cmd = [binary, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--no-password"]
+    cmd += [f"--dbname={conninfo}", "--", str(path)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(env_extra), check=False)
+    except FileNotFoundError as exc:
+        raise SnapshotError(
+            f"pg_restore not found: {binary!r} does not exist or is not on PATH; set OPS_PG_RESTORE to the binary.",
+            reason="tool_missing",
+        ) from exc
+    if done.returncode != 0:
+        raise SnapshotError(
+            f"pg_restore failed (exit {done.returncode}); nothing was restored: {mask_url(done.stderr.strip())}",
+            reason="restore_failed",
+        )
+
+
+def inspect_restored(url: str) -> tuple[list[str], dict[str, int]]:
+    """(alembic heads, {table: row count}) of a restored database."""
+    from psycopg import sql
+
+    engine, conn = _open(url)
+    try:
+        rows = conn.exec_driver_sql(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.relkind IN ('r', 'p') AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
+        ).all()
+        counts: dict[str, int] = {}
+        raw = conn.connection.driver_connection
+        for schema, table in rows:
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            with raw.cursor() as cur:
+                cur.execute(query)
+                key = table if schema == "public" else f"{schema}.{table}"
+                counts[key] = int(cur.fetchone()[0])
+        has_version = any(t == "alembic_version" for _, t in rows)
+        heads = (
+            sorted(r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")) if has_version else []
+        )
+        conn.commit()
+    finally:
+        conn.close()
+        engine.dispose()
+    return heads, counts

@@ -1,0 +1,432 @@
+"""Snapshots of targets: take, verify, restore, prune (issue 5).
+
+A snapshot file is written to a hidden temporary name in OPS_SNAPSHOT_DIR,
+flushed, and only then renamed to its final, unique name
+(`<target>-<UTC time>-<row id>.<ext>`), so concurrent runs never share a file
+and a crash never leaves a half-written file under a real name. Every state
+change is audited with its actor: SNAPSHOT_TAKEN, SNAPSHOT_VERIFIED,
+SNAPSHOT_FAILED (whenever a row becomes `failed`, on take or verify),
+SNAPSHOT_RESTORED (success, failure or refused) and SNAPSHOT_PRUNED.
+
+The format-specific work lives in `snapshot_pg` (pg_dump / pg_restore) and
+`snapshot_sqlite` (the backup API); this module owns rows, files and audit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+from sqlalchemy.engine import make_url
+
+from opsapp.models import AuditAction, AuditOutcome, Snapshot, SnapshotStatus, Target
+from opsapp.models.rollback import OPEN_STATUSES, RollbackRequest
+from opsapp.services import snapshot_pg, snapshot_sqlite
+from opsapp.services.actors import Actor
+from opsapp.services.audit import append_event
+from opsapp.services.catalog import ensure_target_row
+from opsapp.services.errors import OpsError, SnapshotError
+from opsapp.services.snapshot_files import ensure_dir, fsync_dir, sha256_file
+from opsapp.targets import all_targets, get_target, mask_url
+
+PG_CUSTOM = "pg_custom"
+SQLITE = "sqlite"
+VERIFIABLE = (SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED, SnapshotStatus.FAILED)
+RESTORE_REFUSALS = (
+    "not_found",
+    "not_restorable",
+    "file_problem",
+    "wrong_kind",
+    "is_target",
+    "not_empty",
+    "bad_url",
+    "unreachable",
+)
+
+
+def snapshot_path(snapshot: Snapshot) -> Path:
+    """Where the snapshot's file is (its `path` is relative to OPS_SNAPSHOT_DIR)."""
+    return Path(settings.OPS_SNAPSHOT_DIR) / snapshot.path
+
+
+def latest_verified_snapshot(target: Target) -> Snapshot | None:
+    return Snapshot.objects.filter(target=target, status=SnapshotStatus.VERIFIED).order_by("-started_at", "-id").first()
+
+
+def snapshot_summary(snapshot: Snapshot) -> dict[str, Any]:
+    """The machine-readable form the commands print with --json."""
+    return {
+        "id": snapshot.pk,
+        "target": snapshot.target.name,
+        "status": snapshot.status,
+        "sha256": snapshot.sha256,
+        "size": snapshot.size,
+        "heads": snapshot.heads,
+        "path": snapshot.path,
+        "error": snapshot.error,
+    }
+
+
+# ---------------------------------------------------------------------- take
+def take_snapshot(target_name: str, *, actor: Actor, progress: Callable[[int], None] | None = None) -> Snapshot:
+    """Take a full backup of the target, then verify it at once; return the verified row.
+
+    Raises TargetNotConfigured / TargetMisconfigured (no row is created) for a
+    bad name, and SnapshotError (with `.snapshot_id`) after marking the row
+    `failed`, removing any partial file and auditing SNAPSHOT_FAILED, when the
+    dump or its verification fails. `progress` receives the bytes written so far.
+    """
+    config = get_target(target_name)
+    target = ensure_target_row(target_name)
+    fmt = PG_CUSTOM if config.is_postgresql else SQLITE
+    snap = Snapshot.objects.create(
+        target=target,
+        status=SnapshotStatus.RUNNING,
+        format=fmt,
+        taken_by=actor.username[:150],
+        taken_by_user_id=actor.user_id,
+    )
+    filename = f"{target.name}-{snap.started_at:%Y%m%dT%H%M%SZ}-{snap.pk}.{'dump' if fmt == PG_CUSTOM else 'sqlite3'}"
+    directory = Path(settings.OPS_SNAPSHOT_DIR)
+    partial = directory / f".{filename}.partial"
+    try:
+        ensure_dir(directory)
+        dumper = snapshot_pg.dump if fmt == PG_CUSTOM else snapshot_sqlite.dump
+        result = dumper(config, partial, progress)
+        if sorted(result.heads) != sorted(result.heads_after):
+            raise SnapshotError(
+                f"Target {target.name!r}: heads changed during dump (from {result.heads or ['(empty)']} "
+                f"to {result.heads_after or ['(empty)']}); the snapshot would match no revision. Take it again.",
+                reason="heads_changed",
+            )
+        os.replace(partial, directory / filename)
+        fsync_dir(directory)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        message = _describe_take_error(exc, directory, target.name)
+        _mark_failed(snap, message, actor, phase="take")
+        if isinstance(exc, Exception):
+            raise SnapshotError(
+                message, snapshot_id=snap.pk, target=target.name, reason=getattr(exc, "reason", None)
+            ) from exc
+        raise
+    snap.path = filename
+    snap.size = result.size
+    snap.sha256 = result.sha256
+    snap.heads = sorted(result.heads)
+    snap.dump_tool_version = result.tool_version[:200]
+    snap.server_version = result.server_version[:200]
+    snap.status = SnapshotStatus.COMPLETE
+    snap.finished_at = timezone.now()
+    snap.save()
+    append_event(
+        action=AuditAction.SNAPSHOT_TAKEN,
+        outcome=AuditOutcome.SUCCESS,
+        actor=actor,
+        target=target.name,
+        snapshot_id=snap.pk,
+        from_revision=snap.heads,
+        message=f"Snapshot #{snap.pk} of {target.name} taken ({snap.size} bytes).",
+        detail={"path": snap.path, "size": snap.size, "sha256": snap.sha256, "heads": snap.heads, "format": fmt},
+    )
+    snap = verify_snapshot(snap, actor=actor)
+    if snap.status != SnapshotStatus.VERIFIED:
+        raise SnapshotError(
+            f"Snapshot #{snap.pk} of {target.name} was taken but failed verification: {snap.error}",
+            snapshot_id=snap.pk,
+            target=target.name,
+        )
+    return snap
+
+
+def _describe_take_error(exc: BaseException, directory: Path, target_name: str) -> str:
+    if isinstance(exc, OpsError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"Cannot write the snapshot file in {str(directory)!r}: {exc.strerror or exc}."
+    if isinstance(exc, Exception):
+        return f"Snapshot of {target_name} failed: {type(exc).__name__}: {mask_url(str(exc))}"
+    return f"Snapshot of {target_name} was interrupted ({type(exc).__name__})."
+
+
+def _mark_failed(snap: Snapshot, message: str, actor: Actor, *, phase: str) -> None:
+    snap.status = SnapshotStatus.FAILED
+    snap.error = message
+    snap.finished_at = snap.finished_at or timezone.now()
+    snap.save(update_fields=["status", "error", "finished_at"])
+    append_event(
+        action=AuditAction.SNAPSHOT_FAILED,
+        outcome=AuditOutcome.FAILURE,
+        actor=actor,
+        target=snap.target.name,
+        snapshot_id=snap.pk,
+        message=message,
+        detail={"phase": phase, "path": snap.path},
+    )
+
+
+# -------------------------------------------------------------------- verify
+def snapshot_file_problem(snapshot: Snapshot) -> str | None:
+    """None when the file exists and its SHA-256 matches the recorded one now; else what is wrong."""
+    if not snapshot.path or not snapshot.sha256:
+        return f"Snapshot #{snapshot.pk} has no file (status {snapshot.status})."
+    path = snapshot_path(snapshot)
+    if not path.is_file():
+        return f"Snapshot #{snapshot.pk}: file {str(path)!r} is missing (deleted outside the console)."
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        return f"Snapshot #{snapshot.pk}: file {str(path)!r} cannot be read: {exc.strerror or exc}."
+    if actual != snapshot.sha256:
+        return (
+            f"Snapshot #{snapshot.pk}: file {str(path)!r} was altered: checksum mismatch "
+            f"(SHA-256 now {actual[:16]}..., recorded {snapshot.sha256[:16]}...)."
+        )
+    return None
+
+
+def _archive_problem(snapshot: Snapshot) -> str | None:
+    problem = snapshot_file_problem(snapshot)
+    if problem:
+        return problem
+    try:
+        if snapshot.format == PG_CUSTOM:
+            snapshot_pg.check_archive(snapshot_path(snapshot))
+        else:
+            snapshot_sqlite.check_file(snapshot_path(snapshot))
+    except SnapshotError as exc:
+        return f"Snapshot #{snapshot.pk}: {exc}"
+    return None
+
+
+def verify_snapshot(snapshot: Snapshot, *, actor: Actor) -> Snapshot:
+    """Check file, checksum and that the archive reads back; set `verified` or `failed`; audit either way.
+
+    Raises SnapshotError for a snapshot that has nothing to verify (running,
+    pruned, or failed before its file was written); nothing changes then.
+    """
+    snapshot.refresh_from_db()
+    if snapshot.status not in VERIFIABLE or not snapshot.sha256:
+        raise SnapshotError(
+            f"Snapshot #{snapshot.pk} is {snapshot.status} and has no file to verify.", snapshot_id=snapshot.pk
+        )
+    problem = _archive_problem(snapshot)
+    now = timezone.now()
+    if problem is None:
+        changes = {"status": SnapshotStatus.VERIFIED, "verified_at": now, "error": ""}
+    else:
+        changes = {"status": SnapshotStatus.FAILED, "error": problem, "finished_at": snapshot.finished_at or now}
+    # Conditional: a prune that ran meanwhile wins, and nothing is audited for it here.
+    updated = Snapshot.objects.filter(pk=snapshot.pk, status__in=VERIFIABLE).update(**changes)
+    snapshot.refresh_from_db()
+    if not updated:
+        return snapshot
+    if problem is None:
+        append_event(
+            action=AuditAction.SNAPSHOT_VERIFIED,
+            outcome=AuditOutcome.SUCCESS,
+            actor=actor,
+            target=snapshot.target.name,
+            snapshot_id=snapshot.pk,
+            from_revision=snapshot.heads,
+            message=f"Snapshot #{snapshot.pk} of {snapshot.target.name} verified.",
+            detail={"path": snapshot.path, "sha256": snapshot.sha256},
+        )
+    else:
+        append_event(
+            action=AuditAction.SNAPSHOT_FAILED,
+            outcome=AuditOutcome.FAILURE,
+            actor=actor,
+            target=snapshot.target.name,
+            snapshot_id=snapshot.pk,
+            message=problem,
+            detail={"phase": "verify", "path": snapshot.path},
+        )
+    return snapshot
+
+
+def snapshots_to_verify(target_name: str | None = None) -> QuerySet[Snapshot]:
+    """What `verify_snapshots` checks: every complete or verified snapshot, oldest first."""
+    qs = Snapshot.objects.select_related("target").filter(status__in=[SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED])
+    if target_name:
+        qs = qs.filter(target__name=target_name)
+    return qs.order_by("started_at", "id")
+
+
+# ------------------------------------------------------------------- restore
+def _same_database(a: str, b: str) -> bool:
+    try:
+        ua, ub = make_url(a), make_url(b)
+    except Exception:  # noqa: BLE001
+        return False
+    if ua.get_backend_name() != ub.get_backend_name():
+        return False
+    if ua.get_backend_name() == "sqlite":
+        return bool(ua.database and ub.database) and Path(ua.database).resolve() == Path(ub.database).resolve()
+    return (ua.host or "localhost", ua.port or 5432, ua.database) == (
+        ub.host or "localhost",
+        ub.port or 5432,
+        ub.database,
+    )
+
+
+def restore_snapshot(snapshot_id: int, into_url: str, *, actor: Actor) -> dict:
+    """Restore a snapshot into a new, empty database and check it.
+
+    Returns {"snapshot", "into" (masked), "heads", "row_counts": {table: n}}.
+    Raises SnapshotError (audited as refused or failed) for an unknown or
+    unusable snapshot, a URL of the wrong kind or naming a configured target,
+    a database that is not empty, a failed restore, or restored heads that
+    differ from the snapshot's. The snapshot row never changes.
+    """
+    masked = mask_url(into_url)
+    snap = Snapshot.objects.select_related("target").filter(pk=snapshot_id).first()
+    if snap is None:
+        raise SnapshotError(f"Snapshot #{snapshot_id} does not exist.", reason="not_found", snapshot_id=snapshot_id)
+    try:
+        if snap.status not in (SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED):
+            raise SnapshotError(
+                f"Snapshot #{snap.pk} is {snap.status}; only a complete or verified snapshot can be restored.",
+                reason="not_restorable",
+            )
+        problem = snapshot_file_problem(snap)
+        if problem:
+            raise SnapshotError(f"Refusing to restore: {problem}", reason="file_problem")
+        scheme = into_url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in into_url else ""
+        wanted = ("postgres", "postgresql") if snap.format == PG_CUSTOM else ("sqlite",)
+        if scheme not in wanted:
+            kind = (
+                "a PostgreSQL archive; --into must be a postgresql:// URL"
+                if snap.format == PG_CUSTOM
+                else ("a SQLite copy; --into must be a sqlite:/// URL of a new file")
+            )
+            raise SnapshotError(f"Snapshot #{snap.pk} is {kind} (got {masked!r}).", reason="wrong_kind")
+        for config in all_targets():
+            if _same_database(config.url, into_url):
+                raise SnapshotError(
+                    f"Refusing to restore into {masked}: it is the database of target {config.name!r}. "
+                    "In-place restore is not offered; restore into a new database and swap it in (docs/restore.md).",
+                    reason="is_target",
+                )
+        path = snapshot_path(snap)
+        if snap.format == PG_CUSTOM:
+            snapshot_pg.check_empty(into_url)
+            snapshot_pg.restore(path, into_url)
+            heads, counts = snapshot_pg.inspect_restored(into_url)
+        else:
+            snapshot_sqlite.restore(path, into_url)
+            heads, counts = snapshot_sqlite.inspect_restored(into_url)
+        if sorted(heads) != sorted(snap.heads):
+            raise SnapshotError(
+                f"Restored into {masked}, but its alembic_version {heads} differs from the snapshot's heads {snap.heads}.",
+                reason="heads_mismatch",
+            )
+    except SnapshotError as exc:
+        outcome = AuditOutcome.REFUSED if exc.reason in RESTORE_REFUSALS else AuditOutcome.FAILURE
+        append_event(
+            action=AuditAction.SNAPSHOT_RESTORED,
+            outcome=outcome,
+            actor=actor,
+            target=snap.target.name,
+            snapshot_id=snap.pk,
+            message=str(exc),
+            detail={"into": masked, "reason": exc.reason},
+        )
+        exc.snapshot_id = snap.pk
+        raise
+    append_event(
+        action=AuditAction.SNAPSHOT_RESTORED,
+        outcome=AuditOutcome.SUCCESS,
+        actor=actor,
+        target=snap.target.name,
+        snapshot_id=snap.pk,
+        to_revision=heads,
+        message=f"Snapshot #{snap.pk} of {snap.target.name} restored into {masked}.",
+        detail={"into": masked, "heads": heads, "row_counts": counts},
+    )
+    return {"snapshot": snap.pk, "into": masked, "heads": heads, "row_counts": counts}
+
+
+# --------------------------------------------------------------------- prune
+def prune_snapshots(*, actor: Actor, target_name: str | None, keep: int, older_than_days: int) -> list[Snapshot]:
+    """Delete old snapshot files and mark their rows `pruned`; return the pruned rows.
+
+    Per target, the `keep` newest complete/verified snapshots stay; of the
+    rest (failed ones included), those started more than `older_than_days`
+    ago go. Never pruned: the newest verified snapshot of a target, one
+    attached to an open (pending or running) rollback request, a running one.
+    Raises SnapshotError for negative numbers, TargetNotConfigured for an
+    unknown target name.
+    """
+    if keep < 0 or older_than_days < 0:
+        raise SnapshotError("--keep and --older-than must be zero or more.", reason="bad_usage")
+    if target_name:
+        targets = list(Target.objects.filter(name=target_name))
+        if not targets:
+            get_target(target_name)  # raises for an unknown name; a configured one simply has no snapshots
+    else:
+        targets = list(Target.objects.all())
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    pruned: list[Snapshot] = []
+    for target in targets:
+        newest_verified = latest_verified_snapshot(target)
+        usable = Snapshot.objects.filter(target=target, status__in=[SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED])
+        kept = set(usable.order_by("-started_at", "-id").values_list("pk", flat=True)[:keep]) if keep else set()
+        if newest_verified:
+            kept.add(newest_verified.pk)
+        candidates = (
+            Snapshot.objects.filter(target=target, status__in=VERIFIABLE, started_at__lt=cutoff)
+            .exclude(pk__in=kept)
+            .order_by("started_at", "id")
+        )
+        for snap in candidates:
+            done = _prune_one(snap, actor)
+            if done is not None:
+                pruned.append(done)
+    return pruned
+
+
+def _prune_one(snap: Snapshot, actor: Actor) -> Snapshot | None:
+    with transaction.atomic():
+        # Locked so an overlapping prune or a concurrent attach sees a settled row.
+        locked = (
+            Snapshot.objects.select_for_update()
+            .select_related("target")
+            .filter(pk=snap.pk, status__in=VERIFIABLE)
+            .first()
+        )
+        if locked is None:
+            return None
+        if RollbackRequest.objects.filter(snapshot_id=locked.pk, status__in=OPEN_STATUSES).exists():
+            return None
+        had_file = bool(locked.path) and snapshot_path(locked).exists()
+        if locked.path:
+            try:
+                snapshot_path(locked).unlink(missing_ok=True)
+            except OSError as exc:
+                raise SnapshotError(
+                    f"Cannot delete {str(snapshot_path(locked))!r}: {exc.strerror or exc}.", snapshot_id=locked.pk
+                ) from exc
+        previous = locked.status
+        locked.status = SnapshotStatus.PRUNED
+        locked.pruned_at = timezone.now()
+        locked.save(update_fields=["status", "pruned_at"])
+        append_event(
+            action=AuditAction.SNAPSHOT_PRUNED,
+            outcome=AuditOutcome.SUCCESS,
+            actor=actor,
+            target=locked.target.name,
+            snapshot_id=locked.pk,
+            message=f"Snapshot #{locked.pk} of {locked.target.name} pruned (was {previous}).",
+            detail={"path": locked.path, "file_deleted": had_file, "previous_status": previous},
+        )
+    return locked
