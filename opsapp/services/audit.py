@@ -1,17 +1,29 @@
 """The audit log: the one function that appends, and the hash chain.
 
 `append_event` is the only writer of AuditEvent. Appends are serialized with a
-transaction-level advisory lock on PostgreSQL (a write lock via an immediate
-UPDATE-free insert on SQLite, whose single writer already serializes them), so
-the sequence is gapless and the chain never forks. It runs in its own atomic
-block: if the audit write fails, the exception propagates and the operation
-being recorded must fail with it.
+transaction-level advisory lock on PostgreSQL (on SQLite, by taking the
+database's single write lock before reading the last event), so the sequence
+is gapless and the chain never forks. It runs in its own atomic block: if the
+audit write fails, the exception propagates and the operation being recorded
+must fail with it.
+
+The hash of event N is SHA-256 over the canonical serialization of its
+fields (HASHED_FIELDS, which include `prev_hash`, the hash of event N-1):
+JSON with sorted keys, no whitespace, UTF-8, `created_at` as a UTC ISO 8601
+string with microseconds. docs/audit.md shows how to recompute it offline.
+
+Values are normalized *before* hashing to exactly what the database gives
+back (PostgreSQL's jsonb rewrites numbers and drops duplicate keys, inet
+lower-cases IPv6), and every append re-reads its row and checks the hash, so
+the log never holds an event that its own verifier would flag.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +31,7 @@ from django.db import connection, transaction
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
+from opsapp.services.errors import AuditError
 from opsapp.targets import mask_url
 
 GENESIS_HASH = "0" * 64
@@ -42,19 +55,26 @@ HASHED_FIELDS = (
     "user_agent",
     "prev_hash",
 )
+# What an export carries per event: the hashed fields plus the hash itself.
+EXPORT_FIELDS = (*HASHED_FIELDS, "hash")
+
+# One reusable encoder: json.dumps builds a new one per call when given options.
+canonical_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_encode = canonical_encoder
 
 
-def _iso(value: datetime | str) -> str:
+def iso_utc(value: datetime | str) -> str:
+    """`created_at` as hashed and exported: UTC, ISO 8601, microseconds."""
     if isinstance(value, str):
         return value
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def canonical_payload(fields: dict[str, Any]) -> bytes:
-    """Canonical serialization: JSON with sorted keys, no whitespace, UTC ISO times."""
+    """Canonical serialization: JSON with sorted keys, no whitespace, UTF-8, UTC ISO times."""
     data = {name: fields.get(name) for name in HASHED_FIELDS}
-    data["created_at"] = _iso(data["created_at"])
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    data["created_at"] = iso_utc(data["created_at"])
+    return _encode(data).encode()
 
 
 def compute_hash(fields: dict[str, Any]) -> str:
@@ -76,14 +96,51 @@ def _db_now() -> datetime:
     return timezone.now()
 
 
+def _clean_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; an audit write must not fail on it.
+    return mask_url(value).replace("\x00", "\\0")
+
+
 def _scrub(value: Any) -> Any:
-    """Mask passwords in every string of the detail payload."""
+    """Mask passwords in every string of the detail payload; make it storable as JSON."""
     if isinstance(value, str):
-        return mask_url(value)
+        return _clean_text(value)
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
+        return {_clean_text(str(k)): _scrub(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_scrub(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON (and jsonb) has no NaN or Infinity
+    return value
+
+
+def _normalize_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """The detail exactly as it will be read back from the database."""
+    text = json.dumps(detail, default=str, allow_nan=False)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute("SELECT %s::jsonb::text", [text])
+            text = cur.fetchone()[0]
+    return json.loads(text)
+
+
+def _normalize_ip(value: str | None, detail: dict[str, Any]) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        # A garbage proxy header must not make the audited operation fail.
+        detail["client_ip_raw"] = _clean_text(value)[:200]
+        return None
+
+
+def _fit(value: str, limit: int, key: str, detail: dict[str, Any]) -> str:
+    """Keep a column within its length; the full value goes into detail."""
+    value = _clean_text(value)
+    if len(value) > limit:
+        detail[key] = value
+        return value[: limit - 1] + "…"
     return value
 
 
@@ -102,40 +159,61 @@ def append_event(
 ) -> AuditEvent:
     """Append one event to the chain and return it.
 
-    Raises whatever the database raises: callers must let it fail the
-    operation (no unaudited rollbacks). Never put a secret in `message` or
-    `detail`; URLs are masked here as a last line of defence.
+    Raises whatever the database raises (and AuditError if the stored row does
+    not hash back): callers must let it fail the operation (no unaudited
+    rollbacks). Never put a secret in `message` or `detail`; URLs are masked
+    here as a last line of defence.
     """
     if isinstance(from_revision, (list, tuple)):
         from_revision = ",".join(from_revision)
     if isinstance(to_revision, (list, tuple)):
         to_revision = ",".join(to_revision)
     detail = _scrub(json.loads(json.dumps(detail or {}, default=str)))
+    client_ip = _normalize_ip(actor.client_ip, detail)
+    columns = {
+        "actor": _fit(actor.username or "", 150, "actor_full", detail),
+        "target_name": _fit(target or "", 100, "target_full", detail),
+        "from_revision": _fit(from_revision or "", 500, "from_revision_full", detail),
+        "to_revision": _fit(to_revision or "", 500, "to_revision_full", detail),
+        "user_agent": _fit(actor.user_agent or "", 500, "user_agent_full", detail),
+    }
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cur:
+        detail = _normalize_detail(detail)
+        with connection.cursor() as cur:
+            if connection.vendor == "postgresql":
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
+            elif connection.vendor == "sqlite":
+                # Take SQLite's write lock *before* reading the last event (a
+                # deferred transaction would read first and collide later).
+                # It matches no row, so the append-only trigger never fires.
+                cur.execute("UPDATE opsapp_auditevent SET seq = seq WHERE 0")
         last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
         seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
         fields: dict[str, Any] = {
             "seq": seq,
             "created_at": _db_now(),
             "actor_user_id": actor.user_id,
-            "actor": actor.username[:150],
             "action": str(action),
             "outcome": str(outcome),
-            "target_name": target or "",
             "request_id": request_id,
             "snapshot_id": snapshot_id,
-            "from_revision": from_revision or "",
-            "to_revision": to_revision or "",
-            "message": mask_url(message),
+            "message": _clean_text(message),
             "detail": detail,
-            "client_ip": actor.client_ip,
-            "user_agent": (actor.user_agent or "")[:500],
+            "client_ip": client_ip,
             "prev_hash": prev_hash,
+            **columns,
         }
         event = AuditEvent(**fields)
         event.hash = compute_hash(fields)
         event.save(force_insert=True)
+        _check_stored(event)
     return event
+
+
+def _check_stored(event: AuditEvent) -> None:
+    """Re-read the row the way the verifier does; refuse to commit a row that would not verify."""
+    from opsapp.services.audit_verify import stored_row_hashes
+
+    stored = stored_row_hashes(event.seq)
+    if stored is None or stored[0] != stored[1] or stored[1] != event.hash:
+        raise AuditError(f"audit event #{event.seq} does not hash back after writing; nothing was recorded")
