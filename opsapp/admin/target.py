@@ -1,3 +1,253 @@
-"""Admin for target (see the issue that owns it)."""
+"""Admin for targets: where each database stands, drift explained, graph page, "Sync now".
+
+Read-only: targets come from the environment (OPS_TARGETS) and are mirrored by
+the catalog service. Pages read only synced rows and `alembic_version`
+(`catalog.refresh_state`); they never import migration files. The one
+exception is the explicit "Sync now" POST, which re-reads the script directory.
+"""
 
 from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from opsapp.models import Revision, Target, TargetState
+from opsapp.services.actors import Actor
+from opsapp.services.errors import OpsError
+from opsapp.targets import configured_names, mask_url
+
+
+def short_ids(ids: list[str] | None) -> str:
+    return ", ".join(i[:12] for i in ids or []) or "—"
+
+
+@admin.register(Target)
+class TargetAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "masked_url",
+        "state_display",
+        "current_heads_display",
+        "script_heads_display",
+        "last_synced_at",
+        "revision_count",
+    )
+    list_display_links = ("name",)
+    search_fields = ("name",)
+    fieldsets = (
+        # state_detail is shown above the fieldsets (the drift explanation), not repeated here.
+        (None, {"fields": ("name", "masked_url", "dialect", "alembic_ini", "state_display")}),
+        ("Heads", {"fields": ("current_heads_display", "script_heads_display", "pending_count", "revision_count")}),
+        ("Sync", {"fields": ("script_fingerprint", "last_synced_at", "last_checked_at")}),
+    )
+    readonly_fields = (
+        "name",
+        "masked_url",
+        "dialect",
+        "alembic_ini",
+        "state_display",
+        "current_heads_display",
+        "script_heads_display",
+        "pending_count",
+        "revision_count",
+        "script_fingerprint",
+        "last_synced_at",
+        "last_checked_at",
+    )
+
+    # ------------------------------------------------------------ permissions
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Target | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Target | None = None) -> bool:
+        return False
+
+    # ---------------------------------------------------------------- columns
+    @admin.display(description="URL", ordering="url_masked")
+    def masked_url(self, obj: Target) -> str:
+        # Stored masked already; mask again so nothing unmasked can ever leak through here.
+        return mask_url(obj.url_masked)
+
+    @admin.display(description="state", ordering="state")
+    def state_display(self, obj: Target) -> str:
+        label = obj.get_state_display()
+        if obj.state == TargetState.BEHIND and obj.pending_count:
+            return f"{label} ({obj.pending_count} pending)"
+        return label
+
+    @admin.display(description="current heads (database)")
+    def current_heads_display(self, obj: Target) -> str:
+        return short_ids(obj.current_heads)
+
+    @admin.display(description="heads (scripts)")
+    def script_heads_display(self, obj: Target) -> str:
+        return short_ids(obj.script_heads)
+
+    # ----------------------------------------------------------------- views
+    def get_urls(self):
+        custom = [
+            path(
+                "<path:object_id>/graph/",
+                self.admin_site.admin_view(self.graph_view),
+                name="opsapp_target_graph",
+            ),
+            path(
+                "<path:object_id>/sync/",
+                self.admin_site.admin_view(self.sync_view),
+                name="opsapp_target_sync",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def _refresh(self, request: HttpRequest, name: str) -> None:
+        """Re-read alembic_version (never the migration files); a down target shows `unreachable`."""
+        from opsapp.services import catalog
+
+        try:
+            catalog.refresh_state(name, actor=Actor.from_request(request))
+        except OpsError:
+            # The row keeps its last known state; the page must still render.
+            pass
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        if request.method == "GET" and self.has_view_permission(request):
+            for name in configured_names():
+                self._refresh(request, name)
+        return super().changelist_view(request, extra_context)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        target = self.get_object(request, object_id)
+        extra = dict(extra_context or {})
+        if target is not None and self.has_view_permission(request, target):
+            if target.name in configured_names():
+                self._refresh(request, target.name)
+                target.refresh_from_db()
+            extra.update(self._detail_context(request, target))
+        return super().change_view(request, object_id, form_url, extra)
+
+    def _detail_context(self, request: HttpRequest, target: Target) -> dict:
+        from opsapp.services import drift
+
+        # state_detail already carries the drift explanation (unknown revision, multiple heads, script
+        # errors). Heads meant to stay separate are "at head" without it, so say once how to join them.
+        heads_note = ""
+        if len(target.script_heads or []) > 1 and target.state != TargetState.MULTIPLE_HEADS:
+            heads_note = (
+                f"The scripts have {len(target.script_heads)} heads ({', '.join(target.script_heads)}). "
+                "That is fine for branches meant to stay separate (upgrade with `alembic upgrade heads`); "
+                f"to join them: {drift.merge_command(list(target.script_heads))}"
+            )
+        revisions_url = reverse("admin:opsapp_revision_changelist") + "?" + urlencode({"target__id__exact": target.pk})
+        return {
+            "target": target,
+            "configured": target.name in configured_names(),
+            "heads_note": heads_note,
+            "drift_state": target.state
+            in (
+                TargetState.UNKNOWN_REVISION,
+                TargetState.MULTIPLE_HEADS,
+                TargetState.SCRIPT_ERROR,
+                TargetState.UNREACHABLE,
+            ),
+            "sync_errors": [mask_url(str(e)) for e in (target.sync_errors or [])],
+            "state_detail": mask_url(target.state_detail),
+            "revisions_url": revisions_url,
+            "pending_url": revisions_url + "&" + urlencode({"applied": "pending"}),
+            "graph_url": reverse("admin:opsapp_target_graph", args=[target.pk]),
+            "sync_url": reverse("admin:opsapp_target_sync", args=[target.pk]),
+            "current_revisions": list(Revision.objects.filter(target=target, is_current=True).order_by("-position")),
+        }
+
+    def _get_target_or_404(self, request: HttpRequest, object_id: str) -> Target:
+        target = self.get_object(request, object_id)
+        if target is None:
+            raise Http404("No such target.")
+        if not self.has_view_permission(request, target):
+            raise PermissionDenied
+        return target
+
+    def sync_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST only (CSRF-protected by admin_view): re-read the script directory and alembic_version."""
+        target = self._get_target_or_404(request, object_id)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        from opsapp.services import catalog
+
+        try:
+            synced = catalog.sync_target(
+                target.name, actor=Actor.from_request(request), force=bool(request.POST.get("force"))
+            )
+        except OpsError as exc:
+            messages.error(request, f"Sync of {target.name} failed: {mask_url(str(exc))}")
+        else:
+            level = messages.SUCCESS if synced.state in (TargetState.AT_HEAD, TargetState.BEHIND) else messages.WARNING
+            messages.add_message(
+                request,
+                level,
+                format_html(
+                    "Synced {}: {} revisions, state {}.", synced.name, synced.revision_count, synced.get_state_display()
+                ),
+            )
+        return HttpResponseRedirect(reverse("admin:opsapp_target_change", args=[target.pk]))
+
+    def graph_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The revision DAG of one target as inline SVG, from synced rows only."""
+        from opsapp.services import graph
+
+        target = self._get_target_or_404(request, object_id)
+        rows = list(
+            Revision.objects.filter(target=target)
+            .order_by("position", "revision")
+            .only(
+                "id",
+                "revision",
+                "down_revisions",
+                "depends_on",
+                "branch_labels",
+                "message",
+                "is_head",
+                "is_base",
+                "is_branch_point",
+                "is_merge_point",
+                "applied",
+                "is_current",
+            )
+        )
+        pks = {r.revision: r.pk for r in rows}
+        # reverse() once, then substitute the pk: 10,000 reverse() calls would dominate the page.
+        placeholder = "987654321"
+        change_url = reverse("admin:opsapp_revision_change", args=[placeholder])
+
+        def href(rev: str) -> str:
+            return change_url.replace(placeholder, str(pks[rev]))
+
+        nodes = graph.nodes_from_revisions(rows)
+        svg = graph.render_svg(nodes, href=href, title=f"Revision graph of {target.name}") if nodes else ""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Revision graph: {target.name}",
+            "subtitle": None,
+            "target": target,
+            "original": target,
+            "svg": svg,
+            "legend": graph.render_legend(),
+            "revision_total": len(rows),
+            "merge_total": sum(1 for r in rows if r.is_merge_point),
+            "current_heads": short_ids(target.current_heads),
+            "target_url": reverse("admin:opsapp_target_change", args=[target.pk]),
+            "revisions_url": reverse("admin:opsapp_revision_changelist")
+            + "?"
+            + urlencode({"target__id__exact": target.pk}),
+        }
+        return TemplateResponse(request, "admin/opsapp/target/graph.html", context)
