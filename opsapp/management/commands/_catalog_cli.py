@@ -1,0 +1,72 @@
+"""Shared bits of the catalog commands (sync_revisions, show_revisions, check_drift)."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import CommandError
+
+from opsapp.models import Revision, Target
+from opsapp.services.actors import Actor
+
+
+def target_names(option: str | None) -> list[str]:
+    """The targets a command works on: the one named, or every configured one. Bad name: exit 2."""
+    configured = list(settings.OPS_TARGETS)
+    if option is None:
+        return configured
+    if option not in configured:
+        raise CommandError(
+            f"Unknown target {option!r}. Configured targets: {', '.join(configured) or 'none'}.", returncode=2
+        )
+    return [option]
+
+
+def command_actor() -> Actor:
+    return Actor.cli(getpass.getuser())
+
+
+def target_json(target: Target) -> dict[str, Any]:
+    """The `show_revisions --json` object of one target (revisions newest first, like `alembic history`)."""
+    revisions = [
+        {
+            "revision": row["revision"],
+            "down_revisions": row["down_revisions"],
+            "branch_labels": row["branch_labels"],
+            "depends_on": row["depends_on"],
+            "message": row["message"],
+            "create_date": row["create_date"] or None,
+            "is_head": row["is_head"],
+            "is_base": row["is_base"],
+            "is_branch_point": row["is_branch_point"],
+            "is_merge_point": row["is_merge_point"],
+            "applied": row["applied"],
+            "is_current": row["is_current"],
+        }
+        for row in Revision.objects.filter(target=target)
+        .order_by("-position")
+        .values(
+            "revision",
+            "down_revisions",
+            "branch_labels",
+            "depends_on",
+            "message",
+            "create_date",
+            "is_head",
+            "is_base",
+            "is_branch_point",
+            "is_merge_point",
+            "applied",
+            "is_current",
+        )
+        .iterator(chunk_size=2000)
+    ]
+    return {
+        "target": target.name,
+        "state": target.state,
+        "current": list(target.current_heads),
+        "heads": list(target.script_heads),
+        "revisions": revisions,
+    }

@@ -1,0 +1,373 @@
+"""The revision catalog: sync a target's script directory and database state into Revision rows.
+
+Admin pages read the synced rows; only `sync_target` imports migration files,
+and only when the script directory's fingerprint changed (or `force`).
+`refresh_state` re-reads just `alembic_version`. Both never raise for a
+target that is down or a script file that fails to import: they record the
+state (`unreachable`, `script_error`) with a masked message instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from opsapp.models import AuditAction, AuditOutcome, Revision, Target, TargetState
+from opsapp.services import drift
+from opsapp.services.actors import Actor
+from opsapp.services.alembic_api import connect
+from opsapp.services.audit import append_event
+from opsapp.services.catalog_load import ROW_FIELDS, LoadedCatalog, fingerprint_of, load_catalog, open_script_directory
+from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured, TargetUnreachable
+from opsapp.targets import TargetConfig, get_target, mask_url
+
+BATCH = 1000
+SYSTEM_ACTOR = Actor(username="system:catalog")
+
+
+# ------------------------------------------------------------------ helpers
+def ensure_target_row(name: str) -> Target:
+    """The Target row mirroring configured target `name` (created if missing). Raises TargetNotConfigured."""
+    if name not in settings.OPS_TARGETS:
+        raise TargetNotConfigured(
+            f"Target {name!r} is not configured. Configured targets: {', '.join(settings.OPS_TARGETS) or 'none'}.",
+            target=name,
+        )
+    raw = settings.OPS_TARGETS[name]
+    url = (raw.get("URL") or "").strip()
+    values = {
+        "url_masked": mask_url(url)[:1000],
+        "dialect": url.split(":", 1)[0].split("+", 1)[0].lower()[:30] if url else "",
+        "alembic_ini": str(raw.get("ALEMBIC_INI") or "")[:1000],
+    }
+    target, created = Target.objects.get_or_create(name=name, defaults=values)
+    if not created:
+        changed = [key for key, value in values.items() if getattr(target, key) != value]
+        if changed:
+            for key in changed:
+                setattr(target, key, values[key])
+            target.save(update_fields=changed)
+    return target
+
+
+def script_fingerprint(config: TargetConfig) -> str:
+    """sha256 hex over names, sizes and mtimes of the version files, env.py and the ini.
+
+    Raises ScriptDirectoryError when the script directory cannot be opened.
+    """
+    return fingerprint_of(open_script_directory(config), config.alembic_ini)
+
+
+def read_current_heads(config: TargetConfig, connection: sa.Connection | None = None) -> list[str]:
+    """The revisions in the target's alembic_version, sorted ([] when there is no table or no row).
+
+    Raises TargetUnreachable (password masked) when the database cannot be read.
+    """
+    if connection is not None:
+        return _heads_on(config, connection)
+    with connect(config) as conn:
+        return _heads_on(config, conn)
+
+
+def _heads_on(config: TargetConfig, connection: sa.Connection) -> list[str]:
+    try:
+        return sorted(MigrationContext.configure(connection).get_current_heads())
+    except sa.exc.SQLAlchemyError as exc:
+        raise TargetUnreachable(
+            f"Target {config.name!r}: cannot read alembic_version: {mask_url(str(getattr(exc, 'orig', None) or exc)).strip()}",
+            target=config.name,
+        ) from exc
+
+
+# --------------------------------------------------------------- state logic
+@dataclass
+class DbRead:
+    heads: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class _Graph:
+    """Parents of every revision (down revisions plus resolved depends_on), from rows or a fresh load."""
+
+    parents: dict[str, tuple[str, ...]]
+    heads: list[str]
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, dict[str, Any]], heads: list[str]) -> _Graph:
+        # depends_on may name a branch label; Alembic resolves a label to the revision declaring it.
+        names = {rev: rev for rev in rows}
+        for rev, row in rows.items():
+            for label in row["branch_labels"]:
+                names.setdefault(label, rev)
+        parents = {
+            rev: tuple(row["down_revisions"]) + tuple(names[d] for d in row["depends_on"] if d in names)
+            for rev, row in rows.items()
+        }
+        return cls(parents=parents, heads=heads)
+
+    def ancestors(self, revisions: list[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [rev for rev in revisions if rev in self.parents]
+        while todo:
+            rev = todo.pop()
+            if rev in seen:
+                continue
+            seen.add(rev)
+            todo.extend(p for p in self.parents.get(rev, ()) if p not in seen)
+        return seen
+
+
+@dataclass
+class StateResult:
+    state: str
+    detail: str
+    pending_count: int
+    applied: set[str]
+    current: set[str]
+
+
+def compute_state(target: Target, graph: _Graph, db: DbRead) -> StateResult:
+    """Pure state decision from the catalog graph and what alembic_version holds."""
+    total = len(graph.parents)
+    current = set(db.heads)
+    known = [rev for rev in db.heads if rev in graph.parents]
+    unknown = [rev for rev in db.heads if rev not in graph.parents]
+    applied = graph.ancestors(known)
+    pending = total - len(applied)
+    if target.sync_errors:
+        return StateResult(
+            TargetState.SCRIPT_ERROR,
+            drift.explain_script_errors(target.name, target.sync_errors),
+            pending,
+            applied,
+            current,
+        )
+    if db.error is not None:
+        return StateResult(TargetState.UNREACHABLE, db.error, pending, applied, current)
+    if unknown:
+        detail = drift.explain_unknown_revision(target.name, unknown, known, graph.heads, total)
+        return StateResult(TargetState.UNKNOWN_REVISION, detail, pending, applied, current)
+    if not db.heads:
+        detail = f"The database has no alembic_version (or it is empty): none of the {total} revisions is applied."
+        if len(graph.heads) > 1:
+            detail += " " + drift.explain_multiple_heads(target.name, graph.heads, db.heads)
+        return StateResult(TargetState.EMPTY, detail, pending, applied, current)
+    if len(graph.heads) > 1 and current != set(graph.heads):
+        detail = drift.explain_multiple_heads(target.name, graph.heads, db.heads)
+        return StateResult(TargetState.MULTIPLE_HEADS, detail, pending, applied, current)
+    if pending == 0 and current == set(graph.heads):
+        return StateResult(TargetState.AT_HEAD, f"At head: {', '.join(db.heads)}.", 0, applied, current)
+    detail = f"Behind: {pending} revision(s) not applied; the database is at {', '.join(db.heads)}, the scripts' head is {', '.join(graph.heads)}."
+    return StateResult(TargetState.BEHIND, detail, pending, applied, current)
+
+
+# ---------------------------------------------------------------- writing
+def _chunks(items: list, size: int = BATCH):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _upsert_rows(target: Target, rows: dict[str, dict[str, Any]], result: StateResult) -> None:
+    """Create, update and delete Revision rows in batches; no per-row queries."""
+    existing = {
+        values["revision"]: values
+        for values in Revision.objects.filter(target=target).values(
+            "id", "revision", *ROW_FIELDS, "applied", "is_current"
+        )
+    }
+    to_create, to_update = [], []
+    fields = (*ROW_FIELDS, "applied", "is_current")
+    for rev, row in rows.items():
+        wanted = {**row, "applied": rev in result.applied, "is_current": rev in result.current}
+        old = existing.get(rev)
+        if old is None:
+            to_create.append(Revision(target=target, revision=rev, **wanted))
+        elif any(old[name] != wanted[name] for name in fields):
+            to_update.append(Revision(id=old["id"], target=target, revision=rev, **wanted))
+    gone = [values["id"] for rev, values in existing.items() if rev not in rows]
+    for chunk in _chunks(gone):
+        Revision.objects.filter(id__in=chunk).delete()
+    Revision.objects.bulk_create(to_create, batch_size=BATCH)
+    Revision.objects.bulk_update(to_update, fields, batch_size=250)
+
+
+def _update_flags(target: Target, result: StateResult) -> None:
+    """Set applied/is_current from `result`, touching only rows whose flag changes."""
+    current_flags = Revision.objects.filter(target=target).values_list("id", "revision", "applied", "is_current")
+    changes: dict[tuple[str, bool], list[int]] = {}
+    for pk, rev, applied, is_current in current_flags:
+        if applied != (rev in result.applied):
+            changes.setdefault(("applied", not applied), []).append(pk)
+        if is_current != (rev in result.current):
+            changes.setdefault(("is_current", not is_current), []).append(pk)
+    for (name, value), ids in changes.items():
+        for chunk in _chunks(ids, 5000):
+            Revision.objects.filter(id__in=chunk).update(**{name: value})
+
+
+def _rows_from_db(target: Target) -> dict[str, dict[str, Any]]:
+    return {
+        values["revision"]: values
+        for values in Revision.objects.filter(target=target).values(
+            "revision", "down_revisions", "depends_on", "branch_labels"
+        )
+    }
+
+
+def _read_db(config: TargetConfig | None, problem: str | None, last_known: list[str]) -> DbRead:
+    """What alembic_version holds; on failure the error (masked) plus the last known heads for the flags."""
+    if config is None:
+        return DbRead(heads=list(last_known), error=problem or "target is misconfigured")
+    try:
+        return DbRead(heads=read_current_heads(config))
+    except TargetUnreachable as exc:
+        return DbRead(heads=list(last_known), error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - any driver failure shows as unreachable, masked
+        return DbRead(heads=list(last_known), error=f"Target {config.name!r} is unreachable: {mask_url(str(exc))}")
+
+
+def _record_heads(target: Target, db: DbRead, actor: Actor) -> None:
+    """Audit a heads change seen since the last look (the history Alembic does not keep)."""
+    if db.error is not None:
+        return
+    new = sorted(db.heads)
+    old = target.last_seen_heads
+    if old is not None and sorted(old) != new:
+        append_event(
+            action=AuditAction.HEADS_CHANGED,
+            outcome=AuditOutcome.INFO,
+            actor=actor,
+            target=target.name,
+            from_revision=sorted(old),
+            to_revision=new,
+            message=f"Heads of {target.name} changed from {', '.join(sorted(old)) or '(empty)'} to {', '.join(new) or '(empty)'}.",
+            detail={"old_heads": sorted(old), "new_heads": new},
+        )
+    target.last_seen_heads = new
+    target.current_heads = new
+
+
+def _apply_state(target: Target, graph: _Graph, db: DbRead, actor: Actor, *, note: str = "") -> StateResult:
+    result = compute_state(target, graph, db)
+    _record_heads(target, db, actor)
+    target.state = result.state
+    target.state_detail = (result.detail + (" " + note if note else "")).strip()
+    target.pending_count = result.pending_count
+    target.last_checked_at = timezone.now()
+    return result
+
+
+def _config(name: str) -> tuple[TargetConfig | None, str | None]:
+    try:
+        return get_target(name), None
+    except TargetMisconfigured as exc:
+        return None, str(exc)
+
+
+# ------------------------------------------------------------------ public
+def sync_target(name: str, *, actor: Actor | None = None, force: bool = False) -> Target:
+    """Sync target `name`'s catalog and state; return the saved Target.
+
+    Re-imports the script directory only when its fingerprint changed (or
+    `force`); the returned object's `catalog_reread` attribute says whether it
+    did. Raises TargetNotConfigured for an unknown name; never raises for an
+    unreachable database or a broken script directory.
+    """
+    actor = actor or SYSTEM_ACTOR
+    target = ensure_target_row(name)
+    config, problem = _config(name)
+    fingerprint, loaded = "", None
+    if config is not None:
+        try:
+            fingerprint = script_fingerprint(config)
+        except OpsError as exc:
+            problem = str(exc)
+        if problem is None and (force or fingerprint != target.script_fingerprint or target.last_synced_at is None):
+            loaded = load_catalog(config)
+    db = _read_db(config, problem, target.current_heads)
+    with transaction.atomic():
+        target = Target.objects.select_for_update().get(pk=target.pk)
+        rows: dict[str, dict[str, Any]] | None = None
+        if problem is not None:
+            target.sync_errors = [{"file": "", "error": mask_url(problem)}]
+            target.script_fingerprint = ""
+        elif loaded is not None and (
+            force or fingerprint != target.script_fingerprint or target.last_synced_at is None
+        ):
+            target.script_fingerprint = fingerprint
+            target.sync_errors = loaded.errors
+            if not loaded.errors:
+                rows = loaded.rows
+                target.script_heads = loaded.heads
+                target.revision_count = len(rows)
+        else:
+            # Unchanged directory (or another sync just stored it): nothing to re-read.
+            loaded = None
+        graph_rows = rows if rows is not None else _rows_from_db(target)
+        graph = _Graph.from_rows(graph_rows, list(target.script_heads))
+        result = _apply_state(target, graph, db, actor)
+        if rows is not None:
+            _upsert_rows(target, rows, result)
+        else:
+            _update_flags(target, result)
+        target.last_synced_at = timezone.now()
+        target.save()
+    target.catalog_reread = loaded is not None
+    return target
+
+
+def sync_all(*, actor: Actor | None = None, force: bool = False) -> list[Target]:
+    """sync_target for every configured target, in configuration order."""
+    return [sync_target(name, actor=actor, force=force) for name in settings.OPS_TARGETS]
+
+
+def refresh_state(name: str, *, actor: Actor | None = None) -> Target:
+    """Re-read only alembic_version and recompute state and flags from the synced rows.
+
+    Never imports a migration file. When the script directory changed since
+    the last sync, says so in `state_detail` (the catalog is stale).
+    Raises TargetNotConfigured for an unknown name.
+    """
+    actor = actor or SYSTEM_ACTOR
+    target = ensure_target_row(name)
+    config, problem = _config(name)
+    note = ""
+    if config is not None and target.script_fingerprint:
+        try:
+            if script_fingerprint(config) != target.script_fingerprint:
+                note = "The script directory changed since the last sync: run sync_revisions to update the catalog."
+        except OpsError as exc:
+            note = f"The script directory cannot be read now: {exc}"
+    db = _read_db(config, problem, target.current_heads)
+    with transaction.atomic():
+        target = Target.objects.select_for_update().get(pk=target.pk)
+        graph = _Graph.from_rows(_rows_from_db(target), list(target.script_heads))
+        if target.last_synced_at is None:
+            _record_heads(target, db, actor)
+            target.state = TargetState.UNREACHABLE if db.error else TargetState.NOT_SYNCED
+            target.state_detail = db.error or "The catalog has not been synced yet: run sync_revisions."
+            target.last_checked_at = timezone.now()
+        else:
+            _update_flags(target, _apply_state(target, graph, db, actor, note=note))
+        target.save()
+    target.catalog_reread = False
+    return target
+
+
+__all__ = [
+    "LoadedCatalog",
+    "compute_state",
+    "ensure_target_row",
+    "read_current_heads",
+    "refresh_state",
+    "script_fingerprint",
+    "sync_all",
+    "sync_target",
+]

@@ -1,0 +1,185 @@
+"""Reading a target's script directory: fingerprint and one-pass catalog load.
+
+This is the only module that imports migration files, and only through
+Alembic's own API (`ScriptDirectory`, `Script`, `RevisionMap`). Each file is
+loaded on its own so that a file failing to import is reported by name with
+its error instead of aborting the whole read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionMap
+from alembic.util import to_tuple
+
+from opsapp.services.alembic_api import script_directory
+from opsapp.targets import TargetConfig, mask_url
+
+_CREATE_DATE_RE = re.compile(r"^\s*Create Date:\s*(.+?)\s*$", re.MULTILINE)
+ROW_FIELDS = (
+    "down_revisions",
+    "branch_labels",
+    "branch_labels_text",
+    "depends_on",
+    "message",
+    "docstring",
+    "create_date",
+    "path",
+    "position",
+    "is_head",
+    "is_base",
+    "is_branch_point",
+    "is_merge_point",
+)
+
+
+@contextmanager
+def _preserved_sys_path() -> Iterator[None]:
+    # ScriptDirectory.from_config prepends `prepend_sys_path` on every call;
+    # in a long-lived process that would grow sys.path without bound.
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def open_script_directory(config: TargetConfig) -> ScriptDirectory:
+    """The target's ScriptDirectory (no migration file is imported). Raises ScriptDirectoryError."""
+    with _preserved_sys_path():
+        return script_directory(config)
+
+
+def _walk_files(location: Path) -> Iterator[tuple[str, int, int]]:
+    stack = [location]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != "__pycache__":
+                    stack.append(Path(entry.path))
+            elif entry.name.endswith(".py"):
+                st = entry.stat()
+                yield entry.path, st.st_size, st.st_mtime_ns
+
+
+def fingerprint_of(sd: ScriptDirectory, ini: Path) -> str:
+    """sha256 over (name, size, mtime) of every .py under the version locations, env.py and the ini."""
+    digest = hashlib.sha256()
+    items: list[tuple[str, int, int]] = []
+    for extra in (Path(sd.dir) / "env.py", ini):
+        try:
+            st = extra.stat()
+            items.append((str(extra), st.st_size, st.st_mtime_ns))
+        except OSError:
+            items.append((str(extra), -1, -1))
+    for location in sd._version_locations:
+        items.extend(_walk_files(Path(location)))
+    for name, size, mtime in sorted(items):
+        digest.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedCatalog:
+    """The result of reading a script directory once."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heads: list[str] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    revision_map: RevisionMap | None = None
+
+
+def _error(path: str | None, exc: BaseException | str) -> dict[str, str]:
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return {"file": path or "", "error": mask_url(text)[:2000]}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_catalog(config: TargetConfig) -> LoadedCatalog:
+    """Import every revision file of the target once and compute all rows and flags in one pass.
+
+    Never raises for a broken script directory: problems are returned in
+    `errors` (file name relative to the script directory, plus the error).
+    """
+    result = LoadedCatalog()
+    try:
+        sd = open_script_directory(config)
+    except Exception as exc:  # noqa: BLE001 - reported, never a crash
+        result.errors.append(_error(None, str(exc)))
+        return result
+    root = Path(sd.dir)
+    scripts: list[Script] = []
+    with _preserved_sys_path():
+        for location in sd._version_locations:
+            if not location.exists():
+                continue
+            for path in Script._list_py_dir(sd, location):
+                try:
+                    script = Script._from_path(sd, path.resolve())
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken file is data, not a crash
+                    result.errors.append(_error(_relative(path, root), exc))
+                    continue
+                if script is not None:
+                    scripts.append(script)
+    if result.errors:
+        return result
+    rmap = RevisionMap(lambda: scripts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ordered = list(rmap.iterate_revisions("heads", "base", inclusive=True, assert_relative_length=False))
+        except Exception as exc:  # noqa: BLE001 - a broken graph is reported
+            ordered = []
+            result.errors.append(_error(None, exc))
+    for warning in caught:
+        text = str(warning.message)
+        if "present more than once" in text or "is not present" in text:
+            result.errors.append(_error(None, text))
+    if result.errors:
+        return result
+    total = len(ordered)
+    for index, script in enumerate(ordered):
+        labels = list(script._orig_branch_labels)
+        longdoc = script.longdoc
+        match = _CREATE_DATE_RE.search(longdoc)
+        result.rows[script.revision] = {
+            "down_revisions": list(script._versioned_down_revisions),
+            "branch_labels": labels,
+            "branch_labels_text": " ".join(labels)[:500],
+            "depends_on": list(to_tuple(script.dependencies, default=())),
+            "message": script.doc,
+            "docstring": longdoc,
+            "create_date": match.group(1)[:64] if match else "",
+            "path": _relative(Path(script.path), root),
+            # walk order is heads first; position counts from the bases.
+            "position": total - 1 - index,
+            "is_head": script.is_head,
+            "is_base": script.is_base,
+            "is_branch_point": script.is_branch_point,
+            "is_merge_point": script.is_merge_point,
+        }
+    result.heads = list(rmap.heads)
+    result.revision_map = rmap
+    return result

@@ -1,0 +1,192 @@
+"""Branch-aware downgrade planning, the way Alembic resolves and orders it.
+
+`plan_downgrade` resolves a downgrade target exactly as `alembic downgrade`
+does (full id, unique prefix, `branch@rev`, `base`, relative `-N`) using
+Alembic's own RevisionMap, and lists the revisions that would be reverted in
+the order Alembic runs them. It refuses, with a message naming the
+revision, what Alembic would refuse or what would silently do nothing.
+By default it works from the synced Revision rows: no migration file is imported.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+
+from alembic.script.revision import (
+    MultipleHeads,
+    RangeNotAncestorError,
+    ResolutionError,
+    Revision,
+    RevisionError,
+    RevisionMap,
+)
+
+from opsapp.models import Revision as RevisionRow
+from opsapp.models import Target
+from opsapp.services.errors import RevisionResolutionError
+
+_RELATIVE = re.compile(r"^(?:(?P<branch>.+?)@)?(?P<symbol>\w+)?(?P<steps>[+-]\d+)$")
+
+
+@dataclass(frozen=True)
+class DowngradePlan:
+    target: str
+    to_input: str
+    to_revision: str  # the resolved full id, or "base"
+    from_heads: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)  # reverted revisions, in Alembic's order
+
+
+def revision_map_from_rows(target: Target) -> RevisionMap:
+    """An Alembic RevisionMap built from the synced rows of `target` (no file import).
+
+    Rows are fed in file order (by path), the order ScriptDirectory loads
+    them, so traversal ties break the same way as with the real files.
+    """
+    rows = list(
+        RevisionRow.objects.filter(target=target)
+        .order_by("path", "revision")
+        .values_list("revision", "down_revisions", "depends_on", "branch_labels")
+    )
+    revisions = [
+        Revision(rev, tuple(down) or None, tuple(depends) or None, tuple(labels) or None)
+        for rev, down, depends, labels in rows
+    ]
+    return RevisionMap(lambda: revisions)
+
+
+def _refuse(message: str, target_name: str, **attrs: object) -> RevisionResolutionError:
+    return RevisionResolutionError(message, target=target_name, **attrs)
+
+
+def _prefix_candidates(rmap: RevisionMap, prefix: str) -> list[str]:
+    return sorted(rev for rev in rmap._revision_map if isinstance(rev, str) and rev.startswith(prefix))
+
+
+def _ancestors(rmap: RevisionMap, heads: list[str]) -> set[str]:
+    revs = [rmap.get_revision(rev) for rev in heads]
+    return {rev.revision for rev in rmap._get_ancestor_nodes(revs, include_dependencies=True)}
+
+
+def _resolve(rmap: RevisionMap, name: str, to: str, heads: list[str]) -> tuple[str, list[str]]:
+    """(resolved id or "base", Alembic's downgrade steps). Raises RevisionResolutionError."""
+    relative = _RELATIVE.match(to)
+    if relative and relative["steps"].startswith("+"):
+        raise _refuse(
+            f"{to!r} moves up the history: a downgrade target must be below the current heads.", name, revision=to
+        )
+    if relative and relative["symbol"] is None and relative["branch"] is None and len(set(heads)) > 1:
+        raise _refuse(
+            f"The relative step {to!r} is ambiguous: the database has several heads ({', '.join(heads)}). "
+            f"Name the branch (e.g. <branch>@{to}) or the revision to downgrade to.",
+            name,
+            revision=to,
+            heads=heads,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, resolved = rmap._parse_downgrade_target(
+                current_revisions=tuple(heads), target=to, assert_relative_length=True
+            )
+            steps = [rev.revision for rev in rmap.iterate_revisions(tuple(heads), to, select_for_downgrade=True)]
+    except MultipleHeads as exc:
+        raise _refuse(
+            f"{to!r} names several heads ({', '.join(exc.heads)}): name one revision, or use <branch>@head.",
+            name,
+            revision=to,
+        ) from exc
+    except ResolutionError as exc:
+        text = str(exc)
+        if text.startswith("Multiple revisions start with"):
+            prefix = exc.argument
+            candidates = _prefix_candidates(rmap, prefix)
+            raise _refuse(
+                f"Revision prefix {prefix!r} is ambiguous: it matches {', '.join(candidates)}. Give more characters.",
+                name,
+                revision=to,
+                candidates=candidates,
+            ) from exc
+        raise _refuse(f"Unknown revision {to!r}: {text}.", name, revision=to) from exc
+    except RangeNotAncestorError as exc:
+        raise _refuse(
+            f"Revision {to!r} is not below the current heads ({', '.join(heads)}): it is not applied, so there is nothing to downgrade to.",
+            name,
+            revision=to,
+            heads=heads,
+        ) from exc
+    except RevisionError as exc:
+        text = str(exc)
+        if text == "Ambiguous walk":
+            message = (
+                f"The relative step {to!r} is ambiguous: walking down from {', '.join(heads)} reaches a merge point "
+                "with several parents (or a branch point with several children). Name the revision to downgrade to."
+            )
+        elif "didn't produce" in text or text == "Walked too far":
+            message = f"The relative step {to!r} goes below the base of the history from {', '.join(heads)}."
+        else:
+            message = f"Cannot resolve {to!r}: {text}."
+        raise _refuse(message, name, revision=to) from exc
+    if resolved is None or resolved == "base":
+        return "base", steps
+    return resolved.revision, steps
+
+
+def plan_downgrade(
+    target_name: str, to: str, current_heads: list[str], *, revision_map: RevisionMap | None = None
+) -> DowngradePlan:
+    """Plan a downgrade of `target_name` from `current_heads` to `to`.
+
+    Raises RevisionResolutionError (with `.revision`) for: no synced catalog,
+    an empty database, current heads the scripts do not know, an unknown
+    revision, an ambiguous prefix (listing the candidates), a relative step
+    that is ambiguous at a merge point or from several heads, a target that
+    is not below the current heads, and nothing to downgrade.
+    """
+    to_input = to
+    to = (to or "").strip()
+    if not to:
+        raise _refuse(
+            "No downgrade target given: name a revision, a unique prefix, branch@rev, base or -N.", target_name
+        )
+    if revision_map is None:
+        target = Target.objects.filter(name=target_name).first()
+        if target is None or target.last_synced_at is None:
+            raise _refuse(
+                f"Target {target_name!r} has no synced catalog: run sync_revisions first.", target_name, revision=to
+            )
+        revision_map = revision_map_from_rows(target)
+    heads = sorted(set(current_heads))
+    if not heads:
+        raise _refuse(
+            f"Nothing to downgrade: target {target_name!r} has no applied revision.", target_name, revision=to
+        )
+    unknown = [rev for rev in heads if rev not in revision_map._revision_map]
+    if unknown:
+        raise _refuse(
+            f"The database holds revision(s) {', '.join(unknown)} that the scripts do not know; "
+            "resolve that drift before planning a downgrade.",
+            target_name,
+            revision=unknown[0],
+            heads=heads,
+        )
+    to_revision, steps = _resolve(revision_map, target_name, to, heads)
+    if to_revision != "base" and to_revision not in _ancestors(revision_map, heads):
+        raise _refuse(
+            f"Revision {to_revision} is not below the current heads ({', '.join(heads)}): it is not applied, "
+            "so there is nothing to downgrade to.",
+            target_name,
+            revision=to_revision,
+            heads=heads,
+        )
+    if not steps:
+        why = "it is a current head" if to_revision in heads else "nothing applied depends on it"
+        raise _refuse(
+            f"Nothing to downgrade: going to {to_revision} from {', '.join(heads)} reverts no revision ({why}).",
+            target_name,
+            revision=to_revision,
+            heads=heads,
+        )
+    return DowngradePlan(target=target_name, to_input=to_input, to_revision=to_revision, from_heads=heads, steps=steps)
