@@ -39,6 +39,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if 
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
+    # opsapp first: its admin/base_site.html (environment banner) and
+    # admin/index.html (dashboard) must win over django.contrib.admin's own.
+    "opsapp",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -46,7 +49,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
-    "opsapp",
 ]
 
 MIDDLEWARE = [
@@ -144,9 +146,15 @@ AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # Behind a reverse proxy, name the header carrying the real client address
-# (e.g. HTTP_X_FORWARDED_FOR) so throttling and audit see the client, not the proxy.
+# (e.g. HTTP_X_REAL_IP, set by the proxy) so throttling and audit see the client, not the proxy.
 AXES_IPWARE_META_PRECEDENCE_ORDER = env.list("OPS_CLIENT_IP_HEADERS", default=["REMOTE_ADDR"])
 OPS_CLIENT_IP_HEADERS = AXES_IPWARE_META_PRECEDENCE_ORDER
+# django-ipware is not installed, so axes would fall back to REMOTE_ADDR (the
+# proxy's address: one lockout for everybody). Use the same proxy-aware lookup
+# as the audit log instead. Only name a header your proxy overwrites (e.g.
+# nginx `proxy_set_header X-Real-IP $remote_addr;` -> HTTP_X_REAL_IP), never
+# one a client can forge.
+AXES_CLIENT_IP_CALLABLE = "opsapp.services.actors.client_ip"
 AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
 
 # --- the console's own domain ---
@@ -188,5 +196,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Start-up chatter that would fill every cron mail.
+        "alembic.runtime.plugins": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+    },
 }

@@ -1,3 +1,371 @@
-"""Admin for rollback (see the issue that owns it)."""
+"""Admin for rollback requests: request a downgrade, follow its gate, attach a snapshot, execute with a code.
+
+Thin edge: every action checks its permission on the server, calls one
+service of `opsapp.services.rollback` / `opsapp.services.snapshots`, and
+shows the service's message. Nobody can delete a request or change a stored
+field (`has_change_permission` is False); the actions below have their own
+permissions:
+
+  add_rollbackrequest      request a downgrade
+  change_rollbackrequest   attach a snapshot, re-issue the code, cancel
+  take_snapshot            take a snapshot now (and attach it)
+  execute_rollbackrequest  execute with a verification code
+"""
 
 from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from opsapp.admin.rollback_forms import (
+    AttachSnapshotForm,
+    ExecuteForm,
+    RequestDowngradeForm,
+    gate_summary,
+    max_code_attempts,
+    sql_lines,
+    verified_snapshots,
+)
+from opsapp.models import RollbackRequest, RollbackStatus
+from opsapp.services.actors import Actor
+from opsapp.services.errors import GateRefused, OpsError
+
+PERM_ADD = "opsapp.add_rollbackrequest"
+PERM_CHANGE = "opsapp.change_rollbackrequest"
+PERM_EXECUTE = "opsapp.execute_rollbackrequest"
+PERM_TAKE_SNAPSHOT = "opsapp.take_snapshot"
+
+
+def _rollback():
+    # Imported on use: the admin registry loads at start-up and must not pull
+    # Alembic and the gate machinery into every process (manage.py check, cron).
+    from opsapp.services import rollback
+
+    return rollback
+
+
+def _require(request: HttpRequest, *perms: str) -> None:
+    """Server-side permission check; hidden buttons are not the protection."""
+    if not all(request.user.has_perm(perm) for perm in perms):
+        raise PermissionDenied
+
+
+def safe_gate_status(obj: RollbackRequest) -> list:
+    """The gate preview, or one failed pseudo-check if it cannot be computed (never a 500)."""
+    rollback = _rollback()
+    try:
+        return rollback.gate_status(obj)
+    except OpsError as exc:
+        return [rollback.GateCheck(gate="request", ok=False, message=str(exc))]
+
+
+def reconcile_if_needed(request: HttpRequest) -> None:
+    """Crash safety on page load: mark requests left `running` by a dead process.
+
+    Only for users who may act on requests: an auditor's visit changes nothing
+    (cron's `execute_rollback --reconcile` covers the rest).
+    """
+    if not (request.user.has_perm(PERM_CHANGE) or request.user.has_perm(PERM_EXECUTE)):
+        return
+    if not RollbackRequest.objects.filter(status=RollbackStatus.RUNNING).exists():
+        return
+    try:
+        found = _rollback().reconcile(actor=Actor.from_request(request))
+    except OpsError as exc:
+        messages.warning(request, f"Could not reconcile running requests: {exc}")
+        return
+    for req in found:
+        messages.warning(request, f"Rollback request #{req.pk} was interrupted: {req.error or req.status}")
+
+
+@admin.register(RollbackRequest)
+class RollbackRequestAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "target",
+        "to_short",
+        "status",
+        "requested_by_username",
+        "created_at",
+        "gates",
+        "snapshot_link",
+    )
+    list_display_links = ("id", "target")
+    list_filter = ("status", "target", "created_at")
+    list_select_related = ("target", "snapshot")
+    search_fields = ("=id", "reason", "to_revision", "to_revision_input", "requested_by_username")
+    date_hierarchy = "created_at"
+    fieldsets = (
+        ("Request", {"fields": ("target", "status", "requested_by_username", "reason", "created_at")}),
+        (
+            "Plan",
+            {"fields": ("to_revision_input", "to_revision", "from_heads", "steps", "sql_sha256", "script_fingerprint")},
+        ),
+        (
+            "Verification code",
+            {
+                "fields": (
+                    "code_issued_at",
+                    "code_expires_at",
+                    "code_used_at",
+                    "code_attempts_display",
+                    "code_recipients",
+                )
+            },
+        ),
+        ("Snapshot", {"fields": ("snapshot",)}),
+        (
+            "Execution",
+            {
+                "fields": (
+                    "started_at",
+                    "finished_at",
+                    "executed_by_username",
+                    "duration_ms",
+                    "attempts",
+                    "reverted",
+                    "final_heads",
+                    "error",
+                    "sqlstate",
+                    "last_refusal_gate",
+                    "last_refusal_message",
+                )
+            },
+        ),
+    )
+    readonly_fields = ("code_attempts_display",)
+
+    # ------------------------------------------------------------ permissions
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Stored fields never change through a form; actions check their own permissions.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    # ---------------------------------------------------------------- columns
+    @admin.display(description="to revision", ordering="to_revision")
+    def to_short(self, obj: RollbackRequest) -> str:
+        return obj.to_revision[:12] if obj.to_revision != "base" else "base"
+
+    @admin.display(description="gate status")
+    def gates(self, obj: RollbackRequest) -> str:
+        if obj.status != RollbackStatus.PENDING:
+            return "-"
+        return gate_summary(safe_gate_status(obj))
+
+    @admin.display(description="snapshot", ordering="snapshot")
+    def snapshot_link(self, obj: RollbackRequest) -> str:
+        if not obj.snapshot_id:
+            return "-"
+        url = reverse("admin:opsapp_snapshot_change", args=[obj.snapshot_id])
+        return format_html('<a href="{}">#{} ({})</a>', url, obj.snapshot_id, obj.snapshot.status)
+
+    @admin.display(description="wrong code attempts")
+    def code_attempts_display(self, obj: RollbackRequest) -> str:
+        return f"{obj.code_attempts} of {max_code_attempts()}"
+
+    # ------------------------------------------------------------------- urls
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        custom = [
+            path("<path:object_id>/attach/", wrap(self.attach_view), name="opsapp_rollbackrequest_attach"),
+            path(
+                "<path:object_id>/take-snapshot/",
+                wrap(self.take_snapshot_view),
+                name="opsapp_rollbackrequest_takesnapshot",
+            ),
+            path("<path:object_id>/reissue/", wrap(self.reissue_view), name="opsapp_rollbackrequest_reissue"),
+            path("<path:object_id>/cancel/", wrap(self.cancel_view), name="opsapp_rollbackrequest_cancel"),
+            path("<path:object_id>/execute/", wrap(self.execute_view), name="opsapp_rollbackrequest_execute"),
+        ]
+        return custom + super().get_urls()
+
+    def _get(self, request: HttpRequest, object_id: str) -> RollbackRequest:
+        return get_object_or_404(RollbackRequest.objects.select_related("target", "snapshot"), pk=object_id)
+
+    def _back(self, obj: RollbackRequest) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:opsapp_rollbackrequest_change", args=[obj.pk]))
+
+    def panel_context(self, request: HttpRequest, obj: RollbackRequest) -> dict:
+        """What the request page and the execute page show besides the stored fields."""
+        user = request.user
+        pending = obj.status == RollbackStatus.PENDING
+        return {
+            "rr": obj,
+            "gate_checks": safe_gate_status(obj) if pending else [],
+            "sql_lines": sql_lines(obj.sql_preview, obj.destructive),
+            "destructive": obj.destructive or [],
+            "non_transactional": obj.non_transactional or [],
+            "max_code_attempts": max_code_attempts(),
+            "is_pending": pending,
+            "attach_form": AttachSnapshotForm(target_id=obj.target_id, initial={"snapshot": obj.snapshot_id}),
+            "has_verified_snapshots": verified_snapshots(obj.target_id).exists(),
+            "execute_form": ExecuteForm(),
+            "can_change": user.has_perm(PERM_CHANGE),
+            "can_execute": user.has_perm(PERM_EXECUTE),
+            "can_take_snapshot": user.has_perm(PERM_TAKE_SNAPSHOT) and user.has_perm(PERM_CHANGE),
+        }
+
+    # ------------------------------------------------------------------ views
+    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
+        if self.has_view_permission(request):
+            reconcile_if_needed(request)
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None) -> HttpResponse:
+        obj = self.get_object(request, object_id)
+        if obj is not None and self.has_view_permission(request, obj) and request.method == "GET":
+            reconcile_if_needed(request)
+            obj.refresh_from_db()
+            extra_context = {**(extra_context or {}), **self.panel_context(request, obj)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context=None) -> HttpResponse:
+        """ "Request downgrade": plan, preview, analyse and send the code, through create_request."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            form = RequestDowngradeForm(request.POST)
+            if form.is_valid():
+                data = form.cleaned_data
+                try:
+                    obj = _rollback().create_request(
+                        target_name=data["target"],
+                        to=data["to"],
+                        reason=data["reason"],
+                        actor=Actor.from_request(request),
+                        snapshot_id=data["snapshot"].pk if data["snapshot"] else None,
+                    )
+                except OpsError as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    if obj.code_recipients and not obj.last_refusal_gate:
+                        messages.success(
+                            request,
+                            f"Rollback request #{obj.pk} created. A verification code was sent to: "
+                            f"{', '.join(obj.code_recipients)}.",
+                        )
+                    else:
+                        # Created, but it cannot proceed (e.g. nobody may approve it): say why.
+                        messages.warning(
+                            request,
+                            f"Rollback request #{obj.pk} created, but no code was sent: "
+                            f"{obj.last_refusal_message or 'no approver'}",
+                        )
+                    return self._back(obj)
+        else:
+            form = RequestDowngradeForm(
+                initial={"target": request.GET.get("target", ""), "to": request.GET.get("to", "")}
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Request downgrade",
+            "opts": self.opts,
+            "form": form,
+            "adminform_errors": form.non_field_errors(),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/opsapp/rollbackrequest/request_form.html", context)
+
+    def attach_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        _require(request, PERM_CHANGE)
+        if request.method != "POST":
+            return _method_not_allowed()
+        obj = self._get(request, object_id)
+        form = AttachSnapshotForm(request.POST, target_id=obj.target_id)
+        if not form.is_valid():
+            messages.error(request, "Pick a verified snapshot of this target.")
+            return self._back(obj)
+        try:
+            _rollback().attach_snapshot(obj, form.cleaned_data["snapshot"].pk, actor=Actor.from_request(request))
+        except OpsError as exc:
+            messages.error(request, f"Snapshot not attached: {exc}")
+        else:
+            messages.success(request, f"Snapshot #{form.cleaned_data['snapshot'].pk} attached.")
+        return self._back(obj)
+
+    def take_snapshot_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        _require(request, PERM_TAKE_SNAPSHOT, PERM_CHANGE)
+        if request.method != "POST":
+            return _method_not_allowed()
+        obj = self._get(request, object_id)
+        from opsapp.services import snapshots
+
+        actor = Actor.from_request(request)
+        try:
+            snapshot = snapshots.take_snapshot(obj.target.name, actor=actor)
+            _rollback().attach_snapshot(obj, snapshot.pk, actor=actor)
+        except OpsError as exc:
+            messages.error(request, f"Snapshot failed: {exc}")
+        else:
+            messages.success(request, f"Snapshot #{snapshot.pk} taken, verified and attached.")
+        return self._back(obj)
+
+    def reissue_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        _require(request, PERM_CHANGE)
+        if request.method != "POST":
+            return _method_not_allowed()
+        obj = self._get(request, object_id)
+        try:
+            recipients = _rollback().issue_code(obj, actor=Actor.from_request(request))
+        except OpsError as exc:
+            messages.error(request, f"No code issued: {exc}")
+        else:
+            messages.success(request, f"A new code was sent to: {', '.join(recipients)}. The old code no longer works.")
+        return self._back(obj)
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        _require(request, PERM_CHANGE)
+        if request.method != "POST":
+            return _method_not_allowed()
+        obj = self._get(request, object_id)
+        try:
+            _rollback().cancel_request(obj, actor=Actor.from_request(request))
+        except OpsError as exc:
+            messages.error(request, f"Not cancelled: {exc}")
+        else:
+            messages.success(request, f"Rollback request #{obj.pk} cancelled.")
+        return self._back(obj)
+
+    def execute_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the confirmation page (plan, SQL, gates, code field). POST: run the gate and the downgrade."""
+        _require(request, PERM_EXECUTE)
+        obj = self._get(request, object_id)
+        error = result = None
+        form = ExecuteForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                result = _rollback().execute_request(
+                    obj.pk, code=form.cleaned_data["code"], actor=Actor.from_request(request)
+                )
+            except GateRefused as exc:
+                error = f"Refused by gate '{exc.gate}': {exc}"
+            except OpsError as exc:
+                error = f"The downgrade failed and was rolled back; the target is unchanged: {exc}"
+            else:
+                heads = ", ".join(result.heads) or "base (no revision)"
+                messages.success(request, f"Downgrade of {obj.target.name} done: {result.message} Heads now: {heads}.")
+                return self._back(obj)
+            obj.refresh_from_db()
+        elif request.method not in ("GET", "HEAD", "POST"):
+            return _method_not_allowed()
+        context = {
+            **self.admin_site.each_context(request),
+            **self.panel_context(request, obj),
+            "title": f"Execute rollback request #{obj.pk}",
+            "opts": self.opts,
+            "original": obj,
+            "execute_form": ExecuteForm() if error else form,
+            "execute_error": error,
+        }
+        return TemplateResponse(request, "admin/opsapp/rollbackrequest/execute.html", context)
+
+
+def _method_not_allowed() -> HttpResponse:
+    return HttpResponseNotAllowed(["POST"])

@@ -34,9 +34,14 @@ class Actor:
 
 
 def client_ip(request) -> str | None:
-    """The client address: the first configured header present (proxy-aware), else REMOTE_ADDR."""
+    """The client address: the first configured header present (proxy-aware), else REMOTE_ADDR.
+
+    For a list-valued header such as X-Forwarded-For the rightmost entry is
+    used: it is the one the trusted proxy appended; entries to its left come
+    from the client and can be forged.
+    """
     for header in settings.OPS_CLIENT_IP_HEADERS:
         value = request.META.get(header)
         if value:
-            return value.split(",")[0].strip() or None
+            return value.split(",")[-1].strip() or None
     return request.META.get("REMOTE_ADDR") or None
