@@ -21,3 +21,6 @@ from console.settings import *  # noqa: E402,F403
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 AXES_ENABLED = False
+
+# whitenoise warns on every request when STATIC_ROOT is missing.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
