@@ -1,0 +1,410 @@
+"""Executing a rollback request: the gate under the target's lock, then one atomic downgrade.
+
+Order (DESIGN.md, "The downgrade gate" and "Execution"):
+
+1. Gates 1-3 (request, snapshot, plan) are checked once without the lock, so
+   a request that cannot pass is refused with its real reason even while
+   another operation holds the lock.
+2. Gate 4: the target's lock is taken with a bounded wait; a timeout refuses
+   at gate "lock", naming the holder.
+3. Under the lock, gates 1-3 are checked again (this time the SQL preview
+   is re-rendered and compared), then gate 5, the code, last.
+4. A correct code is consumed by the same conditional UPDATE that marks the
+   request `running` (committed and audited before the first statement runs
+   on the target, so a crash leaves it `running` for `reconcile`).
+5. The downgrade runs in one transaction at the target's isolation level
+   with `lock_timeout`, `command.downgrade` on that connection with
+   `transaction_per_migration=False`; `alembic_version` is read back and
+   compared with the heads Alembic reported for the plan, before COMMIT.
+   Serialization failures are retried (each retry audited); any other error
+   rolls the whole downgrade back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import NoReturn
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.runtime.migration import MigrationContext
+from django.conf import settings
+from django.utils import timezone
+
+from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus
+from opsapp.services import catalog
+from opsapp.services.actors import Actor
+from opsapp.services.alembic_api import create_engine, make_config
+from opsapp.services.audit import append_event
+from opsapp.services.errors import OpsError, RollbackFailed, TargetUnreachable
+from opsapp.services.isolation import run_serializable, sqlstate_of
+from opsapp.services.locks import LockBusy, LockHolder, current_holder, target_lock
+from opsapp.services.rollback_gate import (
+    GateCheck,
+    check_code,
+    check_plan,
+    check_request,
+    check_snapshot,
+    refuse,
+)
+from opsapp.services.rollback_plan import Preview
+from opsapp.targets import TargetConfig, get_target, mask_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExecutionResult:
+    request_id: int
+    status: str
+    gate: str | None
+    message: str
+    heads: list[str]
+
+
+class HeadsMismatch(OpsError):
+    """alembic_version after the downgrade is not what the plan says; the transaction is rolled back."""
+
+
+def _load(request_id: int) -> RollbackRequest:
+    try:
+        return RollbackRequest.objects.select_related("target", "snapshot", "snapshot__target").get(pk=request_id)
+    except RollbackRequest.DoesNotExist:
+        raise OpsError(f"Rollback request #{request_id} does not exist.") from None
+
+
+def _heads(config: TargetConfig) -> tuple[list[str] | None, str]:
+    try:
+        return catalog.read_current_heads(config), ""
+    except OpsError as exc:
+        return None, str(exc)
+
+
+def _check_gates_1_to_3(
+    request: RollbackRequest, config: TargetConfig, actor: Actor, *, regenerate: bool
+) -> Preview | None:
+    message = check_request(request)
+    if message:
+        raise refuse(request, "request", message, actor)
+    heads, problem = _heads(config)
+    message = check_snapshot(request, heads, problem)
+    if message:
+        raise refuse(request, "snapshot", message, actor, {"current_heads": heads})
+    message, preview = check_plan(request, config, heads, regenerate=regenerate, heads_problem=problem)
+    if message:
+        raise refuse(request, "plan", message, actor, {"current_heads": heads})
+    return preview
+
+
+def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionResult:
+    """Check the gate and run the downgrade of request `request_id`.
+
+    Raises GateRefused (`.gate` names the gate; audited, nothing changed on
+    the target), RollbackFailed (the downgrade ran and was rolled back;
+    audited; `.sqlstate` set), OpsError for an unknown request or target.
+    The target's catalog is re-synced after a downgrade ran.
+    """
+    request = _load(request_id)
+    config = get_target(request.target.name)
+    _check_gates_1_to_3(request, config, actor, regenerate=False)
+    holder = LockHolder(user=actor.username, request_id=request.pk, since=timezone.now())
+    ran = False
+    try:
+        with target_lock(config, holder=holder, wait_seconds=settings.OPS_LOCK_WAIT_SECONDS):
+            request = _load(request_id)
+            preview = _check_gates_1_to_3(request, config, actor, regenerate=True)
+            assert preview is not None
+            check_code(request, code, actor)
+            _start(request, actor)
+            ran = True
+            return _run_downgrade(request, config, preview, actor)
+    except LockBusy as exc:
+        holder_text = exc.holder.describe() if getattr(exc, "holder", None) else None
+        raise refuse(request, "lock", str(exc), actor, {"holder": holder_text}) from exc
+    finally:
+        # After the lock is released: the catalog re-reads the new heads.
+        if ran:
+            _resync(config.name, actor)
+
+
+def _start(request: RollbackRequest, actor: Actor) -> None:
+    """Consume the code and mark the request running, in one conditional UPDATE; audit it."""
+    now = timezone.now()
+    changed = RollbackRequest.objects.filter(
+        pk=request.pk, status=RollbackStatus.PENDING, code_used_at__isnull=True, code_hash=request.code_hash
+    ).update(
+        status=RollbackStatus.RUNNING,
+        code_used_at=now,
+        started_at=now,
+        executed_by_username=actor.username[:150],
+        attempts=0,
+        last_refusal_gate="",
+        last_refusal_message="",
+    )
+    if not changed:
+        raise refuse(request, "request", f"Request #{request.pk} changed while it was being checked; try again.", actor)
+    request.refresh_from_db()
+    append_event(
+        action=AuditAction.ROLLBACK_STARTED,
+        outcome=AuditOutcome.INFO,
+        actor=actor,
+        message=f"Downgrade of {request.target.name!r} to {request.to_revision} started; code consumed.",
+        target=request.target.name,
+        request_id=request.pk,
+        snapshot_id=request.snapshot_id,
+        from_revision=request.from_heads,
+        to_revision=request.to_revision,
+        detail={"steps": request.steps, "isolation_level": get_target(request.target.name).isolation_level},
+    )
+
+
+@contextmanager
+def _execution_connection(config: TargetConfig) -> Iterator[sa.Connection]:
+    """A connection whose transactions are real database transactions, DDL included."""
+    if config.is_sqlite:
+        # pysqlite does not BEGIN before DDL; emit BEGIN ourselves (SQLAlchemy's
+        # documented recipe) so the whole downgrade is one SQLite transaction.
+        engine = create_engine(config)
+
+        @sa.event.listens_for(engine, "connect")
+        def _no_implicit_tx(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        engine = create_engine(config, isolation_level=config.isolation_level)
+    try:
+        try:
+            conn = engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            raise TargetUnreachable(
+                f"Target {config.name!r} is unreachable: {mask_url(str(getattr(exc, 'orig', exc) or exc)).strip()}",
+                target=config.name,
+            ) from exc
+        try:
+            if config.is_postgresql and (conn.dialect.server_version_info or (0,)) >= (14,):
+                # If this process dies mid-statement, the server notices within a
+                # second and rolls back instead of finishing a long statement.
+                conn.exec_driver_sql("SET client_connection_check_interval = 1000")
+                conn.commit()
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        engine.dispose()
+
+
+def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Preview, actor: Actor) -> ExecutionResult:
+    expected = sorted(preview.expected_heads)
+    attempts = [0]
+
+    def attempt(conn: sa.Connection) -> list[str]:
+        attempts[0] += 1
+        if config.is_postgresql:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(settings.OPS_LOCK_TIMEOUT_MS)}")
+        command.downgrade(make_config(config, connection=conn, transaction_per_migration=False), request.to_revision)
+        context = MigrationContext.configure(conn, opts={"version_table": preview.version_table})
+        heads = sorted(context.get_current_heads())
+        if heads != expected:
+            raise HeadsMismatch(
+                f"After the downgrade alembic_version holds {heads}, not the planned {expected}; rolled back."
+            )
+        return heads
+
+    def on_retry(number: int, exc: BaseException) -> None:
+        RollbackRequest.objects.filter(pk=request.pk).update(attempts=number)
+        append_event(
+            action=AuditAction.ROLLBACK_RETRIED,
+            outcome=AuditOutcome.INFO,
+            actor=actor,
+            message=f"Attempt {number} hit a serialization failure ({sqlstate_of(exc)}); retrying.",
+            target=request.target.name,
+            request_id=request.pk,
+            detail={"attempt": number, "sqlstate": sqlstate_of(exc)},
+        )
+
+    started = time.monotonic()
+    try:
+        with _execution_connection(config) as conn:
+            heads = run_serializable(
+                lambda: nullcontext(conn), attempt, retries=settings.OPS_SERIALIZATION_RETRIES, on_retry=on_retry
+            )
+    except Exception as exc:
+        _record_failure(request, config, actor, exc, started, attempts[0])
+    duration_ms = int((time.monotonic() - started) * 1000)
+    RollbackRequest.objects.filter(pk=request.pk).update(
+        status=RollbackStatus.SUCCEEDED,
+        finished_at=timezone.now(),
+        duration_ms=duration_ms,
+        attempts=attempts[0],
+        reverted=preview.steps,
+        final_heads=heads,
+        error="",
+        sqlstate="",
+    )
+    message = (
+        f"Downgraded {request.target.name!r} to {request.to_revision}: reverted {len(preview.steps)} revision(s) "
+        f"in {duration_ms} ms; heads now {', '.join(heads) or '(none)'}."
+    )
+    append_event(
+        action=AuditAction.ROLLBACK_SUCCEEDED,
+        outcome=AuditOutcome.SUCCESS,
+        actor=actor,
+        message=message,
+        target=request.target.name,
+        request_id=request.pk,
+        snapshot_id=request.snapshot_id,
+        from_revision=request.from_heads,
+        to_revision=request.to_revision,
+        detail={"reverted": preview.steps, "final_heads": heads, "duration_ms": duration_ms, "attempts": attempts[0]},
+    )
+    return ExecutionResult(request.pk, RollbackStatus.SUCCEEDED, None, message, heads)
+
+
+def _record_failure(
+    request: RollbackRequest, config: TargetConfig, actor: Actor, exc: Exception, started: float, attempts: int
+) -> NoReturn:
+    sqlstate = sqlstate_of(exc)
+    cause = getattr(exc, "orig", None) or exc
+    error = mask_url(f"{type(cause).__name__}: {cause}").strip()[:4000]
+    heads, _ = _heads(config)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    RollbackRequest.objects.filter(pk=request.pk).update(
+        status=RollbackStatus.FAILED,
+        finished_at=timezone.now(),
+        duration_ms=duration_ms,
+        attempts=attempts,
+        error=error,
+        sqlstate=sqlstate[:5],
+        final_heads=heads,
+    )
+    unchanged = heads is not None and sorted(heads) == sorted(request.from_heads)
+    state = "the target is unchanged" if unchanged else f"the target's heads are now {heads}"
+    message = f"The downgrade failed and was rolled back ({state}): {error}"
+    append_event(
+        action=AuditAction.ROLLBACK_FAILED,
+        outcome=AuditOutcome.FAILURE,
+        actor=actor,
+        message=message,
+        target=request.target.name,
+        request_id=request.pk,
+        snapshot_id=request.snapshot_id,
+        from_revision=request.from_heads,
+        to_revision=request.to_revision,
+        detail={"sqlstate": sqlstate, "attempts": attempts, "heads_after": heads, "error": error},
+    )
+    raise RollbackFailed(message, target=request.target.name, heads=heads, sqlstate=sqlstate) from exc
+
+
+def _resync(name: str, actor: Actor) -> None:
+    try:
+        catalog.sync_target(name, actor=actor)
+    except Exception:  # noqa: BLE001 - the result is recorded; a failed re-sync must not hide it
+        log.exception("re-sync of target %s after a downgrade failed", name)
+
+
+# ------------------------------------------------------------------ reconcile
+def reconcile(*, actor: Actor) -> list[RollbackRequest]:
+    """Mark `running` requests whose target lock is free as `interrupted`, with the heads found; audit each.
+
+    A request stays `running` only while its executor holds the target's
+    lock, so a free lock means the executor died. The lock is held (no wait)
+    while a target is reconciled, so no new execution starts meanwhile.
+    Targets that are unreachable or misconfigured are skipped.
+    """
+    done: list[RollbackRequest] = []
+    running = RollbackRequest.objects.filter(status=RollbackStatus.RUNNING).select_related("target")
+    for request in running:
+        try:
+            config = get_target(request.target.name)
+            holder = LockHolder(user=actor.username, operation="reconcile", since=timezone.now())
+            with target_lock(config, holder=holder, wait_seconds=0):
+                heads = catalog.read_current_heads(config)
+                if _mark_interrupted(request, heads, actor):
+                    request.refresh_from_db()
+                    done.append(request)
+        except (LockBusy, OpsError):
+            continue
+    return done
+
+
+def _mark_interrupted(request: RollbackRequest, heads: list[str], actor: Actor) -> bool:
+    if sorted(heads) == sorted(request.from_heads):
+        found = "the target is unchanged at its from-heads (the transaction was rolled back)"
+    else:
+        found = f"the target's heads are {heads or '(none)'}, not the from-heads {request.from_heads}"
+    message = f"The process running request #{request.pk} stopped before recording a result; {found}."
+    changed = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
+        status=RollbackStatus.INTERRUPTED, finished_at=timezone.now(), final_heads=heads, error=message
+    )
+    if changed:
+        append_event(
+            action=AuditAction.ROLLBACK_INTERRUPTED,
+            outcome=AuditOutcome.FAILURE,
+            actor=actor,
+            message=message,
+            target=request.target.name,
+            request_id=request.pk,
+            snapshot_id=request.snapshot_id,
+            from_revision=request.from_heads,
+            to_revision=request.to_revision,
+            detail={"heads_found": heads, "unchanged": sorted(heads) == sorted(request.from_heads)},
+        )
+    return bool(changed)
+
+
+# ------------------------------------------------------------------ preview
+def gate_status(request: RollbackRequest) -> list[GateCheck]:
+    """A read-only preview of the gate for the request page: no lock taken, nothing changes, no refusal audited.
+
+    The SQL preview is not re-rendered here (admin pages never import
+    migration files); the fingerprint check covers changed files, and the
+    preview is re-rendered and compared at execution.
+    """
+    checks: list[GateCheck] = []
+    message = check_request(request)
+    checks.append(GateCheck("request", message is None, message or "pending; the code went to an allowed approver"))
+    try:
+        config = get_target(request.target.name)
+    except OpsError as exc:
+        checks += [GateCheck(g, False, str(exc)) for g in ("snapshot", "plan", "lock")]
+        checks.append(GateCheck("code", None, "entered at execution"))
+        return checks
+    heads, problem = _heads(config)
+    message = check_snapshot(request, heads, problem)
+    checks.append(GateCheck("snapshot", message is None, message or f"snapshot #{request.snapshot_id} verified"))
+    message, _ = check_plan(request, config, heads, regenerate=False, heads_problem=problem)
+    checks.append(
+        GateCheck(
+            "plan",
+            message is None,
+            message or "heads and script directory unchanged; the SQL preview is re-checked at execution",
+        )
+    )
+    try:
+        holder = current_holder(config)
+    except OpsError as exc:
+        checks.append(GateCheck("lock", False, str(exc)))
+    else:
+        if holder is None:
+            checks.append(GateCheck("lock", True, "free"))
+        else:
+            checks.append(GateCheck("lock", False, f"held by {holder.describe()}"))
+    checks.append(_code_preview(request))
+    return checks
+
+
+def _code_preview(request: RollbackRequest) -> GateCheck:
+    if not request.code_hash:
+        return GateCheck("code", False, "no active code; issue one")
+    if request.code_expires_at and timezone.now() >= request.code_expires_at:
+        return GateCheck("code", False, "the code expired; re-issue one")
+    left = max(0, settings.OPS_CODE_MAX_ATTEMPTS - request.code_attempts)
+    until = timezone.localtime(request.code_expires_at).strftime("%H:%M:%S %Z") if request.code_expires_at else "?"
+    return GateCheck("code", None, f"entered at execution (valid until {until}; {left} attempt(s) left)")

@@ -1,0 +1,249 @@
+"""The downgrade gate (DESIGN.md): request, snapshot, plan, lock, code.
+
+Each check returns None when its gate passes or the refusal message. `refuse`
+records a refusal on the request and in the audit log and returns the
+GateRefused to raise. Nothing here touches the target except to read its
+heads; the lock itself is taken by the executor (rollback_execute).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus, SnapshotStatus
+from opsapp.services.actors import Actor
+from opsapp.services.audit import append_event
+from opsapp.services.catalog import script_fingerprint
+from opsapp.services.errors import GateRefused, OpsError
+from opsapp.services.rollback_codes import code_matches, recipients_still_allowed
+from opsapp.services.rollback_plan import Preview, render_preview
+from opsapp.services.snapshots import snapshot_file_problem
+from opsapp.targets import TargetConfig
+
+GATES = ("request", "snapshot", "plan", "lock", "code")
+
+
+@dataclass
+class GateCheck:
+    gate: str
+    ok: bool | None
+    message: str
+
+
+def refuse(
+    request: RollbackRequest, gate: str, message: str, actor: Actor, detail: dict[str, Any] | None = None
+) -> GateRefused:
+    """Record a refusal (request fields + ROLLBACK_REFUSED audit) and return the exception to raise."""
+    RollbackRequest.objects.filter(pk=request.pk).update(last_refusal_gate=gate, last_refusal_message=message)
+    request.last_refusal_gate, request.last_refusal_message = gate, message
+    append_event(
+        action=AuditAction.ROLLBACK_REFUSED,
+        outcome=AuditOutcome.REFUSED,
+        actor=actor,
+        message=f"Refused at gate '{gate}': {message}",
+        target=request.target.name,
+        request_id=request.pk,
+        snapshot_id=request.snapshot_id,
+        from_revision=request.from_heads,
+        to_revision=request.to_revision,
+        detail={"gate": gate, **(detail or {})},
+    )
+    return GateRefused(message, gate=gate, target=request.target.name, heads=list(request.from_heads))
+
+
+# ------------------------------------------------------------------ gate 1
+def check_request(request: RollbackRequest) -> str | None:
+    if request.status != RollbackStatus.PENDING:
+        why = {
+            RollbackStatus.LOCKED: f" (locked after {request.code_attempts} wrong codes)",
+            RollbackStatus.SUCCEEDED: "; its code was already used",
+            RollbackStatus.FAILED: "; its code was already used",
+            RollbackStatus.INTERRUPTED: "; its code was already used",
+            RollbackStatus.RUNNING: "; its code was already used and the downgrade is running",
+        }.get(request.status, "")
+        return f"Request #{request.pk} is {request.get_status_display()}, not pending{why}."
+    if not request.code_hash:
+        if request.last_refusal_gate == "request" and request.last_refusal_message:
+            return request.last_refusal_message
+        return f"No verification code has been issued for request #{request.pk}; issue one first."
+    if not recipients_still_allowed(request):
+        went_to = ", ".join(request.code_recipients) or "nobody"
+        rule = " (the requester may not approve: two-person rule)" if settings.OPS_TWO_PERSON_RULE else ""
+        return (
+            f"The code of request #{request.pk} went to {went_to}, none of whom may approve it now{rule}; "
+            "re-issue the code."
+        )
+    return None
+
+
+# ------------------------------------------------------------------ gate 2
+def check_snapshot(request: RollbackRequest, current_heads: list[str] | None, heads_problem: str = "") -> str | None:
+    snap = request.snapshot
+    target = request.target.name
+    if snap is None:
+        return (
+            f"No snapshot is attached to request #{request.pk}; attach a verified snapshot of target "
+            f"{target!r} taken at its current heads."
+        )
+    if snap.target_id != request.target_id:
+        return f"Snapshot #{snap.pk} belongs to target {snap.target.name!r}, not {target!r}."
+    if snap.status != SnapshotStatus.VERIFIED:
+        return f"Snapshot #{snap.pk} is {snap.status}, not verified."
+    if current_heads is None:
+        return f"Cannot compare snapshot #{snap.pk} with the target's heads: {heads_problem}"
+    if sorted(snap.heads) != sorted(current_heads):
+        return (
+            f"Snapshot #{snap.pk} was taken at heads {_fmt(snap.heads)}, but target {target!r} is now at "
+            f"{_fmt(current_heads)}; take a new snapshot."
+        )
+    age = (timezone.now() - snap.started_at).total_seconds()
+    limit = settings.OPS_SNAPSHOT_MAX_AGE_SECONDS
+    if age > limit:
+        return (
+            f"Snapshot #{snap.pk} is {_duration(age)} old, older than the limit of {_duration(limit)} "
+            "(OPS_SNAPSHOT_MAX_AGE_SECONDS); take a new snapshot."
+        )
+    problem = snapshot_file_problem(snap)
+    if problem:
+        return f"Snapshot file check failed: {problem}"
+    return None
+
+
+# ------------------------------------------------------------------ gate 3
+def check_plan(
+    request: RollbackRequest,
+    config: TargetConfig,
+    current_heads: list[str] | None,
+    *,
+    regenerate: bool,
+    heads_problem: str = "",
+) -> tuple[str | None, Preview | None]:
+    """Heads, script fingerprint, (re-generated) SQL preview, transactional safety.
+
+    With `regenerate`, the preview is rendered again from the script files
+    and compared by SHA-256; the fresh Preview is returned for the executor.
+    """
+    target = request.target.name
+    if current_heads is None:
+        return f"Cannot read the current heads of target {target!r}: {heads_problem}", None
+    if sorted(current_heads) != sorted(request.from_heads):
+        return (
+            f"The heads of target {target!r} moved since the request: now {_fmt(current_heads)}, "
+            f"the plan starts from {_fmt(request.from_heads)}; create a new request."
+        ), None
+    try:
+        fingerprint = script_fingerprint(config)
+    except OpsError as exc:
+        return f"The script directory of target {target!r} cannot be read: {exc}", None
+    if fingerprint != request.script_fingerprint:
+        return (
+            f"The script directory of target {target!r} changed since the preview was made "
+            f"(fingerprint {request.script_fingerprint[:12]}… is now {fingerprint[:12]}…); create a new request."
+        ), None
+    if request.non_transactional:
+        reasons = "; ".join(request.non_transactional)
+        return (
+            "The plan holds SQL that cannot run inside one transaction, so it is refused rather than "
+            f"half-applied: {reasons}"
+        ), None
+    if not regenerate:
+        return None, None
+    saved_path = list(sys.path)
+    try:
+        preview = render_preview(config, list(request.from_heads), request.to_revision)
+    except OpsError as exc:
+        return f"The SQL preview cannot be re-generated now: {exc}", None
+    finally:
+        sys.path[:] = saved_path
+    if preview.sha256 != request.sql_sha256:
+        return (
+            f"The SQL preview re-generated now differs from the one reviewed (SHA-256 {preview.sha256[:12]}… "
+            f"instead of {request.sql_sha256[:12]}…); create a new request."
+        ), None
+    return None, preview
+
+
+# ------------------------------------------------------------------ gate 5
+def check_code(request: RollbackRequest, code: str, actor: Actor) -> None:
+    """Raise GateRefused unless `code` is right, unexpired and unused; a wrong code counts an attempt."""
+    limit = settings.OPS_CODE_MAX_ATTEMPTS
+    if request.code_used_at is not None:
+        raise refuse(request, "code", f"The verification code of request #{request.pk} was already used.", actor)
+    if not request.code_hash:
+        raise refuse(request, "code", f"No verification code is active for request #{request.pk}.", actor)
+    if request.code_attempts >= limit:
+        raise _lock_out(request, actor)
+    if request.code_expires_at is not None and timezone.now() >= request.code_expires_at:
+        when = timezone.localtime(request.code_expires_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        raise refuse(
+            request,
+            "code",
+            f"The verification code of request #{request.pk} expired at {when}; re-issue a code.",
+            actor,
+            {"reason": "expired"},
+        )
+    if code_matches(request, code):
+        return
+    RollbackRequest.objects.filter(pk=request.pk).update(code_attempts=F("code_attempts") + 1)
+    request.refresh_from_db(fields=["code_attempts"])
+    attempts = request.code_attempts
+    append_event(
+        action=AuditAction.CODE_REJECTED,
+        outcome=AuditOutcome.REFUSED,
+        actor=actor,
+        message=f"Wrong verification code for request #{request.pk} (attempt {attempts} of {limit}).",
+        target=request.target.name,
+        request_id=request.pk,
+        detail={"attempts": attempts, "limit": limit},
+    )
+    if attempts >= limit:
+        raise _lock_out(request, actor)
+    raise refuse(
+        request,
+        "code",
+        f"Wrong verification code (attempt {attempts} of {limit}; the request locks after {limit}).",
+        actor,
+        {"attempts": attempts},
+    )
+
+
+def _lock_out(request: RollbackRequest, actor: Actor) -> GateRefused:
+    changed = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.PENDING).update(
+        status=RollbackStatus.LOCKED, code_hash=""
+    )
+    request.refresh_from_db(fields=["status", "code_hash"])
+    message = (
+        f"Wrong verification code; request #{request.pk} is now locked after {request.code_attempts} "
+        "wrong attempts. Create a new request."
+    )
+    if changed:
+        append_event(
+            action=AuditAction.REQUEST_LOCKED,
+            outcome=AuditOutcome.REFUSED,
+            actor=actor,
+            message=message,
+            target=request.target.name,
+            request_id=request.pk,
+            detail={"attempts": request.code_attempts},
+        )
+    return refuse(request, "code", message, actor, {"attempts": request.code_attempts, "locked": True})
+
+
+# ------------------------------------------------------------------ helpers
+def _fmt(heads: list[str]) -> str:
+    return "[" + ", ".join(heads) + "]" if heads else "[] (empty)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

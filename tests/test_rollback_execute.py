@@ -1,0 +1,327 @@
+"""Executing downgrades: success and restore, atomic failure, retries, SIGKILL, two processes, the commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sqlite3
+import time
+
+import pytest
+
+pytest.register_assert_rewrite("rollback_fixtures")
+
+from conftest import pg_query  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.core.management.base import CommandError  # noqa: E402
+from rollback_fixtures import (  # noqa: E402
+    R1_UP,
+    R2_UP,
+    R3_UP,
+    RollbackEnv,
+    audit_actions,
+    code_from_outbox,
+    make_request,
+    operator_actor,
+    take_verified_snapshot,
+)
+
+from opsapp.models import AuditEvent, RollbackRequest, Target  # noqa: E402
+from opsapp.services.actors import Actor  # noqa: E402
+from opsapp.services.errors import GateRefused, RollbackFailed  # noqa: E402
+from opsapp.services.locks import LockHolder, current_holder, sqlite_lock_path, target_lock  # noqa: E402
+from opsapp.services.rollback import execute_request, reconcile  # noqa: E402
+from opsapp.services.snapshots import restore_snapshot  # noqa: E402
+
+pytest_plugins = ["rollback_fixtures"]
+
+TIER_UP = "op.add_column('customers', sa.Column('tier', sa.String(10)))"
+TIER_DOWN = "op.drop_column('customers', 'tier')"
+
+
+def wait_for(predicate, *, timeout: float, what: str, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}: {out}\n{err}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sleeping_backends(url: str, needle: str) -> list[tuple]:
+    return pg_query(
+        url,
+        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' AND query LIKE %s",
+        (f"%{needle}%",),
+    )
+
+
+# ------------------------------------------------------------------ in process
+@pytest.mark.django_db
+def test_a_successful_downgrade_reverts_the_planned_revisions_and_its_snapshot_restores_the_data(
+    ready_request, operator, pg_database_factory
+):
+    r = ready_request
+    result = execute_request(r.request.pk, code=r.code, actor=operator_actor(operator))
+
+    assert (result.status, result.gate, result.heads) == ("succeeded", None, ["r1"])
+    assert r.env.heads() == ["r1"]
+    assert r.env.schema() == {"alembic_version": ["version_num"], "customers": ["id", "name"]}
+    assert r.env.counts() == {"customers": 3}
+    request = RollbackRequest.objects.get(pk=r.request.pk)
+    assert request.status == "succeeded" and request.reverted == ["r3", "r2"] and request.final_heads == ["r1"]
+    assert request.duration_ms is not None and request.code_used_at is not None and request.attempts == 1
+    assert request.executed_by_username == "olga"
+    assert audit_actions(request.pk)[-2:] == ["rollback_started", "rollback_succeeded"]
+    assert Target.objects.get(name=r.env.name).current_heads == ["r1"]  # catalog re-synced
+
+    # The dropped data lives on in the snapshot: restore it into a new database.
+    into = pg_database_factory()
+    restored = restore_snapshot(r.snapshot.pk, into, actor=operator_actor(operator))
+    assert restored["heads"] == ["r3"]
+    assert pg_query(into, "SELECT count(*) FROM notes")[0][0] == 2
+    assert pg_query(into, "SELECT email FROM customers ORDER BY id")[0][0] == "ada@example.test"
+
+
+@pytest.mark.django_db
+def test_a_downgrade_whose_second_of_three_steps_fails_leaves_the_target_exactly_at_its_from_heads(
+    rollback_env, operator, approver
+):
+    env = rollback_env
+    env.add_revision("r4", "r3", downgrade="op.execute('ALTER TABLE no_such_table DROP COLUMN nothing')")
+    env.add_revision("r5", "r4", upgrade=TIER_UP, downgrade=TIER_DOWN)
+    pg_query(env.url, "UPDATE customers SET tier = 'gold'")
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r2", snapshot=snap)
+    assert request.steps == ["r5", "r4", "r3"]
+    before = env.state()
+
+    with pytest.raises(RollbackFailed) as failed:
+        execute_request(request.pk, code=code_from_outbox(request.pk), actor=operator_actor(operator))
+
+    assert "no_such_table" in str(failed.value) and "the target is unchanged" in str(failed.value)
+    assert failed.value.sqlstate == "42P01"
+    assert env.state() == before
+    assert pg_query(env.url, "SELECT count(*) FROM customers WHERE tier = 'gold'")[0][0] == 3
+    request.refresh_from_db()
+    assert request.status == "failed" and request.sqlstate == "42P01" and "no_such_table" in request.error
+    assert request.final_heads == ["r5"]
+    assert audit_actions(request.pk)[-2:] == ["rollback_started", "rollback_failed"]
+
+
+@pytest.mark.django_db
+def test_a_serialization_failure_is_retried_and_each_retry_is_audited(rollback_env, operator, approver):
+    env = rollback_env
+    pg_query(env.url, "CREATE SEQUENCE retry_probe")  # nextval survives a rolled-back attempt
+    env.add_revision(
+        "r4",
+        "r3",
+        downgrade=(
+            "op.execute(\"DO $$ BEGIN IF nextval('retry_probe') = 1 THEN "
+            "RAISE EXCEPTION 'simulated conflict' USING ERRCODE = 'serialization_failure'; END IF; END $$\")"
+        ),
+    )
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r3", snapshot=snap)
+
+    result = execute_request(request.pk, code=code_from_outbox(request.pk), actor=operator_actor(operator))
+
+    assert result.status == "succeeded" and env.heads() == ["r3"]
+    request.refresh_from_db()
+    assert request.attempts == 2
+    retried = AuditEvent.objects.get(request_id=request.pk, action="rollback_retried")
+    assert retried.detail == {"attempt": 1, "sqlstate": "40001"}
+
+
+@pytest.mark.django_db
+def test_the_commands_request_and_execute_with_json_and_exit_codes(rollback_env, operator, approver):
+    env = rollback_env
+    snap = take_verified_snapshot(env, operator)
+    out = io.StringIO()
+    call_command(
+        "request_rollback",
+        "--target", env.name, "--to", "r2", "--reason", "cli test", "--actor", "olga",
+        "--snapshot", str(snap.pk), "--json", stdout=out,
+    )  # fmt: skip
+    created = json.loads(out.getvalue())
+    assert created["status"] == "pending" and created["gate"] is None and created["heads"] == ["r3"]
+    request = RollbackRequest.objects.get(pk=created["id"])
+    assert request.snapshot_id == snap.pk
+    event = AuditEvent.objects.get(request_id=request.pk, action="rollback_requested")
+    assert event.actor == "olga" and event.user_agent == "cli: manage.py request_rollback"
+
+    with pytest.raises(CommandError) as bad_user:
+        call_command("execute_rollback", str(request.pk), "--code", "1", "--actor", "nobody", "--json")
+    assert bad_user.value.returncode == 2
+    with pytest.raises(CommandError) as bad_id:
+        call_command("execute_rollback", "999999", "--code", "1", "--actor", "olga")
+    assert bad_id.value.returncode == 2
+
+    with pytest.raises(CommandError) as no_id:
+        call_command("execute_rollback", "--code", "1", "--actor", "olga")
+    assert no_id.value.returncode == 2
+    out = io.StringIO()
+    call_command("execute_rollback", "--reconcile", "--json", stdout=out)
+    assert json.loads(out.getvalue()) == []
+
+    out = io.StringIO()
+    with pytest.raises(CommandError) as wrong:
+        call_command(
+            "execute_rollback", str(request.pk), "--code", "00000000x", "--actor", "olga", "--json", stdout=out
+        )
+    assert wrong.value.returncode == 1
+    assert json.loads(out.getvalue())["gate"] == "code"
+
+    out = io.StringIO()
+    code = code_from_outbox(request.pk)
+    call_command("execute_rollback", str(request.pk), "--code", code, "--actor", "olga", "--json", stdout=out)
+    done = json.loads(out.getvalue())
+    assert done == {"id": request.pk, "status": "succeeded", "gate": None, "message": done["message"], "heads": ["r2"]}
+    assert env.heads() == ["r2"]
+
+    out = io.StringIO()
+    with pytest.raises(CommandError) as unknown:
+        call_command(
+            "request_rollback", "--target", env.name, "--to", "zzz", "--reason", "x", "--actor", "olga", "--json",
+            stdout=out,
+        )  # fmt: skip
+    assert unknown.value.returncode == 1 and json.loads(out.getvalue())["status"] == "refused"
+
+
+# ------------------------------------------------------------------ real processes
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_process_killed_mid_downgrade_leaves_the_target_unchanged_and_reconcile_marks_it_interrupted(
+    roles_present, rollback_env, operator, approver, settings
+):
+    env = rollback_env
+    env.add_revision("r4", "r3", downgrade="op.execute('SELECT pg_sleep(30)')")
+    env.add_revision("r5", "r4", upgrade=TIER_UP, downgrade=TIER_DOWN)
+    pg_query(env.url, "UPDATE customers SET tier = 'gold'")
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r3", snapshot=snap)
+    before = env.state()
+
+    proc = env.manage(settings, "execute_rollback", str(request.pk), "--code", code_from_outbox(request.pk),
+                      "--actor", "olga", "--json")  # fmt: skip
+    try:
+        # r5's DROP COLUMN has run inside the transaction; r4 now sleeps.
+        wait_for(
+            lambda: sleeping_backends(env.url, "pg_sleep(30)"), timeout=60, what="the downgrade to sleep", proc=proc
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert RollbackRequest.objects.get(pk=request.pk).status == "running"
+
+    # PostgreSQL notices the dead client and rolls the transaction back.
+    wait_for(lambda: not sleeping_backends(env.url, "pg_sleep(30)"), timeout=40, what="the server to roll back")
+    wait_for(lambda: current_holder(env.config) is None, timeout=20, what="the lock to be free")
+    assert env.state() == before
+
+    marked = reconcile(actor=Actor.cron())
+    assert [r.pk for r in marked] == [request.pk]
+    request.refresh_from_db()
+    assert request.status == "interrupted" and request.final_heads == ["r5"]
+    assert "unchanged" in request.error
+    event = AuditEvent.objects.get(request_id=request.pk, action="rollback_interrupted")
+    assert event.detail["unchanged"] is True and event.detail["heads_found"] == ["r5"]
+    assert reconcile(actor=Actor.cron()) == []  # idempotent
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_two_processes_executing_on_one_target_at_once_exactly_one_runs_and_the_other_names_the_holder(
+    roles_present, rollback_env, operator, approver, settings
+):
+    env = rollback_env
+    settings.OPS_LOCK_WAIT_SECONDS = 0.5
+    env.add_revision("r4", "r3", downgrade="op.execute('SELECT pg_sleep(4)')")
+    snap = take_verified_snapshot(env, operator)
+    first = make_request(env, operator, to="r3", snapshot=snap, reason="first")
+    second = make_request(env, operator, to="r3", snapshot=snap, reason="second")
+    args = {r.pk: ("execute_rollback", str(r.pk), "--code", code_from_outbox(r.pk), "--actor", "olga", "--json")
+            for r in (first, second)}  # fmt: skip
+
+    procs = {pk: env.manage(settings, *argv) for pk, argv in args.items()}
+    results = {}
+    for pk, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        results[pk] = (proc.returncode, json.loads(out), err)
+
+    codes = sorted(code for code, _, _ in results.values())
+    assert codes == [0, 1], results
+    winner = next(pk for pk, (code, _, _) in results.items() if code == 0)
+    loser = next(pk for pk in results if pk != winner)
+    _, refusal, _ = results[loser]
+    assert refusal["gate"] == "lock", refusal
+    assert f"is locked by olga (request #{winner}" in refusal["message"]
+    assert results[winner][1]["status"] == "succeeded" and env.heads() == ["r3"]
+    assert RollbackRequest.objects.get(pk=loser).status == "pending"
+    assert AuditEvent.objects.filter(request_id=loser, action="rollback_refused", detail__gate="lock").exists()
+
+
+# ------------------------------------------------------------------ SQLite
+def sqlite_state(path) -> tuple:
+    with sqlite3.connect(path) as conn:
+        heads = sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
+        tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        schema = {t: [c[1] for c in conn.execute(f'PRAGMA table_info("{t}")')] for t in tables}
+        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    return heads, schema, counts
+
+
+@pytest.mark.django_db
+def test_a_sqlite_target_gets_the_same_gate_a_file_lock_and_an_atomic_downgrade(
+    tmp_path, script_dir_factory, configure_target, operator, approver, settings
+):
+    path = tmp_path / "lite.sqlite3"
+    scripts = script_dir_factory(f"sqlite:///{path}")
+    scripts.add("r1", None, upgrade=R1_UP, downgrade="op.drop_table('customers')")
+    scripts.add("r2", "r1", upgrade=R2_UP, downgrade="op.drop_column('customers', 'email')")
+    scripts.add("r3", "r2", upgrade=R3_UP, downgrade="op.drop_table('notes')")
+    scripts.add("r4", "r3", downgrade="op.execute('DROP TABLE no_such_table')")
+    scripts.add("r5", "r4", upgrade=TIER_UP, downgrade=TIER_DOWN)
+    configure_target("lite", f"sqlite:///{path}", scripts.ini)
+    env = RollbackEnv("lite", f"sqlite:///{path}", scripts)
+    env.upgrade()
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO customers (id, name, email, tier) VALUES (1, 'Ada', 'a@x', 'gold'), (2, 'Alan', 'b@x', 'gold')"
+        )
+    env.sync()
+    snap = take_verified_snapshot(env, operator)
+    assert snap.format == "sqlite"
+    request = make_request(env, operator, to="r3", snapshot=snap)
+    assert request.steps == ["r5", "r4"]
+    assert {(d["kind"], d["table"], d["column"], d["non_null"]) for d in request.destructive} == {
+        ("DROP COLUMN", "customers", "tier", 2),
+        ("DROP TABLE", "no_such_table", None, None),  # counted as missing: "table not found"
+    }
+    code = code_from_outbox(request.pk)
+    before = sqlite_state(path)
+
+    settings.OPS_LOCK_WAIT_SECONDS = 0.2
+    with target_lock(env.config, holder=LockHolder(user="mallory", request_id=77), wait_seconds=0):
+        assert sqlite_lock_path(env.config).exists()
+        with pytest.raises(GateRefused) as refused:
+            execute_request(request.pk, code=code, actor=operator_actor(operator))
+    assert refused.value.gate == "lock" and "locked by mallory (request #77" in str(refused.value)
+    assert sqlite_state(path) == before
+
+    with pytest.raises(RollbackFailed, match="no_such_table"):
+        execute_request(request.pk, code=code, actor=operator_actor(operator))
+    assert sqlite_state(path) == before  # the DROP COLUMN of r5 was rolled back too
+
+    second = make_request(env, operator, to="r4", snapshot=snap)
+    result = execute_request(second.pk, code=code_from_outbox(second.pk), actor=operator_actor(operator))
+    heads, schema, _ = sqlite_state(path)
+    assert result.status == "succeeded" and heads == ["r4"] and "tier" not in schema["customers"]

@@ -1,0 +1,160 @@
+"""Requesting a downgrade: the plan, the SQL preview, destructive analysis, codes, snapshot attach."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+pytest.register_assert_rewrite("rollback_fixtures")
+
+from django.core import mail  # noqa: E402
+from rollback_fixtures import audit_actions, code_from_outbox, make_request, operator_actor, take_verified_snapshot  # noqa: E402
+
+from opsapp.models import AuditEvent, RollbackRequest, Snapshot, SnapshotStatus, Target  # noqa: E402
+from opsapp.services.errors import GateRefused, OpsError, RevisionResolutionError  # noqa: E402
+from opsapp.services.rollback import attach_snapshot, cancel_request, execute_request, issue_code  # noqa: E402
+
+pytest_plugins = ["rollback_fixtures"]
+pytestmark = pytest.mark.django_db
+
+
+def test_it_plans_a_downgrade_with_its_sql_preview_and_destructive_row_counts(rollback_env, operator, approver):
+    before = rollback_env.state()
+    request = make_request(rollback_env, operator)
+
+    assert request.status == "pending"
+    assert request.from_heads == ["r3"] and request.to_revision == "r1"
+    assert request.steps == ["r3", "r2"]
+    assert "DROP TABLE notes" in request.sql_preview
+    assert "ALTER TABLE customers DROP COLUMN email" in request.sql_preview
+    assert request.sql_sha256 == hashlib.sha256(request.sql_preview.encode()).hexdigest()
+    assert len(request.script_fingerprint) == 64 and len(request.plan_hash) == 64
+    found = {
+        (d["kind"], d["table"], d["column"]): (d["rows"], d["non_null"], d["revision"]) for d in request.destructive
+    }
+    assert found == {
+        ("DROP TABLE", "notes", None): (2, None, "r3"),
+        ("DROP COLUMN", "customers", "email"): (3, 3, "r2"),
+    }
+    assert request.non_transactional == []
+    assert request.requested_by == operator and request.requested_by_username == "olga"
+    assert audit_actions(request.pk) == ["rollback_requested", "code_issued"]
+    assert rollback_env.state() == before  # planning reads only
+
+
+def test_the_code_is_emailed_to_approvers_only_and_stored_only_as_a_hash(rollback_env, operator, approver, auditor):
+    request = make_request(rollback_env, operator)
+
+    assert [m.to for m in mail.outbox] == [[approver.email]]
+    message = mail.outbox[0]
+    assert f"request #{request.pk} " in message.subject and rollback_env.name in message.subject
+    code = code_from_outbox(request.pk)
+    assert len(code) >= 8 and code.isdigit()
+    assert "DROP TABLE notes: 2 rows" in message.body and "Reverts:    r3, r2" in message.body
+    assert request.code_recipients == ["anton"]
+    assert code not in request.code_hash and len(request.code_hash) == 64
+    for event in AuditEvent.objects.all():
+        assert code not in f"{event.message} {event.detail}"
+    row = RollbackRequest.objects.filter(pk=request.pk).values().get()
+    assert not any(code in str(value) for value in row.values())
+
+
+def test_reissuing_a_code_kills_the_old_one(ready_request, operator):
+    old_code, request = ready_request.code, ready_request.request
+    before = ready_request.env.state()
+
+    assert issue_code(request, actor=operator_actor(operator)) == ["anton"]
+    new_code = code_from_outbox(request.pk)
+    assert new_code != old_code or len(mail.outbox) == 2
+
+    with pytest.raises(GateRefused) as refused:
+        execute_request(request.pk, code=old_code, actor=operator_actor(operator))
+    assert refused.value.gate == "code" and "Wrong verification code" in str(refused.value)
+    assert ready_request.env.state() == before
+    assert audit_actions(request.pk)[-2:] == ["code_rejected", "rollback_refused"]
+
+
+def test_it_refuses_an_unknown_revision_with_the_planners_message(rollback_env, operator, approver):
+    before = rollback_env.state()
+    with pytest.raises(RevisionResolutionError) as refused:
+        make_request(rollback_env, operator, to="nope")
+    assert "nope" in str(refused.value)
+    assert not RollbackRequest.objects.exists() and mail.outbox == []
+    assert rollback_env.state() == before
+
+
+def test_it_refuses_a_revision_that_is_not_below_the_heads(rollback_env, operator, approver):
+    with pytest.raises(RevisionResolutionError) as refused:
+        make_request(rollback_env, operator, to="r3")
+    assert "Nothing to downgrade" in str(refused.value)
+    assert not RollbackRequest.objects.exists()
+
+
+def test_it_refuses_a_request_without_a_reason(rollback_env, operator, approver):
+    with pytest.raises(OpsError) as refused:
+        make_request(rollback_env, operator, reason="   ")
+    assert "reason is required" in str(refused.value)
+    assert not RollbackRequest.objects.exists()
+
+
+def test_a_request_whose_only_possible_approver_is_its_requester_cannot_proceed(rollback_env, approver):
+    before = rollback_env.state()
+    request = make_request(rollback_env, approver)  # anton requests; anton is the only approver
+
+    assert request.status == "pending" and request.code_recipients == [] and not request.code_hash
+    assert request.last_refusal_gate == "request"
+    assert (
+        "cannot proceed" in request.last_refusal_message and "other than the requester" in request.last_refusal_message
+    )
+    assert mail.outbox == []
+    refused_issue = AuditEvent.objects.get(request_id=request.pk, action="code_issued")
+    assert refused_issue.outcome == "refused"
+
+    with pytest.raises(OpsError, match="cannot proceed"):
+        issue_code(request, actor=operator_actor(approver))
+    with pytest.raises(GateRefused) as refused:
+        execute_request(request.pk, code="12345678", actor=operator_actor(approver))
+    assert refused.value.gate == "request" and "cannot proceed" in str(refused.value)
+    assert rollback_env.state() == before
+    assert audit_actions(request.pk)[-1] == "rollback_refused"
+
+
+def test_with_the_two_person_rule_off_the_requester_may_approve(rollback_env, approver, settings):
+    settings.OPS_TWO_PERSON_RULE = False
+    request = make_request(rollback_env, approver)
+    assert request.code_recipients == ["anton"] and len(mail.outbox) == 1
+
+
+def test_a_superuser_is_not_an_implicit_approver(rollback_env, operator, admin_user):
+    request = make_request(rollback_env, operator)
+    assert request.code_recipients == [] and request.last_refusal_gate == "request"
+
+
+def test_attaching_snapshots_checks_target_and_status(ready_request, operator):
+    request = ready_request.request
+    actor = operator_actor(operator)
+    elsewhere = Target.objects.create(name="elsewhere")
+    foreign = Snapshot.objects.create(target=elsewhere, status=SnapshotStatus.VERIFIED, heads=["r3"])
+    with pytest.raises(OpsError, match="belongs to target 'elsewhere'"):
+        attach_snapshot(request, foreign.pk, actor=actor)
+    with pytest.raises(OpsError, match="does not exist"):
+        attach_snapshot(request, 999999, actor=actor)
+
+    second = take_verified_snapshot(ready_request.env, operator)
+    attach_snapshot(request, second.pk, actor=actor)
+    request.refresh_from_db()
+    assert request.snapshot_id == second.pk
+    event = AuditEvent.objects.filter(request_id=request.pk, action="snapshot_attached").order_by("seq").last()
+    assert event.snapshot_id == second.pk
+
+
+def test_cancelling_a_request_kills_its_code(ready_request, operator):
+    request = cancel_request(ready_request.request, actor=operator_actor(operator))
+    assert request.status == "cancelled" and request.code_hash == ""
+    assert audit_actions(request.pk)[-1] == "request_cancelled"
+    before = ready_request.env.state()
+    with pytest.raises(GateRefused) as refused:
+        execute_request(request.pk, code=ready_request.code, actor=operator_actor(operator))
+    assert refused.value.gate == "request" and "cancelled, not pending" in str(refused.value)
+    assert ready_request.env.state() == before
