@@ -262,6 +262,7 @@ def branchy_scripts(script_dir_factory) -> ScriptDir:
 def _user(django_user_model, username: str, groups: tuple[str, ...] = (), perms: tuple[str, ...] = (), **extra):
     from django.contrib.auth.models import Group, Permission
 
+    ensure_roles()
     user = django_user_model.objects.create_user(
         username=username, password="pw-" + username, email=f"{username}@example.test", is_staff=True, **extra
     )
@@ -271,6 +272,24 @@ def _user(django_user_model, username: str, groups: tuple[str, ...] = (), perms:
         app, codename = perm.split(".")
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
     return user
+
+
+def ensure_roles() -> None:
+    """Re-create the role groups when missing.
+
+    The data migration creates them, but the flush after a `transaction=True`
+    test empties auth_group (post_migrate re-creates permissions, not groups).
+    """
+    from django.contrib.auth.models import Group, Permission
+
+    from opsapp.roles import ROLES
+
+    for name, perms in ROLES.items():
+        group, created = Group.objects.get_or_create(name=name)
+        if created or group.permissions.count() != len(perms):
+            group.permissions.set(
+                [Permission.objects.get(content_type__app_label=p.split(".")[0], codename=p.split(".")[1]) for p in perms]
+            )
 
 
 @pytest.fixture
