@@ -284,6 +284,7 @@ def test_a_sqlite_target_gets_the_same_gate_a_file_lock_and_an_atomic_downgrade(
     tmp_path, script_dir_factory, configure_target, operator, approver, settings
 ):
     path = tmp_path / "lite.sqlite3"
+    sqlite3.connect(path).close()  # the console refuses a SQLite target whose file does not exist
     scripts = script_dir_factory(f"sqlite:///{path}")
     scripts.add("r1", None, upgrade=R1_UP, downgrade="op.drop_table('customers')")
     scripts.add("r2", "r1", upgrade=R2_UP, downgrade="op.drop_column('customers', 'email')")
