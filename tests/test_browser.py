@@ -205,7 +205,7 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
     page.get_by_role("textbox", name="Verification code").fill(code)
     navigate(page, page.get_by_role("button", name="Confirm and execute downgrade"))
     done = messages_text(page)
-    assert "Downgrade of shop done" in done and MERGE in done, done
+    assert "Downgraded 'shop' to" in done and f"Heads now: {MERGE}." in done, done
     assert heads(pg_url) == [MERGE] and not table_exists(pg_url, "refunds")
     request.refresh_from_db()
     assert request.status == RollbackStatus.SUCCEEDED

@@ -350,7 +350,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
                 error = f"The downgrade failed and was rolled back; the target is unchanged: {exc}"
             else:
                 heads = ", ".join(result.heads) or "base (no revision)"
-                messages.success(request, f"Downgrade of {obj.target.name} done: {result.message} Heads now: {heads}.")
+                # result.message already names the heads; say them once, plainly.
+                messages.success(request, f"{result.message.split('; heads now')[0]}. Heads now: {heads}.")
                 return self._back(obj)
             obj.refresh_from_db()
         elif request.method not in ("GET", "HEAD", "POST"):
