@@ -20,7 +20,13 @@ from opsapp.services.errors import TargetMisconfigured, TargetNotConfigured
 ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 SUPPORTED_DIALECTS = ("postgresql", "sqlite")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_PASSWORD_RE = re.compile(r"(?P<prefix>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<at>@)")
+# The password runs to the *last* '@' of the URL, as SQLAlchemy's make_url reads it
+# ("u:p@ss@host" has the password "p@ss"): stopping at the first '@' would leak the rest.
+_PASSWORD_RE = re.compile(r"(?P<prefix>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>\S*)(?P<at>@)")
+# A whole value that is one URL may hold a password with spaces (make_url accepts it).
+_WHOLE_URL_RE = re.compile(
+    r"^(?P<prefix>\s*[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<password>.*)(?P<at>@[^@]*)$", re.DOTALL
+)
 
 
 def mask_url(text: str | None) -> str:
@@ -31,7 +37,11 @@ def mask_url(text: str | None) -> str:
     """
     if not text:
         return text or ""
-    masked = _PASSWORD_RE.sub(lambda m: f"{m['prefix']}***{m['at']}", str(text))
+    text = str(text)
+    whole = _WHOLE_URL_RE.match(text)
+    if whole and re.search(r"\s", whole["password"]) and "\n" not in text:
+        text = f"{whole['prefix']}***{whole['at']}"
+    masked = _PASSWORD_RE.sub(lambda m: f"{m['prefix']}***{m['at']}", text)
     # libpq-style "password=secret" in DSNs and error messages.
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", masked, flags=re.IGNORECASE)
 
@@ -103,12 +113,12 @@ def validate_target(name: str) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     raw = settings.OPS_TARGETS.get(name, {})
     if not NAME_RE.match(name):
-        problems.append(("opsapp.E006", f"Target name {name!r} must start with a letter and hold only letters, digits and _."))
+        problems.append(
+            ("opsapp.E006", f"Target name {name!r} must start with a letter and hold only letters, digits and _.")
+        )
     url = (raw.get("URL") or "").strip()
     if not url:
-        problems.append(
-            ("opsapp.E001", f"Target {name!r} has no URL: set OPS_TARGET_{name.upper()}_URL.")
-        )
+        problems.append(("opsapp.E001", f"Target {name!r} has no URL: set OPS_TARGET_{name.upper()}_URL."))
     else:
         try:
             from sqlalchemy.engine import make_url
@@ -129,7 +139,9 @@ def validate_target(name: str) -> list[tuple[str, str]]:
             )
     ini = (raw.get("ALEMBIC_INI") or "").strip()
     if not ini:
-        problems.append(("opsapp.E003", f"Target {name!r} has no alembic.ini: set OPS_TARGET_{name.upper()}_ALEMBIC_INI."))
+        problems.append(
+            ("opsapp.E003", f"Target {name!r} has no alembic.ini: set OPS_TARGET_{name.upper()}_ALEMBIC_INI.")
+        )
     elif not Path(ini).is_file():
         problems.append(("opsapp.E003", f"Target {name!r}: alembic.ini {ini!r} does not exist."))
     else:
@@ -144,7 +156,10 @@ def validate_target(name: str) -> list[tuple[str, str]]:
     level = (raw.get("ISOLATION_LEVEL") or "SERIALIZABLE").strip().upper().replace("_", " ")
     if level not in ISOLATION_LEVELS:
         problems.append(
-            ("opsapp.E005", f"Target {name!r}: unknown isolation level {level!r}; use one of {', '.join(ISOLATION_LEVELS[1:])}.")
+            (
+                "opsapp.E005",
+                f"Target {name!r}: unknown isolation level {level!r}; use one of {', '.join(ISOLATION_LEVELS[1:])}.",
+            )
         )
     elif level == "READ UNCOMMITTED":
         problems.append(
@@ -167,7 +182,9 @@ def get_target(name: str) -> TargetConfig:
     if problems:
         raise TargetMisconfigured("; ".join(msg for _, msg in problems), target=name)
     level = (raw.get("ISOLATION_LEVEL") or "SERIALIZABLE").strip().upper().replace("_", " ")
-    return TargetConfig(name=name, url=raw["URL"].strip(), alembic_ini=Path(raw["ALEMBIC_INI"]).resolve(), isolation_level=level)
+    return TargetConfig(
+        name=name, url=raw["URL"].strip(), alembic_ini=Path(raw["ALEMBIC_INI"]).resolve(), isolation_level=level
+    )
 
 
 def all_targets() -> list[TargetConfig]:

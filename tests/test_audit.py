@@ -345,3 +345,24 @@ def test_concurrent_appends_from_several_processes_leave_a_gapless_chain(tmp_pat
     assert AuditEvent.objects.filter(actor="cli:worker3").count() == 20
     result = verify_chain(batch_size=17)
     assert result.ok and result.checked == 81
+
+
+@pytest.mark.django_db
+def test_an_export_that_fails_midway_leaves_no_file_under_the_real_name(tmp_path, monkeypatch):
+    from opsapp.management.commands import export_audit_log
+
+    add_events(3)
+    export = tmp_path / "audit.csv"
+    export.write_text("an older, complete export\n")
+
+    def breaks_after_one_chunk(fmt, qs):
+        yield "seq,created_at\n"
+        raise DatabaseError("connection lost")
+
+    monkeypatch.setattr(export_audit_log, "iter_export", breaks_after_one_chunk)
+    with pytest.raises(CommandError, match="export failed: connection lost") as excinfo:
+        call_command("export_audit_log", "--format", "csv", "--output", str(export), stderr=StringIO())
+
+    assert excinfo.value.returncode == 1
+    assert export.read_text() == "an older, complete export\n"  # not truncated, not replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.csv"]  # no partial file left either

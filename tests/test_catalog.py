@@ -262,6 +262,23 @@ def test_an_unreachable_target_is_shown_with_its_password_masked(branchy_scripts
     assert refresh_state(name).state == TargetState.UNREACHABLE
 
 
+def test_a_sqlite_target_whose_file_is_missing_is_unreachable_and_no_file_is_created(
+    branchy_scripts, configure_target, tmp_path
+):
+    missing = tmp_path / "typo" / "shop.sqlite3"
+    missing.parent.mkdir()
+    name = configure_target("lite", f"sqlite:///{missing}", branchy_scripts.ini)
+
+    target = sync_target(name)
+
+    assert target.state == TargetState.UNREACHABLE
+    assert f"SQLite file {str(missing)!r} does not exist" in target.state_detail
+    assert not missing.exists()  # SQLite would have created an empty database there
+    with pytest.raises(TargetUnreachable):
+        read_current_heads(get_target(name))
+    assert not missing.exists()
+
+
 def test_a_file_that_fails_to_import_is_reported_by_name_and_the_catalog_kept(
     branchy_scripts, pg_url, configure_target
 ):

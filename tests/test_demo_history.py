@@ -36,7 +36,8 @@ def pg_demo_target(configure_target, pg_url) -> TargetConfig:
 
 def migrate(target: TargetConfig, verb: str, revision: str) -> None:
     """Run `command.upgrade`/`downgrade` the way the console does: on its own connection, in its transaction."""
-    with connect(target) as conn, conn.begin():
+    # A fresh SQLite target starts as no file at all: the first upgrade creates it.
+    with connect(target, create_sqlite_file=True) as conn, conn.begin():
         getattr(command, verb)(make_config(target, connection=conn), revision)
 
 

@@ -28,9 +28,20 @@ def test_it_masks_passwords_in_urls_and_free_text():
     assert mask_url("sqlite:///var/x.sqlite3") == "sqlite:///var/x.sqlite3"
 
 
+def test_it_masks_the_whole_password_when_it_holds_an_at_sign_or_a_space():
+    # make_url reads the password up to the LAST '@': "p@ss" and "p ss" are whole passwords.
+    assert mask_url("postgresql://bob:p@ssw0rd@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert mask_url("postgresql://bob:p ssw0rd@db/x") == "postgresql://bob:***@db/x"
+    assert "ssw0rd" not in mask_url('could not connect: "postgresql://bob:p@ssw0rd@db/x"')
+
+
 def test_the_default_demo_target_passes_every_check(settings):
     settings.OPS_TARGETS = {
-        "shop": {"URL": "sqlite:///tmp/x.sqlite3", "ALEMBIC_INI": str(REPO_ROOT / "alembic.ini"), "ISOLATION_LEVEL": "SERIALIZABLE"}
+        "shop": {
+            "URL": "sqlite:///tmp/x.sqlite3",
+            "ALEMBIC_INI": str(REPO_ROOT / "alembic.ini"),
+            "ISOLATION_LEVEL": "SERIALIZABLE",
+        }
     }
     assert _check_errors() == []
     assert get_target("shop").script_location == REPO_ROOT / "alembic"
@@ -76,7 +87,11 @@ def test_it_refuses_an_isolation_level_below_read_committed(settings, level):
 
 def test_it_accepts_read_committed(settings):
     settings.OPS_TARGETS = {
-        "shop": {"URL": "sqlite:///x.db", "ALEMBIC_INI": str(REPO_ROOT / "alembic.ini"), "ISOLATION_LEVEL": "READ COMMITTED"}
+        "shop": {
+            "URL": "sqlite:///x.db",
+            "ALEMBIC_INI": str(REPO_ROOT / "alembic.ini"),
+            "ISOLATION_LEVEL": "READ COMMITTED",
+        }
     }
     assert _check_errors() == []
 
@@ -84,7 +99,9 @@ def test_it_accepts_read_committed(settings):
 def _manage(args: list[str], env_extra: dict[str, str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPS_", "DATABASE_URL", "DJANGO_SETTINGS"))}
     env.update({"OPS_IGNORE_DOTENV": "1", **env_extra})
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off(tmp_path):
@@ -96,8 +113,12 @@ def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off(tmp_path):
 def test_manage_check_fails_with_the_check_id_for_a_bad_target(tmp_path):
     result = _manage(
         ["check"],
-        {"DEBUG": "1", "OPS_VAR_DIR": str(tmp_path), "OPS_TARGETS": "shop,billing",
-         "OPS_TARGET_BILLING_URL": "postgresql://u:topsecret@db:bad/x"},
+        {
+            "DEBUG": "1",
+            "OPS_VAR_DIR": str(tmp_path),
+            "OPS_TARGETS": "shop,billing",
+            "OPS_TARGET_BILLING_URL": "postgresql://u:topsecret@db:bad/x",
+        },
     )
     assert result.returncode == 1
     assert "opsapp.E002" in result.stderr and "opsapp.E003" in result.stderr

@@ -172,6 +172,16 @@ def test_it_refuses_to_restore_over_a_configured_target(pg_target):
     assert events(AuditAction.SNAPSHOT_RESTORED, snapshot_id=snap.pk)[0].outcome == "refused"
 
 
+def test_it_recognises_a_configured_target_written_with_another_postgres_scheme(pg_target):
+    name, url = pg_target
+    snap = take_snapshot(name, actor=ACTOR)
+    other_spelling = "postgres://" + url.split("://", 1)[1]
+    assert other_spelling != url
+    with pytest.raises(SnapshotError, match="it is the database of target 'snapt'"):
+        restore_snapshot(snap.pk, other_spelling, actor=ACTOR)
+    assert pg_query(url, "SELECT count(*) FROM items") == [(25,)]
+
+
 def test_it_refuses_an_unknown_snapshot_id():
     with pytest.raises(SnapshotError, match="Snapshot #999999 does not exist"):
         restore_snapshot(999999, "postgresql://postgres@127.0.0.1/none", actor=ACTOR)
@@ -383,3 +393,69 @@ def test_the_target_page_offers_take_snapshot_to_operators_only(client, operator
     assert 'id="take-snapshot"' in page and reverse("admin:opsapp_snapshot_take") in page
     client.force_login(auditor)
     assert 'id="take-snapshot"' not in client.get(url).content.decode()
+
+
+# ------------------------------------------------------- audit failures, crashes
+def fail_on(monkeypatch, action: str) -> None:
+    """Make the audit write of `action` fail the way a database error would (the others still write)."""
+    from opsapp.services import snapshots
+
+    real = snapshots.append_event
+
+    def append_event(**kwargs):
+        if kwargs["action"] == action:
+            raise RuntimeError("audit table unavailable")
+        return real(**kwargs)
+
+    monkeypatch.setattr(snapshots, "append_event", append_event)
+
+
+def test_a_take_whose_audit_write_fails_leaves_no_file_and_a_failed_row(sqlite_target, monkeypatch, settings):
+    name, _ = sqlite_target
+    fail_on(monkeypatch, AuditAction.SNAPSHOT_TAKEN)
+
+    with pytest.raises(SnapshotError) as excinfo:
+        take_snapshot(name, actor=ACTOR)
+
+    snap = assert_failed_take(excinfo, name, "audit table unavailable", settings.OPS_SNAPSHOT_DIR)
+    assert snap.status == SnapshotStatus.FAILED
+    assert not list(Path(settings.OPS_SNAPSHOT_DIR).iterdir())  # not even the renamed, complete-looking file
+
+
+def test_a_prune_whose_audit_write_fails_keeps_the_file_and_the_row(sqlite_target, monkeypatch):
+    name, _ = sqlite_target
+    old, newest = take_snapshot(name, actor=ACTOR), take_snapshot(name, actor=ACTOR)
+    Snapshot.objects.filter(pk=old.pk).update(started_at=timezone.now() - timedelta(days=10))
+    fail_on(monkeypatch, AuditAction.SNAPSHOT_PRUNED)
+
+    with pytest.raises(RuntimeError, match="audit table unavailable"):
+        prune_snapshots(actor=ACTOR, target_name=name, keep=0, older_than_days=1)
+
+    assert Snapshot.objects.get(pk=old.pk).status == SnapshotStatus.VERIFIED
+    assert snapshot_path(old).exists() and snapshot_file_problem(old) is None
+    assert not events(AuditAction.SNAPSHOT_PRUNED)
+    assert newest.status == SnapshotStatus.VERIFIED
+
+
+def test_prune_fails_a_snapshot_abandoned_in_running_and_removes_its_partial_file(sqlite_target, settings):
+    name, _ = sqlite_target
+    ok = take_snapshot(name, actor=ACTOR)
+    stuck = Snapshot.objects.create(target=ok.target, status=SnapshotStatus.RUNNING, format="sqlite", taken_by="x")
+    fresh = Snapshot.objects.create(target=ok.target, status=SnapshotStatus.RUNNING, format="sqlite", taken_by="y")
+    Snapshot.objects.filter(pk=stuck.pk).update(started_at=timezone.now() - timedelta(days=2))
+    directory = Path(settings.OPS_SNAPSHOT_DIR)
+    partial = directory / f".{name}-20260101T000000Z-{stuck.pk}.sqlite3.partial"
+    partial.write_bytes(b"half a dump")
+    other = directory / f".{name}-20260101T000000Z-{fresh.pk}.sqlite3.partial"
+    other.write_bytes(b"still being written")
+
+    prune_snapshots(actor=ACTOR, target_name=name, keep=5, older_than_days=30)
+    prune_snapshots(actor=ACTOR, target_name=name, keep=5, older_than_days=30)  # overlapping cron: once only
+
+    stuck.refresh_from_db()
+    assert stuck.status == SnapshotStatus.FAILED and "abandoned" in stuck.error and stuck.finished_at
+    assert not partial.exists()
+    assert other.exists() and Snapshot.objects.get(pk=fresh.pk).status == SnapshotStatus.RUNNING
+    failed = events(AuditAction.SNAPSHOT_FAILED, snapshot_id=stuck.pk)
+    assert len(failed) == 1 and failed[0].detail["phase"] == "abandoned"
+    assert Snapshot.objects.get(pk=ok.pk).status == SnapshotStatus.VERIFIED

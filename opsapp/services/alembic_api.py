@@ -9,8 +9,9 @@ transaction, isolation level and locks. Alembic errors are translated here.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic.config import Config
@@ -63,9 +64,36 @@ def create_engine(target: TargetConfig, **kwargs: object) -> sa.engine.Engine:
     return sa.create_engine(target.sqlalchemy_url, connect_args=connect_args, poolclass=sa.pool.NullPool, **kwargs)
 
 
+def _missing_sqlite_file(target: TargetConfig) -> Path | None:
+    """The target's SQLite file when it does not exist (None for PostgreSQL or an existing file)."""
+    if not target.is_sqlite:
+        return None
+    try:
+        database = sa.engine.make_url(target.sqlalchemy_url).database
+    except sa.exc.ArgumentError:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    return None if path.exists() else path
+
+
 @contextmanager
-def connect(target: TargetConfig, **engine_kwargs: object) -> Iterator[sa.engine.Connection]:
-    """Open a connection to the target; TargetUnreachable (password masked) when it is down."""
+def connect(
+    target: TargetConfig, *, create_sqlite_file: bool = False, **engine_kwargs: object
+) -> Iterator[sa.engine.Connection]:
+    """Open a connection to the target; TargetUnreachable (password masked) when it is down.
+
+    A SQLite target whose file does not exist is unreachable too: SQLite would
+    silently create an empty database there (a typo in the URL would then
+    look like an `empty` target). Only `seed_demo` passes `create_sqlite_file`.
+    """
+    missing = None if create_sqlite_file else _missing_sqlite_file(target)
+    if missing is not None:
+        raise TargetUnreachable(
+            f"Target {target.name!r} is unreachable: SQLite file {str(missing)!r} does not exist.",
+            target=target.name,
+        )
     engine = create_engine(target, **engine_kwargs)
     try:
         try:

@@ -200,7 +200,7 @@ def seed_demo(target_name: str = "shop") -> dict[str, Any]:
     target = get_target(target_name)
     _ensure_sqlite_directory(target.sqlalchemy_url)
     data = demo_rows()
-    with connect(target) as conn:
+    with connect(target, create_sqlite_file=True) as conn:
         try:
             with conn.begin():
                 command.upgrade(make_config(target, connection=conn), "heads")

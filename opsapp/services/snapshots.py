@@ -97,6 +97,7 @@ def take_snapshot(target_name: str, *, actor: Actor, progress: Callable[[int], N
     filename = f"{target.name}-{snap.started_at:%Y%m%dT%H%M%SZ}-{snap.pk}.{'dump' if fmt == PG_CUSTOM else 'sqlite3'}"
     directory = Path(settings.OPS_SNAPSHOT_DIR)
     partial = directory / f".{filename}.partial"
+    final = directory / filename
     try:
         ensure_dir(directory)
         dumper = snapshot_pg.dump if fmt == PG_CUSTOM else snapshot_sqlite.dump
@@ -107,11 +108,41 @@ def take_snapshot(target_name: str, *, actor: Actor, progress: Callable[[int], N
                 f"to {result.heads_after or ['(empty)']}); the snapshot would match no revision. Take it again.",
                 reason="heads_changed",
             )
-        os.replace(partial, directory / filename)
+        os.replace(partial, final)
         fsync_dir(directory)
+        # The row turns `complete` together with its audit event, or not at all:
+        # a failed audit write must not leave an unaudited complete snapshot.
+        with transaction.atomic():
+            snap.path = filename
+            snap.size = result.size
+            snap.sha256 = result.sha256
+            snap.heads = sorted(result.heads)
+            snap.dump_tool_version = result.tool_version[:200]
+            snap.server_version = result.server_version[:200]
+            snap.status = SnapshotStatus.COMPLETE
+            snap.finished_at = timezone.now()
+            snap.save()
+            append_event(
+                action=AuditAction.SNAPSHOT_TAKEN,
+                outcome=AuditOutcome.SUCCESS,
+                actor=actor,
+                target=target.name,
+                snapshot_id=snap.pk,
+                from_revision=snap.heads,
+                message=f"Snapshot #{snap.pk} of {target.name} taken ({snap.size} bytes).",
+                detail={
+                    "path": snap.path,
+                    "size": snap.size,
+                    "sha256": snap.sha256,
+                    "heads": snap.heads,
+                    "format": fmt,
+                },
+            )
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
+        for leftover in (partial, final):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+        snap.path = ""
         message = _describe_take_error(exc, directory, target.name)
         _mark_failed(snap, message, actor, phase="take")
         if isinstance(exc, Exception):
@@ -119,25 +150,6 @@ def take_snapshot(target_name: str, *, actor: Actor, progress: Callable[[int], N
                 message, snapshot_id=snap.pk, target=target.name, reason=getattr(exc, "reason", None)
             ) from exc
         raise
-    snap.path = filename
-    snap.size = result.size
-    snap.sha256 = result.sha256
-    snap.heads = sorted(result.heads)
-    snap.dump_tool_version = result.tool_version[:200]
-    snap.server_version = result.server_version[:200]
-    snap.status = SnapshotStatus.COMPLETE
-    snap.finished_at = timezone.now()
-    snap.save()
-    append_event(
-        action=AuditAction.SNAPSHOT_TAKEN,
-        outcome=AuditOutcome.SUCCESS,
-        actor=actor,
-        target=target.name,
-        snapshot_id=snap.pk,
-        from_revision=snap.heads,
-        message=f"Snapshot #{snap.pk} of {target.name} taken ({snap.size} bytes).",
-        detail={"path": snap.path, "size": snap.size, "sha256": snap.sha256, "heads": snap.heads, "format": fmt},
-    )
     snap = verify_snapshot(snap, actor=actor)
     if snap.status != SnapshotStatus.VERIFIED:
         raise SnapshotError(
@@ -268,9 +280,13 @@ def _same_database(a: str, b: str) -> bool:
         ua, ub = make_url(a), make_url(b)
     except Exception:  # noqa: BLE001
         return False
-    if ua.get_backend_name() != ub.get_backend_name():
+    # "postgres://" and "postgresql+psycopg://" name the same server.
+    backend_a, backend_b = (
+        "postgresql" if u.get_backend_name() == "postgres" else u.get_backend_name() for u in (ua, ub)
+    )
+    if backend_a != backend_b:
         return False
-    if ua.get_backend_name() == "sqlite":
+    if backend_a == "sqlite":
         return bool(ua.database and ub.database) and Path(ua.database).resolve() == Path(ub.database).resolve()
     return (ua.host or "localhost", ua.port or 5432, ua.database) == (
         ub.host or "localhost",
@@ -357,9 +373,52 @@ def restore_snapshot(snapshot_id: int, into_url: str, *, actor: Actor) -> dict:
 
 
 # --------------------------------------------------------------------- prune
+# A take that is still `running` after this long was killed (SIGKILL, OOM, a
+# reboot) before it could mark itself failed. Generous: big dumps take hours.
+ABANDONED_AFTER = timedelta(hours=24)
+
+
+def fail_abandoned_snapshots(*, actor: Actor, older_than: timedelta = ABANDONED_AFTER) -> list[Snapshot]:
+    """Mark `running` rows started more than `older_than` ago `failed`, remove their partial files, audit each.
+
+    The conditional UPDATE makes overlapping runs safe: each row is failed once.
+    """
+    cutoff = timezone.now() - older_than
+    failed: list[Snapshot] = []
+    stale = Snapshot.objects.select_related("target").filter(status=SnapshotStatus.RUNNING, started_at__lt=cutoff)
+    for snap in stale.order_by("started_at", "id"):
+        message = (
+            f"Snapshot #{snap.pk} of {snap.target.name} was abandoned: still running after {older_than} "
+            "(the process taking it was killed or crashed). Take a new snapshot."
+        )
+        with transaction.atomic():
+            updated = Snapshot.objects.filter(pk=snap.pk, status=SnapshotStatus.RUNNING).update(
+                status=SnapshotStatus.FAILED, error=message, finished_at=timezone.now()
+            )
+            if not updated:
+                continue
+            append_event(
+                action=AuditAction.SNAPSHOT_FAILED,
+                outcome=AuditOutcome.FAILURE,
+                actor=actor,
+                target=snap.target.name,
+                snapshot_id=snap.pk,
+                message=message,
+                detail={"phase": "abandoned"},
+            )
+        directory = Path(settings.OPS_SNAPSHOT_DIR)
+        for leftover in directory.glob(f".{snap.target.name}-*-{snap.pk}.*.partial"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        snap.refresh_from_db()
+        failed.append(snap)
+    return failed
+
+
 def prune_snapshots(*, actor: Actor, target_name: str | None, keep: int, older_than_days: int) -> list[Snapshot]:
     """Delete old snapshot files and mark their rows `pruned`; return the pruned rows.
 
+    First fails snapshots abandoned in `running` (fail_abandoned_snapshots).
     Per target, the `keep` newest complete/verified snapshots stay; of the
     rest (failed ones included), those started more than `older_than_days`
     ago go. Never pruned: the newest verified snapshot of a target, one
@@ -375,6 +434,7 @@ def prune_snapshots(*, actor: Actor, target_name: str | None, keep: int, older_t
             get_target(target_name)  # raises for an unknown name; a configured one simply has no snapshots
     else:
         targets = list(Target.objects.all())
+    fail_abandoned_snapshots(actor=actor)
     cutoff = timezone.now() - timedelta(days=older_than_days)
     pruned: list[Snapshot] = []
     for target in targets:
@@ -409,13 +469,6 @@ def _prune_one(snap: Snapshot, actor: Actor) -> Snapshot | None:
         if RollbackRequest.objects.filter(snapshot_id=locked.pk, status__in=OPEN_STATUSES).exists():
             return None
         had_file = bool(locked.path) and snapshot_path(locked).exists()
-        if locked.path:
-            try:
-                snapshot_path(locked).unlink(missing_ok=True)
-            except OSError as exc:
-                raise SnapshotError(
-                    f"Cannot delete {str(snapshot_path(locked))!r}: {exc.strerror or exc}.", snapshot_id=locked.pk
-                ) from exc
         previous = locked.status
         locked.status = SnapshotStatus.PRUNED
         locked.pruned_at = timezone.now()
@@ -429,4 +482,13 @@ def _prune_one(snap: Snapshot, actor: Actor) -> Snapshot | None:
             message=f"Snapshot #{locked.pk} of {locked.target.name} pruned (was {previous}).",
             detail={"path": locked.path, "file_deleted": had_file, "previous_status": previous},
         )
+        # The file goes last: if the row update or its audit event fails, the
+        # transaction rolls back and the snapshot is still there, still usable.
+        if locked.path:
+            try:
+                snapshot_path(locked).unlink(missing_ok=True)
+            except OSError as exc:
+                raise SnapshotError(
+                    f"Cannot delete {str(snapshot_path(locked))!r}: {exc.strerror or exc}.", snapshot_id=locked.pk
+                ) from exc
     return locked

@@ -8,6 +8,8 @@ given. The export itself is recorded as an "audit log exported" event.
 from __future__ import annotations
 
 import getpass
+import os
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
@@ -41,10 +43,15 @@ class Command(BaseCommand):
             "until": options["until"],
             "target": options["target"],
         }
+        # --output is written under a temporary name and renamed when complete:
+        # an auditor must never find a truncated export under the real name.
+        output = Path(options["output"]) if options["output"] else None
+        partial = output.with_name(f".{output.name}.partial") if output else None
         try:
-            out = open(options["output"], "w", newline="", encoding="utf-8") if options["output"] else None  # noqa: SIM115
+            out = open(partial, "w", newline="", encoding="utf-8") if partial else None  # noqa: SIM115
         except OSError as exc:
             raise CommandError(f"cannot write {options['output']}: {exc.strerror}", returncode=2) from exc
+        done = False
         try:
             qs = start_export(
                 filter_events(since, until, options["target"]),
@@ -57,10 +64,18 @@ class Command(BaseCommand):
                     out.write(chunk)
                 else:
                     self.stdout.write(chunk, ending="")
-        except (OpsError, DatabaseError) as exc:
+            if out is not None:
+                out.flush()
+                os.fsync(out.fileno())
+                out.close()
+                os.replace(partial, output)
+            done = True
+        except (OpsError, DatabaseError, OSError) as exc:
             raise CommandError(f"export failed: {exc}") from exc
         finally:
             if out is not None:
                 out.close()
+                if not done:
+                    partial.unlink(missing_ok=True)
         if out is not None and options["verbosity"] >= 1:
             self.stderr.write(f"Wrote the {fmt} export to {options['output']}.")
