@@ -291,9 +291,12 @@ def sync_target(name: str, *, actor: Actor | None = None, force: bool = False) -
             problem = str(exc)
         if problem is None and (force or fingerprint != target.script_fingerprint or target.last_synced_at is None):
             loaded = load_catalog(config)
-    db = _read_db(config, problem, target.current_heads)
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
+        # Read alembic_version under the row lock: read before it, a slower
+        # concurrent sync could store stale heads after a newer one and audit
+        # a change that never happened.
+        db = _read_db(config, problem, target.current_heads)
         rows: dict[str, dict[str, Any]] | None = None
         if problem is not None:
             target.sync_errors = [{"file": "", "error": mask_url(problem)}]
@@ -345,9 +348,9 @@ def refresh_state(name: str, *, actor: Actor | None = None) -> Target:
                 note = "The script directory changed since the last sync: run sync_revisions to update the catalog."
         except OpsError as exc:
             note = f"The script directory cannot be read now: {exc}"
-    db = _read_db(config, problem, target.current_heads)
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
+        db = _read_db(config, problem, target.current_heads)  # under the lock, as in sync_target
         graph = _Graph.from_rows(_rows_from_db(target), list(target.script_heads))
         if target.last_synced_at is None:
             _record_heads(target, db, actor)
