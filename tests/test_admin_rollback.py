@@ -224,10 +224,39 @@ def test_the_dashboard_shows_targets_snapshot_age_open_requests_and_latest_event
     targets = page.split('id="dashboard-targets"')[1].split("</table>")[0]
     assert f"#{world.snapshot.pk}" in targets and " old" in targets
     requests = page.split('id="dashboard-requests"')[1].split("</table>")[0]
-    assert f"#{world.request.pk}" in requests and "ready; code entered at execution" in requests
+    assert f"#{world.request.pk}" in requests and "ready so far" in requests
     events = page.split('id="dashboard-audit"')[1].split("</table>")[0]
     latest = AuditEvent.objects.order_by("-seq").first()
     assert f">{latest.seq}<" in events and latest.get_action_display() in events
+
+
+def test_the_list_and_the_dashboard_never_connect_to_a_target_only_the_request_page_does(
+    client, world, operator, configure_target
+):
+    # The target goes down: a live gate check per row would cost a connect timeout each.
+    configure_target(world.name, "postgresql+psycopg://postgres@127.0.0.1:1/down", world.scripts.ini)
+    client.force_login(operator)
+    for page_url, table in ((url("changelist"), 'id="result_list"'), (reverse("admin:index"), "dashboard-requests")):
+        page = client.get(page_url).content.decode()
+        row = page.split(table)[1].split("</table>")[0]
+        assert f"#{world.request.pk}" in row or f">{world.request.pk}<" in row
+        assert "ready so far" in row and "unreachable" not in row
+    live = client.get(url("change", world.request.pk)).content.decode()
+    checklist = live.split('id="gate-checklist"')[1].split("</table>")[0]
+    assert "unreachable" in checklist
+
+
+def test_the_list_summary_names_the_first_blocked_gate_from_stored_fields(client, world, operator):
+    RollbackRequest.objects.filter(pk=world.request.pk).update(snapshot=None)
+    client.force_login(operator)
+    page = client.get(url("changelist")).content.decode()
+    assert "blocked at &#x27;snapshot&#x27;: no snapshot attached" in page
+
+
+def test_the_execute_form_marks_the_code_as_sensitive_for_error_reports(client, world, operator):
+    client.force_login(operator)
+    response = client.post(url("execute", world.request.pk), {"code": "00000000"})
+    assert response.wsgi_request.sensitive_post_parameters == ("code",)
 
 
 def test_the_dashboard_shows_nothing_to_a_staff_user_without_permissions(client, world, outsider):

@@ -193,6 +193,35 @@ def test_the_commands_request_and_execute_with_json_and_exit_codes(rollback_env,
     assert unknown.value.returncode == 1 and json.loads(out.getvalue())["status"] == "refused"
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("ends_it", ["connection.commit()", "connection.exec_driver_sql('COMMIT')"])
+def test_an_env_py_that_commits_on_its_own_is_stopped_before_anything_becomes_permanent(
+    rollback_env, operator, approver, ends_it
+):
+    env = rollback_env
+    env_py = env.scripts.root / "migrations" / "env.py"
+    committing = env_py.read_text().replace(
+        "    with context.begin_transaction():\n        context.run_migrations()\n\n\ndef run_migrations_online",
+        f"    with context.begin_transaction():\n        context.run_migrations()\n    {ends_it}\n\n\n"
+        "def run_migrations_online",
+    )
+    assert ends_it in committing
+    env_py.write_text(committing)
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r1", snapshot=snap)
+    before = env.state()
+
+    with pytest.raises(RollbackFailed) as failed:
+        execute_request(request.pk, code=code_from_outbox(request.pk), actor=operator_actor(operator))
+
+    assert "end the console's transaction" in str(failed.value) or "COMMIT was sent" in str(failed.value)
+    assert "the target is unchanged" in str(failed.value)
+    assert env.state() == before  # r3's DROP TABLE and r2's DROP COLUMN never became permanent
+    request.refresh_from_db()
+    assert request.status == "failed" and request.final_heads == ["r3"]
+    assert audit_actions(request.pk)[-2:] == ["rollback_started", "rollback_failed"]
+
+
 # ------------------------------------------------------------------ real processes
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
@@ -326,3 +355,30 @@ def test_a_sqlite_target_gets_the_same_gate_a_file_lock_and_an_atomic_downgrade(
     result = execute_request(second.pk, code=code_from_outbox(second.pk), actor=operator_actor(operator))
     heads, schema, _ = sqlite_state(path)
     assert result.status == "succeeded" and heads == ["r4"] and "tier" not in schema["customers"]
+
+
+@pytest.mark.django_db
+def test_a_lock_that_cannot_be_taken_is_an_audited_refusal_at_the_lock_gate(
+    tmp_path, script_dir_factory, configure_target, operator, approver
+):
+    path = tmp_path / "lockless.sqlite3"
+    sqlite3.connect(path).close()
+    scripts = script_dir_factory(f"sqlite:///{path}")
+    scripts.add("r1", None, upgrade=R1_UP, downgrade="op.drop_table('customers')")
+    scripts.add("r2", "r1", upgrade=R2_UP, downgrade="op.drop_column('customers', 'email')")
+    configure_target("lockless", f"sqlite:///{path}", scripts.ini)
+    env = RollbackEnv("lockless", f"sqlite:///{path}", scripts)
+    env.upgrade()
+    env.sync()
+    request = make_request(env, operator, to="r1", snapshot=take_verified_snapshot(env, operator))
+    sqlite_lock_path(env.config).mkdir()  # something else sits where the lock file goes
+    before = sqlite_state(path)
+
+    with pytest.raises(GateRefused) as refused:
+        execute_request(request.pk, code=code_from_outbox(request.pk), actor=operator_actor(operator))
+
+    assert refused.value.gate == "lock" and "lock file" in str(refused.value)
+    assert sqlite_state(path) == before
+    request.refresh_from_db()
+    assert request.status == "pending" and request.code_used_at is None and request.last_refusal_gate == "lock"
+    assert audit_actions(request.pk)[-1] == "rollback_refused"

@@ -20,7 +20,7 @@ from rollback_fixtures import (  # noqa: E402
 )
 
 from opsapp.models import AuditEvent, RollbackRequest, Snapshot, SnapshotStatus, Target  # noqa: E402
-from opsapp.services.errors import GateRefused  # noqa: E402
+from opsapp.services.errors import GateRefused, OpsError  # noqa: E402
 from opsapp.services.locks import LockHolder, target_lock  # noqa: E402
 from opsapp.services.rollback import execute_request, gate_status, issue_code  # noqa: E402
 from opsapp.services.snapshots import snapshot_path  # noqa: E402
@@ -206,3 +206,48 @@ def test_gate_status_previews_every_gate_without_changing_anything(ready_request
     checks = gate_status(r.request)
     assert checks[1].ok is False and "not verified" in checks[1].message
     assert AuditEvent.objects.count() == events and len(mail.outbox) == 1
+
+
+# ------------------------------------------------------------------ gate 1: expiry
+def test_it_refuses_and_expires_a_request_pending_longer_than_the_request_ttl(ready_request, operator, settings):
+    r = ready_request
+    settings.OPS_REQUEST_TTL_SECONDS = 3600
+    RollbackRequest.objects.filter(pk=r.request.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    refused(r.env, r.request.pk, r.code, operator, "request", "expired: it has been pending for 2 h 0 min")
+    r.request.refresh_from_db()
+    assert r.request.status == "expired" and r.request.code_hash == "" and r.request.code_used_at is None
+    assert last_refusal(r.request.pk).detail == {"gate": "request", "reason": "expired"}
+    # Once expired it stays refused, with the right code too.
+    refused(r.env, r.request.pk, r.code, operator, "request", "is expired, not pending; create a new request")
+
+
+def test_a_request_younger_than_the_request_ttl_is_not_expired(ready_request, operator, settings):
+    r = ready_request
+    settings.OPS_REQUEST_TTL_SECONDS = 3 * 3600
+    RollbackRequest.objects.filter(pk=r.request.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    result = execute_request(r.request.pk, code=r.code, actor=operator_actor(operator))
+    assert result.status == "succeeded"
+
+
+def test_no_code_is_reissued_for_an_expired_request(ready_request, operator):
+    r = ready_request
+    RollbackRequest.objects.filter(pk=r.request.pk).update(created_at=timezone.now() - timedelta(days=2))
+    mails = len(mail.outbox)
+    with pytest.raises(OpsError, match="expired: it has been pending for 48 h"):
+        issue_code(r.request, actor=operator_actor(operator))
+    assert len(mail.outbox) == mails
+    r.request.refresh_from_db()
+    assert r.request.status == "expired" and r.request.code_hash == ""
+    event = AuditEvent.objects.filter(request_id=r.request.pk, action="code_issued").order_by("-seq").first()
+    assert event.outcome == "refused" and event.detail["reason"] == "expired"
+
+
+def test_the_gate_preview_reports_an_expired_request_without_marking_it(ready_request):
+    r = ready_request
+    RollbackRequest.objects.filter(pk=r.request.pk).update(created_at=timezone.now() - timedelta(days=2))
+    r.request.refresh_from_db()
+    events = AuditEvent.objects.count()
+    checks = gate_status(r.request)
+    assert checks[0].ok is False and "expired" in checks[0].message
+    r.request.refresh_from_db()
+    assert r.request.status == "pending" and AuditEvent.objects.count() == events

@@ -20,13 +20,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpR
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 
 from opsapp.admin.rollback_forms import (
     AttachSnapshotForm,
     ExecuteForm,
     RequestDowngradeForm,
-    gate_summary,
     max_code_attempts,
     sql_lines,
     verified_snapshots,
@@ -155,9 +156,12 @@ class RollbackRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="gate status")
     def gates(self, obj: RollbackRequest) -> str:
+        # Stored fields only: no connection to the target per row (the live checklist is on the request page).
         if obj.status != RollbackStatus.PENDING:
             return "-"
-        return gate_summary(safe_gate_status(obj))
+        from opsapp.services.rollback_gate import stored_summary
+
+        return stored_summary(obj)
 
     @admin.display(description="snapshot", ordering="snapshot")
     def snapshot_link(self, obj: RollbackRequest) -> str:
@@ -333,6 +337,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             messages.success(request, f"Rollback request #{obj.pk} cancelled.")
         return self._back(obj)
 
+    # An error report (ADMINS email, Sentry) must not carry the verification code.
+    @method_decorator(sensitive_post_parameters("code"))
     def execute_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """GET: the confirmation page (plan, SQL, gates, code field). POST: run the gate and the downgrade."""
         _require(request, PERM_EXECUTE)
@@ -347,7 +353,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             except GateRefused as exc:
                 error = f"Refused by gate '{exc.gate}': {exc}"
             except OpsError as exc:
-                error = f"The downgrade failed and was rolled back; the target is unchanged: {exc}"
+                # The service's message says whether the target is unchanged (it checks).
+                error = f"The downgrade did not complete: {exc}"
             else:
                 heads = ", ".join(result.heads) or "base (no revision)"
                 # result.message already names the heads; say them once, plainly.

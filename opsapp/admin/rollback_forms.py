@@ -104,13 +104,5 @@ def sql_lines(sql: str, destructive: list[dict] | None = None) -> list[SqlLine]:
     ]
 
 
-def gate_summary(checks) -> str:
-    """One line for lists: the first failing gate, or ready."""
-    for check in checks:
-        if check.ok is False:
-            return f"blocked at '{check.gate}': {check.message}"
-    return "ready; code entered at execution"
-
-
 def max_code_attempts() -> int:
     return settings.OPS_CODE_MAX_ATTEMPTS

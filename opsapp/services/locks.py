@@ -160,8 +160,14 @@ def _pg_lock(config: TargetConfig, holder: LockHolder, wait_seconds: float) -> I
 @contextmanager
 def _sqlite_lock(config: TargetConfig, holder: LockHolder, wait_seconds: float) -> Iterator[LockHolder]:
     path = sqlite_lock_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OpsError(
+            f"Target {config.name!r}: the lock file {str(path)!r} cannot be opened: {exc.strerror or exc}",
+            target=config.name,
+        ) from exc
     try:
         deadline = time.monotonic() + max(0.0, wait_seconds)
         while True:
@@ -219,7 +225,13 @@ def current_holder(config: TargetConfig) -> LockHolder | None:
         path = sqlite_lock_path(config)
         if not path.exists():
             return None
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise OpsError(
+                f"Target {config.name!r}: the lock file {str(path)!r} cannot be read: {exc.strerror or exc}",
+                target=config.name,
+            ) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -130,27 +130,62 @@ def _email_body(request: RollbackRequest, code: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_code_state(request: RollbackRequest, **fields) -> None:
+    """Write code fields only while the request is still pending (never a full save).
+
+    A full `save()` would write back a stale status, `code_used_at` or
+    `code_attempts` read before a concurrent executor consumed the code or a
+    wrong attempt was counted. OpsError when the request left `pending` meanwhile.
+    """
+    changed = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.PENDING).update(**fields)
+    if not changed:
+        request.refresh_from_db()
+        raise OpsError(
+            f"Request #{request.pk} is {request.status}; a code can only be issued for a pending request.",
+            target=request.target.name,
+        )
+    for name, value in fields.items():
+        setattr(request, name, value)
+
+
 def issue_code(request: RollbackRequest, *, actor: Actor) -> list[str]:
     """Issue a fresh code for a pending request, email it to every allowed approver; return their usernames.
 
     The previous code (if any) dies first. Raises OpsError for a request that
-    is not pending, NoApprover (recorded on the request and audited) when
+    is not pending or has expired (OPS_REQUEST_TTL_SECONDS; it is then marked
+    expired, audited), NoApprover (recorded on the request and audited) when
     nobody may receive the code, and OpsError when sending fails (the new
     code is then discarded too).
     """
+    from opsapp.services.rollback_gate import expire_if_stale  # the gate imports this module
+
     request.refresh_from_db()
+    common = {"target": request.target.name, "request_id": request.pk, "to_revision": request.to_revision}
+    expired = expire_if_stale(request)
+    if expired:
+        append_event(
+            action=AuditAction.CODE_ISSUED,
+            outcome=AuditOutcome.REFUSED,
+            actor=actor,
+            message=expired,
+            detail={"gate": "request", "reason": "expired"},
+            **common,
+        )
+        raise OpsError(expired, target=request.target.name, reason="expired")
     if request.status != RollbackStatus.PENDING:
         raise OpsError(f"Request #{request.pk} is {request.status}; a code can only be issued for a pending request.")
     had_code = bool(request.code_hash)
-    request.code_hash = ""
-    request.code_issued_at = request.code_expires_at = request.code_used_at = None
-    request.code_recipients = []
+    cleared = {
+        "code_hash": "",
+        "code_issued_at": None,
+        "code_expires_at": None,
+        "code_used_at": None,
+        "code_recipients": [],
+    }
     users = allowed_approvers(request)
-    common = {"target": request.target.name, "request_id": request.pk, "to_revision": request.to_revision}
     if not users:
         message = _no_approver_message(request)
-        request.last_refusal_gate, request.last_refusal_message = "request", message
-        request.save()
+        _write_code_state(request, **cleared, last_refusal_gate="request", last_refusal_message=message)
         append_event(
             action=AuditAction.CODE_ISSUED,
             outcome=AuditOutcome.REFUSED,
@@ -163,22 +198,26 @@ def issue_code(request: RollbackRequest, *, actor: Actor) -> list[str]:
 
     code = generate_code()
     now = timezone.now()
-    request.code_hash = hash_code(request, code)
-    request.code_issued_at = now
-    request.code_expires_at = now + timedelta(seconds=settings.OPS_CODE_TTL_SECONDS)
-    request.code_recipients = [u.get_username() for u in users]
+    fields = {
+        **cleared,
+        "code_hash": hash_code(request, code),
+        "code_issued_at": now,
+        "code_expires_at": now + timedelta(seconds=settings.OPS_CODE_TTL_SECONDS),
+        "code_recipients": [u.get_username() for u in users],
+    }
     if request.last_refusal_gate == "request":
-        request.last_refusal_gate = request.last_refusal_message = ""
-    request.save()
+        fields.update(last_refusal_gate="", last_refusal_message="")
+    _write_code_state(request, **fields)
     subject = f"[ops-console] Verification code for rollback request #{request.pk} of target {request.target.name}"
     body = _email_body(request, code)
     try:
         for user in users:
             send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [user.email], fail_silently=False)
     except Exception as exc:  # noqa: BLE001 - any mail failure voids the code
-        request.code_hash = ""
-        request.code_recipients = []
-        request.save(update_fields=["code_hash", "code_recipients"])
+        RollbackRequest.objects.filter(pk=request.pk, code_hash=request.code_hash).update(
+            code_hash="", code_recipients=[]
+        )
+        request.code_hash, request.code_recipients = "", []
         message = f"The verification code for request #{request.pk} could not be emailed: {exc}"
         append_event(
             action=AuditAction.CODE_ISSUED, outcome=AuditOutcome.FAILURE, actor=actor, message=message, **common

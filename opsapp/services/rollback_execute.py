@@ -23,9 +23,10 @@ Order (DESIGN.md, "The downgrade gate" and "Execution"):
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -49,6 +50,7 @@ from opsapp.services.rollback_gate import (
     check_plan,
     check_request,
     check_snapshot,
+    expire_if_stale,
     refuse,
 )
 from opsapp.services.rollback_plan import Preview
@@ -70,6 +72,49 @@ class HeadsMismatch(OpsError):
     """alembic_version after the downgrade is not what the plan says; the transaction is rolled back."""
 
 
+class TransactionEscape(OpsError):
+    """The target's env.py (or a migration) tried to end the console's transaction mid-downgrade."""
+
+
+# Statements that end or restart the transaction (a savepoint rollback is fine).
+_TX_CONTROL = re.compile(r"^\s*(COMMIT|END|ABORT|BEGIN|START\s+TRANSACTION|ROLLBACK(?!\s+TO\b))\b", re.I)
+_ESCAPE_HINT = (
+    "refused so the downgrade stays one atomic transaction; env.py must run the migrations on "
+    "config.attributes['connection'] and leave committing to the console."
+)
+
+
+@contextmanager
+def _no_foreign_transaction_end(conn: sa.Connection) -> Iterator[None]:
+    """While Alembic runs, refuse any commit/rollback on `conn` that the console did not issue.
+
+    A customer's env.py that calls `connection.commit()` (or executes COMMIT)
+    would otherwise make every step before it permanent and the rest run in a
+    new transaction: a half-applied downgrade reported as a failure "rolled
+    back". The listeners raise before the COMMIT reaches the database.
+    """
+    armed = True
+    engine = conn.engine
+
+    def on_end(_conn) -> None:
+        if armed:
+            raise TransactionEscape(f"The target's env.py tried to end the console's transaction; {_ESCAPE_HINT}")
+
+    def on_sql(_conn, _cursor, statement, _params, _context, _many) -> None:
+        if armed and _TX_CONTROL.match(statement or ""):
+            raise TransactionEscape(f"A {statement.split()[0].upper()} was sent during the downgrade; {_ESCAPE_HINT}")
+
+    listeners = (("commit", on_end), ("rollback", on_end), ("before_cursor_execute", on_sql))
+    for name, fn in listeners:
+        sa.event.listen(engine, name, fn)
+    try:
+        yield
+    finally:
+        armed = False
+        for name, fn in listeners:
+            sa.event.remove(engine, name, fn)
+
+
 def _load(request_id: int) -> RollbackRequest:
     try:
         return RollbackRequest.objects.select_related("target", "snapshot", "snapshot__target").get(pk=request_id)
@@ -87,6 +132,9 @@ def _heads(config: TargetConfig) -> tuple[list[str] | None, str]:
 def _check_gates_1_to_3(
     request: RollbackRequest, config: TargetConfig, actor: Actor, *, regenerate: bool
 ) -> Preview | None:
+    message = expire_if_stale(request)
+    if message:
+        raise refuse(request, "request", message, actor, {"reason": "expired"})
     message = check_request(request)
     if message:
         raise refuse(request, "request", message, actor)
@@ -112,9 +160,17 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
     config = get_target(request.target.name)
     _check_gates_1_to_3(request, config, actor, regenerate=False)
     holder = LockHolder(user=actor.username, request_id=request.pk, since=timezone.now())
+    lock = ExitStack()
+    try:
+        lock.enter_context(target_lock(config, holder=holder, wait_seconds=settings.OPS_LOCK_WAIT_SECONDS))
+    except LockBusy as exc:
+        holder_text = exc.holder.describe() if getattr(exc, "holder", None) else None
+        raise refuse(request, "lock", str(exc), actor, {"holder": holder_text}) from exc
+    except OpsError as exc:  # e.g. the target went down, or the lock file cannot be opened
+        raise refuse(request, "lock", f"The lock of target {config.name!r} cannot be taken: {exc}", actor) from exc
     ran = False
     try:
-        with target_lock(config, holder=holder, wait_seconds=settings.OPS_LOCK_WAIT_SECONDS):
+        with lock:
             request = _load(request_id)
             preview = _check_gates_1_to_3(request, config, actor, regenerate=True)
             assert preview is not None
@@ -122,9 +178,6 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
             _start(request, actor)
             ran = True
             return _run_downgrade(request, config, preview, actor)
-    except LockBusy as exc:
-        holder_text = exc.holder.describe() if getattr(exc, "holder", None) else None
-        raise refuse(request, "lock", str(exc), actor, {"holder": holder_text}) from exc
     finally:
         # After the lock is released: the catalog re-reads the new heads.
         if ran:
@@ -206,9 +259,17 @@ def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Prev
 
     def attempt(conn: sa.Connection) -> list[str]:
         attempts[0] += 1
+        txid = None
         if config.is_postgresql:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(settings.OPS_LOCK_TIMEOUT_MS)}")
-        command.downgrade(make_config(config, connection=conn, transaction_per_migration=False), request.to_revision)
+            txid = conn.exec_driver_sql("SELECT txid_current()").scalar()
+        with _no_foreign_transaction_end(conn):
+            command.downgrade(
+                make_config(config, connection=conn, transaction_per_migration=False), request.to_revision
+            )
+        if txid is not None and conn.exec_driver_sql("SELECT txid_current()").scalar() != txid:
+            # Ended behind SQLAlchemy's back (e.g. on the raw DBAPI connection).
+            raise TransactionEscape(f"The transaction of the downgrade was ended by someone else; {_ESCAPE_HINT}")
         context = MigrationContext.configure(conn, opts={"version_table": preview.version_table})
         heads = sorted(context.get_current_heads())
         if heads != expected:
@@ -285,8 +346,14 @@ def _record_failure(
         final_heads=heads,
     )
     unchanged = heads is not None and sorted(heads) == sorted(request.from_heads)
-    state = "the target is unchanged" if unchanged else f"the target's heads are now {heads}"
-    message = f"The downgrade failed and was rolled back ({state}): {error}"
+    if unchanged:
+        message = f"The downgrade failed and was rolled back (the target is unchanged): {error}"
+    else:
+        found = "cannot be read" if heads is None else f"are now {heads}"
+        message = (
+            f"The downgrade failed and the target may NOT be unchanged: its heads {found}, the plan started from "
+            f"{request.from_heads}; compare it with snapshot #{request.snapshot_id} before anything else: {error}"
+        )
     append_event(
         action=AuditAction.ROLLBACK_FAILED,
         outcome=AuditOutcome.FAILURE,

@@ -58,9 +58,46 @@ def refuse(
 
 
 # ------------------------------------------------------------------ gate 1
+def request_ttl_seconds() -> int:
+    """How long a request may stay pending (OPS_REQUEST_TTL_SECONDS, default 24 h)."""
+    return int(getattr(settings, "OPS_REQUEST_TTL_SECONDS", 86400))
+
+
+def stale_message(request: RollbackRequest) -> str | None:
+    """The expiry message when `request` is pending longer than the request TTL, else None."""
+    if request.status != RollbackStatus.PENDING or request.created_at is None:
+        return None
+    age, limit = (timezone.now() - request.created_at).total_seconds(), request_ttl_seconds()
+    if age <= limit:
+        return None
+    return (
+        f"Request #{request.pk} expired: it has been pending for {_duration(age)}, longer than the limit of "
+        f"{_duration(limit)} (OPS_REQUEST_TTL_SECONDS); create a new request."
+    )
+
+
+def expire_if_stale(request: RollbackRequest) -> str | None:
+    """Mark a stale pending request `expired` (its code dies); return the expiry message, or None if not stale.
+
+    The caller audits (a gate refusal, or the refused code issue).
+    """
+    message = stale_message(request)
+    if message is None:
+        return None
+    RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.PENDING).update(
+        status=RollbackStatus.EXPIRED, code_hash=""
+    )
+    request.refresh_from_db(fields=["status", "code_hash"])
+    return message
+
+
 def check_request(request: RollbackRequest) -> str | None:
+    stale = stale_message(request)
+    if stale:
+        return stale
     if request.status != RollbackStatus.PENDING:
         why = {
+            RollbackStatus.EXPIRED: "; create a new request",
             RollbackStatus.LOCKED: f" (locked after {request.code_attempts} wrong codes)",
             RollbackStatus.SUCCEEDED: "; its code was already used",
             RollbackStatus.FAILED: "; its code was already used",
@@ -233,6 +270,38 @@ def _lock_out(request: RollbackRequest, actor: Actor) -> GateRefused:
             detail={"attempts": request.code_attempts},
         )
     return refuse(request, "code", message, actor, {"attempts": request.code_attempts, "locked": True})
+
+
+# ------------------------------------------------------------------ lists
+def stored_summary(request: RollbackRequest) -> str:
+    """One line for lists and the dashboard, from the console's own rows only.
+
+    Never connects to the target nor reads the snapshot file: a list of N
+    requests must not cost N connect timeouts when a target is down. The live
+    checks (current heads, script files, the lock) are on the request page,
+    and all five gates are checked again at execution.
+    """
+    if request.status != RollbackStatus.PENDING:
+        return request.get_status_display()
+    stale = stale_message(request)
+    if stale:
+        return "blocked at 'request': expired (pending longer than OPS_REQUEST_TTL_SECONDS)"
+    if not request.code_hash:
+        return f"blocked at 'request': {request.last_refusal_message or 'no verification code issued'}"
+    snap = request.snapshot
+    if snap is None:
+        return "blocked at 'snapshot': no snapshot attached"
+    if snap.target_id != request.target_id or snap.status != SnapshotStatus.VERIFIED:
+        return f"blocked at 'snapshot': snapshot #{snap.pk} is {snap.status} or of another target"
+    if sorted(snap.heads) != sorted(request.from_heads):
+        return f"blocked at 'snapshot': snapshot #{snap.pk} was taken at other heads than the plan's"
+    if (timezone.now() - snap.started_at).total_seconds() > settings.OPS_SNAPSHOT_MAX_AGE_SECONDS:
+        return f"blocked at 'snapshot': snapshot #{snap.pk} is older than the limit"
+    if request.non_transactional:
+        return "blocked at 'plan': the SQL cannot run inside one transaction"
+    if request.code_expires_at is not None and timezone.now() >= request.code_expires_at:
+        return "blocked at 'code': the code expired; re-issue one"
+    return "ready so far; heads, files and lock are checked live on the request page"
 
 
 # ------------------------------------------------------------------ helpers

@@ -3,8 +3,8 @@
 Shows, to whoever may view them: every target's state with its latest
 verified snapshot's age, the open rollback requests with their gate status,
 and the latest audit events. Reads the console's own tables only (cron keeps
-target state fresh); the gate preview of a pending request is the one live
-check, as on the request list.
+target state fresh); the gate status of an open request is a summary of its
+stored fields, as on the request list (the live checklist is on the request page).
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ def target_rows() -> list[dict[str, Any]]:
 
 
 def request_rows() -> list[dict[str, Any]]:
-    from opsapp.admin.rollback import safe_gate_status
-    from opsapp.admin.rollback_forms import gate_summary
+    """Open requests with a gate summary from stored fields only (never a connection to a target)."""
+    from opsapp.services.rollback_gate import stored_summary
 
     rows = []
-    for req in RollbackRequest.objects.filter(status__in=OPEN_STATUSES).select_related("target")[:50]:
-        gates = gate_summary(safe_gate_status(req)) if req.status == "pending" else "running"
+    for req in RollbackRequest.objects.filter(status__in=OPEN_STATUSES).select_related("target", "snapshot")[:50]:
+        gates = stored_summary(req)
         rows.append({"obj": req, "url": _url("admin:opsapp_rollbackrequest_change", req.pk), "gates": gates})
     return rows
 
