@@ -182,6 +182,8 @@ OPS_CODE_TTL_SECONDS = env.int("OPS_CODE_TTL_SECONDS", default=600)
 OPS_CODE_MAX_ATTEMPTS = env.int("OPS_CODE_MAX_ATTEMPTS", default=5)
 OPS_CODE_DIGITS = max(8, env.int("OPS_CODE_DIGITS", default=8))
 OPS_SNAPSHOT_MAX_AGE_SECONDS = env.int("OPS_SNAPSHOT_MAX_AGE_SECONDS", default=3600)
+# A pending request older than this is expired at gate 1 (its plan is stale by then).
+OPS_REQUEST_TTL_SECONDS = env.int("OPS_REQUEST_TTL_SECONDS", default=86400)
 OPS_TWO_PERSON_RULE = env.bool("OPS_TWO_PERSON_RULE", default=True)
 OPS_LOCK_WAIT_SECONDS = env.float("OPS_LOCK_WAIT_SECONDS", default=5.0)
 OPS_LOCK_TIMEOUT_MS = env.int("OPS_LOCK_TIMEOUT_MS", default=5000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 import sqlite3
 import time
 
@@ -277,10 +278,17 @@ def test_two_processes_executing_on_one_target_at_once_exactly_one_runs_and_the_
     snap = take_verified_snapshot(env, operator)
     first = make_request(env, operator, to="r3", snapshot=snap, reason="first")
     second = make_request(env, operator, to="r3", snapshot=snap, reason="second")
-    args = {r.pk: ("execute_rollback", str(r.pk), "--code", code_from_outbox(r.pk), "--actor", "olga", "--json")
-            for r in (first, second)}  # fmt: skip
-
-    procs = {pk: env.manage(settings, *argv) for pk, argv in args.items()}
+    codes_by_pk = {r.pk: code_from_outbox(r.pk) for r in (first, second)}
+    # `--code -` reads the code from standard input (kept out of the process list).
+    procs = {
+        pk: env.manage(settings, "execute_rollback", str(pk), "--code", "-", "--actor", "olga", "--json",
+                       stdin=subprocess.PIPE)
+        for pk in codes_by_pk
+    }  # fmt: skip
+    for pk, proc in procs.items():
+        proc.stdin.write(codes_by_pk[pk] + "\n")
+        proc.stdin.close()
+        proc.stdin = None  # communicate() below must not touch the closed pipe
     results = {}
     for pk, proc in procs.items():
         out, err = proc.communicate(timeout=120)

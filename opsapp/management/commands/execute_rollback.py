@@ -1,4 +1,4 @@
-"""execute_rollback ID --code CODE --actor USERNAME [--json]  |  execute_rollback --reconcile [--json]
+"""execute_rollback ID --code CODE|- --actor USERNAME [--json]  |  execute_rollback --reconcile [--json]
 
 Checks the downgrade gate and runs the downgrade of request ID in one
 transaction. Exit 0: succeeded; 1: refused at a gate or failed (rolled
@@ -19,6 +19,18 @@ from opsapp.services.errors import GateRefused, OpsError, RollbackFailed, Target
 from opsapp.services.rollback import execute_request, reconcile
 
 
+def _read_code() -> str:
+    """The code from standard input: a hidden prompt on a terminal, else the first line."""
+    import getpass
+    import sys
+
+    code = getpass.getpass("Verification code: ") if sys.stdin.isatty() else sys.stdin.readline()
+    code = code.strip()
+    if not code:
+        raise CommandError("No verification code on standard input.", returncode=2)
+    return code
+
+
 class Command(BaseCommand):
     help = (
         "Execute a rollback request with its verification code (the gate is checked first), or --reconcile "
@@ -27,7 +39,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("request_id", nargs="?", type=int, metavar="ID", help="the rollback request to execute")
-        parser.add_argument("--code", metavar="CODE", help="the verification code the approver received")
+        parser.add_argument(
+            "--code",
+            metavar="CODE",
+            help="the verification code the approver received; '-' reads it from standard input (prompting without "
+            "echo on a terminal), which keeps it out of the process list and shell history",
+        )
         parser.add_argument("--actor", metavar="USERNAME", help="the console user executing")
         parser.add_argument("--reconcile", action="store_true", help="mark dead running requests as interrupted")
         parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
@@ -41,7 +58,9 @@ class Command(BaseCommand):
         if request_id is None:
             raise CommandError("Give a request ID (or --reconcile).", returncode=2)
         if not options["code"]:
-            raise CommandError("--code CODE is required.", returncode=2)
+            raise CommandError("--code CODE (or --code - to read it from standard input) is required.", returncode=2)
+        if options["code"] == "-":
+            options["code"] = _read_code()
         actor = named_actor(options["actor"], permission="opsapp.execute_rollbackrequest", command="execute_rollback")
         if not RollbackRequest.objects.filter(pk=request_id).exists():
             raise CommandError(f"Rollback request #{request_id} does not exist.", returncode=2)
