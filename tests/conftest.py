@@ -172,8 +172,7 @@ class ScriptDir:
         (root / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
         self.ini = root / "alembic.ini"
         self.ini.write_text(
-            "[alembic]\nscript_location = %(here)s/migrations\n"
-            f"sqlalchemy.url = {url.replace('%', '%%')}\n"
+            f"[alembic]\nscript_location = %(here)s/migrations\nsqlalchemy.url = {url.replace('%', '%%')}\n"
         )
 
     def add(
@@ -208,11 +207,11 @@ class ScriptDir:
 
 
             def upgrade():
-            {textwrap.indent(textwrap.dedent(upgrade).strip() or 'pass', '    ')}
+            {textwrap.indent(textwrap.dedent(upgrade).strip() or "pass", "    ")}
 
 
             def downgrade():
-            {textwrap.indent(textwrap.dedent(downgrade).strip() or 'pass', '    ')}
+            {textwrap.indent(textwrap.dedent(downgrade).strip() or "pass", "    ")}
             """
         )
         path = self.versions / f"{rev}_{(message or 'rev').replace(' ', '_')[:30]}.py"
@@ -240,15 +239,50 @@ def build_branchy_history(sd: ScriptDir) -> ScriptDir:
     (d4, f6) -> g7 merge -> h8 (adds items.price)
     Plus a second base x1 (its own tree: creates `other`).
     """
-    sd.add("a1", None, message="create items", upgrade="op.create_table('items', sa.Column('id', sa.Integer, primary_key=True), sa.Column('name', sa.String(50)))", downgrade="op.drop_table('items')")
+    sd.add(
+        "a1",
+        None,
+        message="create items",
+        upgrade="op.create_table('items', sa.Column('id', sa.Integer, primary_key=True), sa.Column('name', sa.String(50)))",
+        downgrade="op.drop_table('items')",
+    )
     sd.add("b2", "a1", message="branch point")
-    sd.add("c3", "b2", message="left adds note", branch_labels=("left",), upgrade="op.add_column('items', sa.Column('note', sa.String(100)))", downgrade="op.drop_column('items', 'note')")
+    sd.add(
+        "c3",
+        "b2",
+        message="left adds note",
+        branch_labels=("left",),
+        upgrade="op.add_column('items', sa.Column('note', sa.String(100)))",
+        downgrade="op.drop_column('items', 'note')",
+    )
     sd.add("d4", "c3", message="left more")
-    sd.add("e5", "b2", message="right creates tags", branch_labels="right", depends_on="c3", upgrade="op.create_table('tags', sa.Column('id', sa.Integer, primary_key=True), sa.Column('label', sa.String(30)))", downgrade="op.drop_table('tags')")
+    sd.add(
+        "e5",
+        "b2",
+        message="right creates tags",
+        branch_labels="right",
+        depends_on="c3",
+        upgrade="op.create_table('tags', sa.Column('id', sa.Integer, primary_key=True), sa.Column('label', sa.String(30)))",
+        downgrade="op.drop_table('tags')",
+    )
     sd.add("f6", "e5", message="right more")
     sd.add("g7", ("d4", "f6"), message="merge left and right")
-    sd.add("h8", "g7", message="add price", upgrade="op.add_column('items', sa.Column('price', sa.Integer))", downgrade="op.drop_column('items', 'price')")
-    sd.add("x1", None, message="second base", branch_labels="other", upgrade="op.create_table('other', sa.Column('id', sa.Integer, primary_key=True))", downgrade="op.drop_table('other')", docstring=False)
+    sd.add(
+        "h8",
+        "g7",
+        message="add price",
+        upgrade="op.add_column('items', sa.Column('price', sa.Integer))",
+        downgrade="op.drop_column('items', 'price')",
+    )
+    sd.add(
+        "x1",
+        None,
+        message="second base",
+        branch_labels="other",
+        upgrade="op.create_table('other', sa.Column('id', sa.Integer, primary_key=True))",
+        downgrade="op.drop_table('other')",
+        docstring=False,
+    )
     return sd
 
 
@@ -288,7 +322,10 @@ def ensure_roles() -> None:
         group, created = Group.objects.get_or_create(name=name)
         if created or group.permissions.count() != len(perms):
             group.permissions.set(
-                [Permission.objects.get(content_type__app_label=p.split(".")[0], codename=p.split(".")[1]) for p in perms]
+                [
+                    Permission.objects.get(content_type__app_label=p.split(".")[0], codename=p.split(".")[1])
+                    for p in perms
+                ]
             )
 
 
@@ -327,7 +364,14 @@ def repo_path(*parts: str) -> Path:
     return REPO_ROOT.joinpath(*parts)
 
 
-__all__ = ["ScriptDir", "build_branchy_history", "create_pg_database", "drop_pg_database", "pg_query", "django_settings"]
+__all__ = [
+    "ScriptDir",
+    "build_branchy_history",
+    "create_pg_database",
+    "drop_pg_database",
+    "pg_query",
+    "django_settings",
+]
 
 
 # ------------------------------------------------------ append-only audit table

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
 import sqlite3
+import subprocess
 import time
 
 import pytest

@@ -21,8 +21,12 @@ OPEN_STATUSES = (RollbackStatus.PENDING, RollbackStatus.RUNNING)
 class RollbackRequest(models.Model):
     """One planned downgrade and everything the gate checks it against."""
 
-    target = models.ForeignKey("opsapp.Target", on_delete=models.PROTECT, related_name="rollback_requests", editable=False)
-    status = models.CharField(max_length=20, choices=RollbackStatus.choices, default=RollbackStatus.PENDING, editable=False)
+    target = models.ForeignKey(
+        "opsapp.Target", on_delete=models.PROTECT, related_name="rollback_requests", editable=False
+    )
+    status = models.CharField(
+        max_length=20, choices=RollbackStatus.choices, default=RollbackStatus.PENDING, editable=False
+    )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
     )
@@ -39,7 +43,12 @@ class RollbackRequest(models.Model):
     script_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
     plan_hash = models.CharField(max_length=64, blank=True, editable=False)
     snapshot = models.ForeignKey(
-        "opsapp.Snapshot", null=True, blank=True, on_delete=models.PROTECT, related_name="rollback_requests", editable=False
+        "opsapp.Snapshot",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="rollback_requests",
+        editable=False,
     )
     # Verification code: only a hash, bound to this request and its plan hash.
     code_hash = models.CharField(max_length=128, blank=True, editable=False)

@@ -16,7 +16,9 @@ class Snapshot(models.Model):
     """A full backup of a target: pg_dump custom format, or SQLite's backup API."""
 
     target = models.ForeignKey("opsapp.Target", on_delete=models.PROTECT, related_name="snapshots", editable=False)
-    status = models.CharField(max_length=20, choices=SnapshotStatus.choices, default=SnapshotStatus.RUNNING, editable=False)
+    status = models.CharField(
+        max_length=20, choices=SnapshotStatus.choices, default=SnapshotStatus.RUNNING, editable=False
+    )
     format = models.CharField(max_length=20, blank=True, editable=False)  # "pg_custom" | "sqlite"
     taken_by = models.CharField(max_length=150, blank=True, editable=False)
     taken_by_user = models.ForeignKey(

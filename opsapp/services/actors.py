@@ -17,12 +17,16 @@ class Actor:
 
     @classmethod
     def from_user(cls, user, *, client_ip: str | None = None, user_agent: str = "") -> Actor:
-        return cls(username=user.get_username(), user_id=user.pk, client_ip=client_ip, user_agent=user_agent[:500], user=user)
+        return cls(
+            username=user.get_username(), user_id=user.pk, client_ip=client_ip, user_agent=user_agent[:500], user=user
+        )
 
     @classmethod
     def from_request(cls, request) -> Actor:
         """The logged-in user plus the real client IP (OPS_CLIENT_IP_HEADERS) and user agent."""
-        return cls.from_user(request.user, client_ip=client_ip(request), user_agent=request.META.get("HTTP_USER_AGENT", ""))
+        return cls.from_user(
+            request.user, client_ip=client_ip(request), user_agent=request.META.get("HTTP_USER_AGENT", "")
+        )
 
     @classmethod
     def cron(cls) -> Actor:

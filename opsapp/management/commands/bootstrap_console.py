@@ -45,6 +45,10 @@ class Command(BaseCommand):
                 user = User.objects.create_user(username, email, password, is_staff=True)
                 user.groups.add(group)
             shown = "(from " + env_name + ")" if given else password
-            self.stdout.write(self.style.SUCCESS(f"Created {'superuser' if superuser else 'approver'} {username!r}, password: {shown}"))
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Created {'superuser' if superuser else 'approver'} {username!r}, password: {shown}"
+                )
+            )
         if not any(os.environ.get(n) for n in ("OPS_ADMIN_PASSWORD", "OPS_APPROVER_PASSWORD")):
             self.stdout.write("Write the passwords above down: they are not shown again.")
