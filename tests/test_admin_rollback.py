@@ -318,3 +318,34 @@ def test_a_request_left_running_by_a_dead_process_is_marked_interrupted_when_an_
     assert f"Rollback request #{world.request.pk} was interrupted" in page
     assert AuditEvent.objects.filter(request_id=world.request.pk, action=AuditAction.ROLLBACK_INTERRUPTED).exists()
     unchanged(world)
+
+
+def test_every_label_the_readme_walk_through_names_is_on_the_pages_it_visits(client, world, operator):
+    """README's "Walk through a guarded downgrade": each **bold** label is a real link, button or heading."""
+    import html
+    import re
+
+    from opsapp.models import Revision
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("### Walk through a guarded downgrade", 1)[1].split("\n## ", 1)[0]
+    labels = {part.strip() for bold in re.findall(r"\*\*(.+?)\*\*", section, re.S) for part in bold.split("→")}
+    assert {"Graph", "Take snapshot", "Request downgrade to here", "Verification code"} <= labels
+    labels.discard("shop")  # the demo target's name; this world's target is another
+
+    client.force_login(operator)
+    revision = Revision.objects.get(target=world.target, revision="g7")
+    pages = [
+        reverse("admin:index"),
+        reverse("admin:opsapp_target_change", args=[world.target.pk]),
+        reverse("admin:opsapp_revision_change", args=[revision.pk]),
+        url("change", world.request.pk),
+    ]
+    seen = ""
+    for path in pages:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        seen += html.unescape(response.content.decode())
+    missing = [label for label in sorted(labels) if label not in seen]
+    assert missing == [], f"README names labels no page shows: {missing}"

@@ -16,12 +16,14 @@ pytest.register_assert_rewrite("rollback_fixtures")
 from conftest import pg_query  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.management.base import CommandError  # noqa: E402
+from django.urls import reverse  # noqa: E402
 from rollback_fixtures import (  # noqa: E402
     R1_UP,
     R2_UP,
     R3_UP,
     RollbackEnv,
     audit_actions,
+    build_rollback_env,
     code_from_outbox,
     make_request,
     operator_actor,
@@ -390,3 +392,64 @@ def test_a_lock_that_cannot_be_taken_is_an_audited_refusal_at_the_lock_gate(
     request.refresh_from_db()
     assert request.status == "pending" and request.code_used_at is None and request.last_refusal_gate == "lock"
     assert audit_actions(request.pk)[-1] == "rollback_refused"
+
+
+@pytest.mark.django_db
+def test_a_failed_downgrade_never_shows_the_target_password_or_the_code_in_page_log_or_audit(
+    client, pg_database_factory, script_dir_factory, configure_target, snapshot_dir, operator, approver, caplog, capfd
+):
+    caplog.set_level("DEBUG")
+    password = "Pw-n0t-f0r-l0gs"
+    url = pg_database_factory()
+    secret_url = url.replace("postgres@", f"postgres:{password}@", 1)  # trust auth ignores it
+    assert password in secret_url
+    env = build_rollback_env("rbt", secret_url, script_dir_factory(url), configure_target)
+    env.add_revision("r4", "r3", downgrade="op.execute('ALTER TABLE no_such_table DROP COLUMN nothing')")
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r2", snapshot=snap)
+    code = code_from_outbox(request.pk)
+    before = env.state()
+
+    client.force_login(operator)
+    page = client.post(reverse("admin:opsapp_rollbackrequest_execute", args=[request.pk]), {"code": code}, follow=True)
+
+    text = page.content.decode()
+    assert page.status_code == 200 and "no_such_table" in text  # the failure is shown...
+    request.refresh_from_db()
+    assert request.status == "failed" and env.state() == before
+    assert "Running downgrade r4 -> r3" in caplog.text  # the log was captured (Alembic's INFO lines)
+    out, err = capfd.readouterr()
+    events = json.dumps(list(AuditEvent.objects.values()), default=str)
+    row = json.dumps(RollbackRequest.objects.filter(pk=request.pk).values().get(), default=str)
+    for where, content in {"page": text, "log": caplog.text, "stdout": out, "stderr": err, "audit": events,
+                           "request row": row}.items():  # fmt: skip
+        assert password not in content, where  # ...but never the password
+        assert code not in content, where  # nor the code
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("isolation", ["SERIALIZABLE", "REPEATABLE READ"])
+def test_the_downgrade_runs_in_one_transaction_at_the_targets_isolation_level_with_a_lock_timeout(
+    rollback_env, configure_target, operator, approver, settings, isolation
+):
+    env = rollback_env
+    configure_target(env.name, env.url, env.scripts.ini, isolation)
+    settings.OPS_LOCK_TIMEOUT_MS = 4321
+    record = "SELECT current_setting('transaction_isolation'), current_setting('lock_timeout'), txid_current()"
+    # Two steps, each recording what its statements ran under: one transaction means one txid.
+    env.add_revision(
+        "r4",
+        "r3",
+        upgrade='op.execute("CREATE TABLE probe (iso text, lock_timeout text, txid bigint)")',
+        downgrade=f'op.execute("INSERT INTO probe {record}")',
+    )
+    env.add_revision("r5", "r4", downgrade=f'op.execute("INSERT INTO probe {record}")')
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r3", snapshot=snap)
+
+    result = execute_request(request.pk, code=code_from_outbox(request.pk), actor=operator_actor(operator))
+
+    assert result.status == "succeeded" and env.heads() == ["r3"]
+    rows = pg_query(env.url, "SELECT iso, lock_timeout, txid FROM probe")
+    assert len(rows) == 2 and len({txid for _, _, txid in rows}) == 1, rows
+    assert {(iso, timeout) for iso, timeout, _ in rows} == {(isolation.lower(), "4321ms")}

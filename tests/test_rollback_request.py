@@ -159,3 +159,43 @@ def test_cancelling_a_request_kills_its_code(ready_request, operator):
         execute_request(request.pk, code=ready_request.code, actor=operator_actor(operator))
     assert refused.value.gate == "request" and "cancelled, not pending" in str(refused.value)
     assert ready_request.env.state() == before
+
+
+def test_the_analysis_lists_truncate_delete_and_alter_type_with_live_row_counts(rollback_env, operator, approver):
+    env = rollback_env
+    env.add_revision(
+        "r4",
+        "r3",
+        upgrade="op.execute('SELECT 1')",
+        downgrade=(
+            "op.execute('DELETE FROM customers WHERE id > 2'); "
+            "op.execute('TRUNCATE notes'); "
+            "op.alter_column('customers', 'name', type_=sa.String(20))"
+        ),
+    )
+    before = env.state()
+    request = make_request(env, operator, to="r3")
+
+    found = {(d["kind"], d["table"], d["column"]): (d["rows"], d["revision"]) for d in request.destructive}
+    assert found == {
+        ("DELETE", "customers", None): (3, "r4"),
+        ("TRUNCATE", "notes", None): (2, "r4"),
+        ("ALTER TYPE", "customers", "name"): (3, "r4"),
+    }
+    assert "TRUNCATE notes: 2 rows" in mail.outbox[-1].body
+    assert request.non_transactional == []
+    assert env.state() == before  # counting rows never runs the preview
+
+
+def test_vacuum_and_add_value_on_an_old_server_make_a_plan_non_transactional():
+    from opsapp.services.rollback_plan import find_non_transactional, split_statements
+
+    sql = "-- Running downgrade r9 -> r8\n\nVACUUM notes;\n\nALTER TYPE mood ADD VALUE 'meh';\n"
+    statements = split_statements(sql)
+    old = find_non_transactional(statements, dialect="postgresql", server_version=(11, 5))
+    assert old == [
+        "r9: cannot run inside a transaction: VACUUM notes",
+        "r9: ALTER TYPE ... ADD VALUE cannot run in a transaction before PostgreSQL 12",
+    ]
+    new = find_non_transactional(statements, dialect="postgresql", server_version=(15, 2))
+    assert new == ["r9: cannot run inside a transaction: VACUUM notes"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditEvent, Snapshot, SnapshotStatus
@@ -59,6 +60,27 @@ def test_take_snapshot_json_prints_id_status_sha256_size_and_heads(pg_target):
 def test_take_snapshot_prints_a_human_line_without_json(sqlite_target):
     text, _ = run("take_snapshot", "--target", sqlite_target)
     assert "Snapshot #" in text and "of litecmd: verified" in text and "heads d4" in text
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, as stderr is when a person runs the command."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_take_snapshot_shows_the_bytes_written_on_a_terminal_only(pg_target):
+    out, err = io.StringIO(), Terminal()
+    call_command("take_snapshot", "--target", pg_target[0], stdout=out, stderr=err)
+    snap = Snapshot.objects.get()
+    assert f"\r  {filesizeformat(snap.size)} written " in err.getvalue()
+    assert err.getvalue().endswith("\n") and "written" not in out.getvalue()
+
+    quiet = io.StringIO()  # not a terminal (cron, a pipe): no progress
+    call_command("take_snapshot", "--target", pg_target[0], stdout=io.StringIO(), stderr=quiet)
+    json_err = Terminal()  # --json on a terminal: stdout is for the machine, stderr stays quiet too
+    call_command("take_snapshot", "--target", pg_target[0], "--json", stdout=io.StringIO(), stderr=json_err)
+    assert quiet.getvalue() == "" and json_err.getvalue() == ""
 
 
 def test_take_snapshot_exits_1_with_the_error_when_pg_dump_is_missing(pg_target, settings):

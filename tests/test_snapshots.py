@@ -241,6 +241,49 @@ def test_a_pg_dump_older_than_the_server_is_refused():
     check_tool_not_older("pg_dump (PostgreSQL) 16.1", 150020, "15.2")
 
 
+def old_pg_dump(directory: Path) -> Path:
+    """A pg_dump that reports major version 9 (older than any server here); otherwise the real one."""
+    script = directory / "pg_dump"
+    script.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && { echo "pg_dump (PostgreSQL) 9.6.24"; exit 0; }\nexec pg_dump "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_a_pg_dump_older_than_the_server_fails_the_take_with_a_failed_row(pg_target, tmp_path, settings):
+    name, url = pg_target
+    settings.OPS_PG_DUMP = str(old_pg_dump(tmp_path))
+    with pytest.raises(SnapshotError) as excinfo:
+        take_snapshot(name, actor=ACTOR)
+    assert_failed_take(
+        excinfo, name, "pg_dump 'pg_dump (PostgreSQL) 9.6.24' is older than the server", settings.OPS_SNAPSHOT_DIR
+    )
+    assert "point OPS_PG_DUMP at it" in str(excinfo.value)
+    assert not list(Path(settings.OPS_SNAPSHOT_DIR).iterdir())
+    assert pg_query(url, "SELECT count(*) FROM items") == [(25,)]
+
+
+def test_a_full_disk_fails_with_a_clear_error_and_no_partial_file(pg_target, settings):
+    # A real write error from the kernel: the file-size limit (RLIMIT_FSIZE) makes
+    # writes past 1 KB fail with EFBIG, as a full disk fails them with ENOSPC.
+    # Python ignores SIGXFSZ, so the write raises OSError instead of killing the process.
+    import resource
+
+    name, url = pg_target
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
+    try:
+        with pytest.raises(SnapshotError) as excinfo:
+            take_snapshot(name, actor=ACTOR)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert_failed_take(excinfo, name, "Cannot write the snapshot file in", settings.OPS_SNAPSHOT_DIR)
+    assert "File too large" in str(excinfo.value)
+    assert not list(Path(settings.OPS_SNAPSHOT_DIR).iterdir())
+    assert pg_query(url, "SELECT version_num FROM alembic_version ORDER BY 1") == [("h8",), ("x1",)]
+
+
 def test_an_unknown_target_is_refused_without_a_row():
     with pytest.raises(TargetNotConfigured, match="Target 'nope' is not configured"):
         take_snapshot("nope", actor=ACTOR)
@@ -269,6 +312,18 @@ def test_sqlite_flipped_byte_fails_verification(sqlite_target):
     snap = verify_snapshot(snap, actor=ACTOR)
     assert snap.status == SnapshotStatus.FAILED and "checksum mismatch" in snap.error
     assert events(AuditAction.SNAPSHOT_FAILED, snapshot_id=snap.pk)
+
+
+def test_sqlite_deleted_file_fails_verification_and_cannot_be_restored(sqlite_target, tmp_path):
+    snap = take_snapshot(sqlite_target[0], actor=ACTOR)
+    snapshot_path(snap).unlink()
+    snap = verify_snapshot(snap, actor=ACTOR)
+    assert snap.status == SnapshotStatus.FAILED and "is missing (deleted outside the console)" in snap.error
+    assert events(AuditAction.SNAPSHOT_FAILED, snapshot_id=snap.pk)[0].message == snap.error
+    into = tmp_path / "never.sqlite3"
+    with pytest.raises(SnapshotError, match="only a complete or verified snapshot can be restored"):
+        restore_snapshot(snap.pk, f"sqlite:///{into}", actor=ACTOR)
+    assert not into.exists()
 
 
 def test_sqlite_heads_changing_during_the_dump_fail_the_snapshot(sqlite_target, settings):
