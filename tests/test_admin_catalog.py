@@ -314,3 +314,39 @@ def test_a_depends_on_naming_a_branch_label_links_to_the_revision_carrying_it(
     target = sync_target("labels")
     page = admin_client.get(revision_url(target, "r3")).content.decode()
     assert f'<a href="{revision_url(target, "r2")}">feature (r2)</a>' in page
+
+
+def test_a_page_view_audits_heads_moved_outside_the_console_with_the_viewer_as_actor(
+    admin_client, admin_user, branchy, pg_url
+):
+    from opsapp.models import AuditAction, AuditEvent
+
+    move = "UPDATE alembic_version SET version_num = %s WHERE version_num = %s"
+    pg_query(pg_url, move, ("h8", "g7"))  # a deploy outside the console moved g7 -> h8
+
+    assert admin_client.get(reverse("admin:opsapp_target_changelist")).status_code == 200
+    admin_client.get(reverse("admin:opsapp_target_change", args=[branchy.pk]))  # same heads: no second event
+
+    event = AuditEvent.objects.get(action=AuditAction.HEADS_CHANGED)
+    assert (event.actor, event.actor_user_id, event.target_name) == (admin_user.username, admin_user.pk, "branchy")
+    assert (event.from_revision, event.to_revision) == ("g7,x1", "h8,x1")
+    assert event.client_ip == "127.0.0.1"
+
+    pg_query(pg_url, move, ("g7", "h8"))  # and back down, seen from the target's own page
+    admin_client.get(reverse("admin:opsapp_target_change", args=[branchy.pk]))
+    assert list(
+        AuditEvent.objects.filter(action=AuditAction.HEADS_CHANGED)
+        .order_by("seq")
+        .values_list("to_revision", flat=True)
+    ) == ["h8,x1", "g7,x1"]
+
+
+def test_the_graph_and_revision_pages_still_render_when_a_script_file_fails_to_import(admin_client, branchy):
+    (branchy_scripts_dir(branchy) / "zz_broken.py").write_text("revision = 'zz'\ndown_revision = 'h8'\ndef x(:\n")
+    sync_target("branchy")
+
+    graph = admin_client.get(reverse("admin:opsapp_target_graph", args=[branchy.pk]))
+    assert graph.status_code == 200
+    assert "zz_broken.py" in graph.content.decode()
+    assert admin_client.get(reverse("admin:opsapp_revision_changelist")).status_code == 200
+    assert admin_client.get(revision_url(branchy, "b2")).status_code == 200

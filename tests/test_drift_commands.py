@@ -217,3 +217,53 @@ def pg_url_of(name: str) -> str:
     from django.conf import settings
 
     return settings.OPS_TARGETS[name]["URL"]
+
+
+# ------------------------------------- a broken script file, in every command
+def test_every_catalog_command_names_a_file_that_fails_to_import_and_never_crashes(linear):
+    from opsapp.targets import get_target
+
+    assert run("sync_revisions")[0] == 0
+    versions = get_target(linear).script_location / "versions"
+    (versions / "zz_broken.py").write_text(
+        "revision = 'zz'\ndown_revision = 'l3'\nraise ValueError('broken on purpose')\n"
+    )
+
+    code, out = run("sync_revisions")
+    assert code == 1 and "versions/zz_broken.py" in out and "broken on purpose" in out
+    code, out = run("sync_revisions", "--json", "--target", linear)
+    assert code == 1
+    assert json.loads(out.splitlines()[0])["sync_errors"] == [
+        {"file": "versions/zz_broken.py", "error": "ValueError: broken on purpose"}
+    ]
+    code, out = run("show_revisions")
+    assert code == 0 and "versions/zz_broken.py" in out and "broken on purpose" in out
+    out, err = io.StringIO(), io.StringIO()
+    call_command("show_revisions", "--json", "--target", linear, stdout=out, stderr=err)
+    data = json.loads(out.getvalue())  # stdout stays the documented JSON alone
+    assert data["state"] == "script_error"
+    assert [rev["revision"] for rev in data["revisions"]] == ["l3", "l2", "l1"]  # the last good catalog
+    assert "versions/zz_broken.py" in err.getvalue() and "broken on purpose" in err.getvalue()
+    code, out = run("check_drift", "--json")
+    assert code == 1 and "versions/zz_broken.py" in out
+
+
+def test_sync_revisions_audits_heads_moved_outside_the_console_as_the_command_user(linear):
+    import getpass
+
+    from opsapp.models import AuditAction, AuditEvent
+
+    run_alembic(linear, "upgrade", "l1")
+    assert run("sync_revisions")[0] == 0
+    run_alembic(linear, "upgrade", "head")  # a deploy, outside the console
+
+    assert run("sync_revisions", "--target", linear)[0] == 0
+
+    event = AuditEvent.objects.get(action=AuditAction.HEADS_CHANGED)
+    assert (event.actor, event.target_name, event.from_revision, event.to_revision) == (
+        f"cli:{getpass.getuser()}",
+        linear,
+        "l1",
+        "l3",
+    )
+    assert event.detail == {"old_heads": ["l1"], "new_heads": ["l3"]}

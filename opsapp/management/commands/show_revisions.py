@@ -13,7 +13,12 @@ import json
 from django.core.management.base import BaseCommand
 
 from opsapp.management.commands._catalog_cli import command_actor, target_json, target_names
+from opsapp.models import TargetState
 from opsapp.services.catalog import ensure_target_row, sync_target
+
+# States whose detail (the broken file and its error, the driver's masked
+# error, the unknown revision) must be shown, not just named.
+EXPLAINED_STATES = (TargetState.SCRIPT_ERROR, TargetState.UNREACHABLE, TargetState.UNKNOWN_REVISION)
 
 
 def _marks(rev: dict) -> str:
@@ -46,12 +51,19 @@ class Command(BaseCommand):
             target = ensure_target_row(name) if options["no_sync"] else sync_target(name, actor=actor)
             data = target_json(target)
             objects.append(data)
-            if options["json"] or options["verbosity"] < 1:
+            if options["json"]:
+                # stdout carries only the documented JSON; the explanation goes to stderr.
+                if target.state in EXPLAINED_STATES:
+                    self.stderr.write(f"{target.name}: {target.state_detail}")
+                continue
+            if options["verbosity"] < 1:
                 continue
             self.stdout.write(
                 f"{target.name}: {target.get_state_display()}; database at {', '.join(data['current']) or '(empty)'}; "
                 f"heads {', '.join(data['heads']) or '(none)'}"
             )
+            if target.state in EXPLAINED_STATES:
+                self.stdout.write(f"  {target.state_detail}")
             for rev in data["revisions"]:
                 parents = ", ".join(rev["down_revisions"]) or "<base>"
                 labels = f" ({', '.join(rev['branch_labels'])})" if rev["branch_labels"] else ""

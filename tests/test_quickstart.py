@@ -1,0 +1,201 @@
+"""The quick start's pieces: `.env.example`, `bootstrap_console`, and the embedded SQLite default's audit table."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import environ
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from tests.conftest import REPO_ROOT
+
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+PASSWORD_VARS = ("OPS_ADMIN_PASSWORD", "OPS_APPROVER_PASSWORD")
+
+
+# ------------------------------------------------------------------ .env.example
+def variables_the_console_reads() -> set[str]:
+    """Every environment variable named in settings, the app and the demo env.py (f-strings as regexes)."""
+    files = [REPO_ROOT / "console" / "settings.py", REPO_ROOT / "alembic" / "env.py"]
+    files += [p for p in sorted((REPO_ROOT / "opsapp").rglob("*.py")) if "migrations" not in p.parts]
+    names: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if re.fullmatch(r"OPS_[A-Z0-9_]*[A-Z0-9]", node.value):
+                    names.add(node.value)
+            if isinstance(node, ast.Call) and node.args:
+                func = ast.unparse(node.func)
+                if not re.fullmatch(r"env\.(?!read_env)\w+|os\.environ\.get|os\.getenv", func):
+                    continue
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    names.add(arg.value)
+                elif isinstance(arg, ast.JoinedStr):
+                    names.add(
+                        "".join(
+                            re.escape(part.value) if isinstance(part, ast.Constant) else "[A-Z0-9_]+"
+                            for part in arg.values
+                        )
+                    )
+            if (
+                isinstance(node, ast.Subscript)
+                and ast.unparse(node.value) == "os.environ"
+                and isinstance(node.slice, ast.Constant)
+            ):
+                names.add(node.slice.value)
+    return names
+
+
+def documented_variables() -> set[str]:
+    """Names set (`NAME=`) or shown commented out (`# NAME=`) in .env.example."""
+    return set(re.findall(r"^(?:#\s*)?([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.M))
+
+
+def test_env_example_documents_every_variable_the_console_reads():
+    read = variables_the_console_reads()
+    documented = documented_variables()
+    assert len(read) > 30  # the scan found the settings at all
+    missing = sorted(name for name in read if not any(re.fullmatch(name, doc) for doc in documented))
+    assert missing == []
+
+
+def test_env_example_copied_to_dotenv_gives_clean_values():
+    class Example(environ.Env):
+        ENVIRON: dict[str, str] = {}
+
+    Example.read_env(ENV_EXAMPLE)  # exactly how console/settings.py reads .env
+    values = Example.ENVIRON
+    assert values, "nothing parsed"
+    # django-environ reads `KEY=value  # note` literally: a trailing comment would become part of the value.
+    assert {k: v for k, v in values.items() if v != v.strip() or re.search(r"\s#", v)} == {}
+    env = Example()
+    assert env.bool("DEBUG") is False
+    assert env.list("OPS_TARGETS") == ["shop", "billing"]
+    assert env.int("OPS_CODE_TTL_SECONDS") == 600
+    assert env.str("OPS_ENVIRONMENT_COLOUR") == "#b00020"
+    assert not any(name in values for name in PASSWORD_VARS)  # commented out: random passwords by default
+
+
+# -------------------------------------------------------------- bootstrap_console
+@pytest.fixture
+def no_password_env(monkeypatch):
+    for name in (*PASSWORD_VARS, "OPS_ADMIN_USERNAME", "OPS_APPROVER_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def bootstrap() -> str:
+    out = io.StringIO()
+    call_command("bootstrap_console", stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_bootstrap_console_prints_random_passwords_once_and_they_log_in(no_password_env):
+    first = bootstrap()
+
+    passwords = dict(re.findall(r"Created \w+ '(\w+)', password: (\S+)", first))
+    assert passwords.keys() == {"admin", "approver"} and passwords["admin"] != passwords["approver"]
+    User = get_user_model()
+    admin, approver = User.objects.get(username="admin"), User.objects.get(username="approver")
+    assert admin.is_superuser and admin.check_password(passwords["admin"])
+    assert not approver.is_superuser and approver.is_staff and approver.check_password(passwords["approver"])
+    assert list(approver.groups.values_list("name", flat=True)) == ["approvers"]
+    assert "not shown again" in first
+
+    second = bootstrap()
+    assert "Account 'admin' exists; password unchanged." in second
+    assert not any(password in second for password in passwords.values())
+    admin.refresh_from_db()
+    assert admin.check_password(passwords["admin"])
+
+
+@pytest.mark.django_db
+def test_bootstrap_console_uses_passwords_from_the_environment_without_printing_them(no_password_env):
+    no_password_env.setenv("OPS_ADMIN_PASSWORD", "Adm1n-from-env-pw")
+    no_password_env.setenv("OPS_APPROVER_PASSWORD", "Appr0ver-from-env-pw")
+
+    out = bootstrap()
+
+    assert "password: (from OPS_ADMIN_PASSWORD)" in out and "password: (from OPS_APPROVER_PASSWORD)" in out
+    assert "from-env-pw" not in out
+    User = get_user_model()
+    assert User.objects.get(username="admin").check_password("Adm1n-from-env-pw")
+    assert User.objects.get(username="approver").check_password("Appr0ver-from-env-pw")
+
+
+# ------------------------------------------------------ the demo history, per `alembic`
+def alembic_says(verb: str, *args: str) -> str:
+    from alembic import command
+    from alembic.config import Config
+
+    out = io.StringIO()
+    getattr(command, verb)(Config(str(REPO_ROOT / "alembic.ini"), stdout=out), *args)
+    return out.getvalue()
+
+
+def test_alembic_reports_one_head_carrying_both_labels_a_branch_point_and_a_merge():
+    # Alembic prints the labels in set order: compare them as a set.
+    head = alembic_says("heads").replace("(", " ").replace(")", " ").replace(",", " ").split()
+    assert (head[0], set(head[1:])) == ("c8a1d5f3b7ad", {"payments", "reporting", "head"})
+    branch_point, *children = [line.split() for line in alembic_says("branches").splitlines() if line.strip()]
+    assert branch_point == ["3c9b6e0f2d14", "(branchpoint)"]
+    assert sorted(children) == [["->", "4e1a8b3d7c25", "(payments)"], ["->", "6d0e7a4b1f47", "(reporting)"]]
+    history = alembic_says("history")
+    assert "(mergepoint)" in history and "(branchpoint)" in history
+    assert history.count("->") >= 10
+
+
+# ------------------------------------------------ the embedded default (SQLite)
+def manage(args: list[str], var_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPS_", "DATABASE_URL", "DJANGO_SETTINGS"))}
+    env.update({"OPS_IGNORE_DOTENV": "1", "DEBUG": "1", "OPS_VAR_DIR": str(var_dir), "LOG_LEVEL": "WARNING"})
+    return subprocess.run(
+        [sys.executable, "manage.py", *args, *extra],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_the_embedded_sqlite_audit_table_is_append_only_and_its_chain_verifies(tmp_path):
+    assert manage(["migrate", "--noinput"], tmp_path).returncode == 0
+    append = (
+        "from opsapp.services.audit import append_event; from opsapp.services.actors import Actor\n"
+        "for i in range(3): append_event(action='heads_changed', outcome='info', actor=Actor.cli('t'), message=str(i))"
+    )
+    result = manage(["shell", "-c", append], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    db = sqlite3.connect(tmp_path / "console.sqlite3")
+    for sql, verb in [
+        ("UPDATE opsapp_auditevent SET message = 'rewritten' WHERE seq = 2", "UPDATE"),
+        ("DELETE FROM opsapp_auditevent WHERE seq = 2", "DELETE"),
+        ("DELETE FROM opsapp_auditevent", "DELETE"),
+    ]:
+        with pytest.raises(sqlite3.DatabaseError, match=f"opsapp_auditevent is append-only: {verb} is not allowed"):
+            db.execute(sql)
+    assert db.execute("SELECT seq, message FROM opsapp_auditevent ORDER BY seq").fetchall() == [
+        (1, "0"),
+        (2, "1"),
+        (3, "2"),
+    ]
+    db.close()
+
+    result = manage(["verify_audit_log", "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ok"] is True
