@@ -45,5 +45,7 @@ def test_a_downgrade_whose_started_event_cannot_be_written_never_runs(ready_requ
     assert r.env.state() == before  # the target was never touched
     request = RollbackRequest.objects.get(pk=r.request.pk)
     assert request.status != "succeeded" and request.reverted == []
+    # Marking it running and auditing that are one transaction: it stays pending, its code unspent.
+    assert request.status == "pending" and request.code_used_at is None
     assert "rollback_started" not in audit_actions(request.pk)
     assert "rollback_succeeded" not in audit_actions(request.pk)

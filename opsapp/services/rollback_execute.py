@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.runtime.migration import MigrationContext
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus
@@ -185,7 +186,16 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
 
 
 def _start(request: RollbackRequest, actor: Actor) -> None:
-    """Consume the code and mark the request running, in one conditional UPDATE; audit it."""
+    """Consume the code and mark the request running, in one conditional UPDATE; audit it.
+
+    Both in one transaction: if the `started` event cannot be written the
+    request stays pending with its code unspent, and nothing runs.
+    """
+    with transaction.atomic():
+        _start_and_audit(request, actor)
+
+
+def _start_and_audit(request: RollbackRequest, actor: Actor) -> None:
     now = timezone.now()
     changed = RollbackRequest.objects.filter(
         pk=request.pk, status=RollbackStatus.PENDING, code_used_at__isnull=True, code_hash=request.code_hash
