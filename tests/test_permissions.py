@@ -44,7 +44,7 @@ MATRIX: list[Case] = [
     Case("target page", "GET", "admin:opsapp_target_change", "target", VIEWERS),
     Case("target graph", "GET", "admin:opsapp_target_graph", "target", VIEWERS),
     # Sync re-reads what the pages already read (script directory, alembic_version); it changes no target.
-    Case("target sync POST", "POST", "admin:opsapp_target_sync", "target", VIEWERS),
+    Case("target sync POST", "POST", "admin:opsapp_target_sync", "target", OPERATE),
     Case("target change POST", "POST", "admin:opsapp_target_change", "target", NOBODY, (("name", "x"),)),
     Case("target delete", "GET", "admin:opsapp_target_delete", "target", NOBODY),
     Case("revision list", "GET", "admin:opsapp_revision_changelist", allowed=VIEWERS),

@@ -26,6 +26,11 @@ def short_ids(ids: list[str] | None) -> str:
     return ", ".join(i[:12] for i in ids or []) or "—"
 
 
+def can_sync(user) -> bool:
+    """Operators (and superusers) may re-sync a target on demand; viewers only look."""
+    return user.has_perm("opsapp.take_snapshot") or user.has_perm("opsapp.add_rollbackrequest")
+
+
 @admin.register(Target)
 class TargetAdmin(admin.ModelAdmin):
     list_display = (
@@ -164,7 +169,7 @@ class TargetAdmin(admin.ModelAdmin):
             "revisions_url": revisions_url,
             "pending_url": revisions_url + "&" + urlencode({"applied": "pending"}),
             "graph_url": reverse("admin:opsapp_target_graph", args=[target.pk]),
-            "sync_url": reverse("admin:opsapp_target_sync", args=[target.pk]),
+            "sync_url": reverse("admin:opsapp_target_sync", args=[target.pk]) if can_sync(request.user) else "",
             "current_revisions": list(Revision.objects.filter(target=target, is_current=True).order_by("-position")),
         }
 
@@ -181,6 +186,9 @@ class TargetAdmin(admin.ModelAdmin):
         target = self._get_target_or_404(request, object_id)
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
+        if not can_sync(request.user):
+            # Auditors and approvers only look: a sync writes the catalog and may audit head changes.
+            raise PermissionDenied("Syncing a target is for operators.")
         from opsapp.services import catalog
 
         try:
