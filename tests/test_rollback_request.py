@@ -199,3 +199,13 @@ def test_vacuum_and_add_value_on_an_old_server_make_a_plan_non_transactional():
     ]
     new = find_non_transactional(statements, dialect="postgresql", server_version=(15, 2))
     assert new == ["r9: cannot run inside a transaction: VACUUM notes"]
+
+
+def test_the_log_says_the_sql_preview_ran_nothing(rollback_env, operator, approver, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="alembic.runtime.migration"):
+        make_request(rollback_env, operator, to="r1")
+    running = [r.getMessage() for r in caplog.records if "Running downgrade" in r.getMessage()]
+    assert running, "Alembic should have logged the steps it rendered"
+    assert all(m.startswith("[offline SQL preview, nothing executed]") for m in running), running

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,24 @@ from alembic.util import CommandError
 from opsapp.services.alembic_api import connect, make_config
 from opsapp.services.errors import OpsError, RevisionResolutionError, ScriptDirectoryError
 from opsapp.targets import TargetConfig, mask_url
+
+
+_preview = threading.local()
+
+
+class _OfflinePreviewLogFilter(logging.Filter):
+    """Alembic logs "Running downgrade ..." while rendering offline SQL too.
+
+    Said plainly in the log, so nobody reading it believes a downgrade ran.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(_preview, "active", False):
+            record.msg = f"[offline SQL preview, nothing executed] {record.msg}"
+        return True
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_OfflinePreviewLogFilter())
 
 
 @dataclass
@@ -77,6 +97,7 @@ def render_preview(config: TargetConfig, from_heads: list[str], to_revision: str
         return script._downgrade_revs(to_revision, rev)
 
     starting = tuple(from_heads) if from_heads else None
+    _preview.active = True
     try:
         with EnvironmentContext(
             alembic_config,
@@ -97,6 +118,8 @@ def render_preview(config: TargetConfig, from_heads: list[str], to_revision: str
         raise
     except Exception as exc:  # a migration file failing to import or render
         raise _render_error(config, exc) from exc
+    finally:
+        _preview.active = False
     sql = buf.getvalue()
     return Preview(
         sql=sql,
