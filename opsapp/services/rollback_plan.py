@@ -32,7 +32,6 @@ from opsapp.services.alembic_api import connect, make_config
 from opsapp.services.errors import OpsError, RevisionResolutionError, ScriptDirectoryError
 from opsapp.targets import TargetConfig, mask_url
 
-
 _preview = threading.local()
 
 
