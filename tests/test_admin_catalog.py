@@ -350,3 +350,21 @@ def test_the_graph_and_revision_pages_still_render_when_a_script_file_fails_to_i
     assert "zz_broken.py" in graph.content.decode()
     assert admin_client.get(reverse("admin:opsapp_revision_changelist")).status_code == 200
     assert admin_client.get(revision_url(branchy, "b2")).status_code == 200
+
+
+def test_the_target_page_links_to_its_migration_history_in_the_audit_log(
+    admin_client, admin_user, pg_url, branchy_scripts, configure_target
+):
+    from opsapp.services import catalog
+    from opsapp.services.actors import Actor
+    from opsapp.services.audit import append_event
+
+    configure_target("histo", pg_url, branchy_scripts.ini)
+    target = catalog.sync_target("histo")
+    append_event(action="heads_changed", outcome="info", actor=Actor.cron(), target="histo", message="moved")
+    append_event(action="heads_changed", outcome="info", actor=Actor.cron(), target="elsewhere", message="other")
+    page = admin_client.get(reverse("admin:opsapp_target_change", args=[target.pk])).content.decode()
+    link = reverse("admin:opsapp_auditevent_changelist") + "?target_name=histo"
+    assert link in page
+    listing = admin_client.get(link).content.decode()
+    assert "moved" in listing and "other" not in listing
