@@ -92,6 +92,37 @@ def test_it_never_reimports_an_unchanged_script_directory(script_dir_factory, pg
     assert marker.read_text() == "xxx"
 
 
+def test_a_resync_with_nothing_changed_costs_the_same_few_queries_at_any_size(
+    script_dir_factory, pg_database_factory, configure_target
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from opsapp.services.alembic_api import connect, make_config
+
+    costs = {}
+    for size in (5, 200):
+        sd = script_dir_factory()
+        generate_history(sd, size, merges=size // 20, seed=size)
+        url = pg_database_factory()
+        name = configure_target(f"steady{size}", url, sd.ini)
+        sync_target(name)
+        config = get_target(name)
+        with connect(config) as conn, conn.begin():
+            from alembic import command
+
+            command.stamp(make_config(config, connection=conn), "heads")
+        moved = sync_target(name)
+        assert moved.state == TargetState.AT_HEAD and Revision.objects.filter(target=moved, applied=False).count() == 0
+        with CaptureQueriesContext(connection) as queries:
+            again = sync_target(name)
+        assert again.catalog_reread is False and again.state == TargetState.AT_HEAD
+        costs[size] = len(queries)
+        # Nothing moved: the revision rows are neither read back nor rewritten.
+        assert not [q["sql"] for q in queries.captured_queries if "opsapp_revision" in q["sql"]]
+    assert costs[5] == costs[200] <= 6, costs
+
+
 def test_it_adds_updates_and_removes_rows_when_the_directory_changes(script_dir_factory, pg_url, configure_target):
     sd = script_dir_factory()
     sd.add("r1", None, message="first")

@@ -271,6 +271,37 @@ def _config(name: str) -> tuple[TargetConfig | None, str | None]:
         return None, str(exc)
 
 
+_STEADY_STATES = (
+    TargetState.AT_HEAD,
+    TargetState.BEHIND,
+    TargetState.MULTIPLE_HEADS,
+    TargetState.UNKNOWN_REVISION,
+    TargetState.EMPTY,
+)
+
+
+def _nothing_changed(target: Target, loaded: LoadedCatalog | None, problem: str | None, db: DbRead) -> bool:
+    """True when neither the scripts nor alembic_version moved since the last sync.
+
+    The state and flags are a pure function of the synced rows, the script
+    heads and the database heads; when none changed there is nothing to
+    recompute (the cron re-sync of an unchanged target costs a few queries).
+    """
+    return (
+        loaded is None
+        and problem is None
+        and db.error is None
+        and target.last_synced_at is not None
+        and target.last_seen_heads is not None
+        and not target.sync_errors
+        and target.state in _STEADY_STATES
+        and sorted(db.heads) == sorted(target.current_heads) == sorted(target.last_seen_heads)
+        # refresh_state notes a changed or unreadable directory in state_detail: recompute then.
+        and "since the last sync" not in target.state_detail
+        and "cannot be read now" not in target.state_detail
+    )
+
+
 # ------------------------------------------------------------------ public
 def sync_target(name: str, *, actor: Actor | None = None, force: bool = False) -> Target:
     """Sync target `name`'s catalog and state; return the saved Target.
@@ -297,6 +328,11 @@ def sync_target(name: str, *, actor: Actor | None = None, force: bool = False) -
         # concurrent sync could store stale heads after a newer one and audit
         # a change that never happened.
         db = _read_db(config, problem, target.current_heads)
+        if _nothing_changed(target, loaded, problem, db):
+            target.last_synced_at = target.last_checked_at = timezone.now()
+            target.save(update_fields=["last_synced_at", "last_checked_at"])
+            target.catalog_reread = False
+            return target
         rows: dict[str, dict[str, Any]] | None = None
         if problem is not None:
             target.sync_errors = [{"file": "", "error": mask_url(problem)}]
