@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from opsapp.models import Revision
+from opsapp.models import Revision, Target
 from opsapp.services.catalog import read_current_heads, sync_target
 from opsapp.services.errors import RevisionResolutionError
 from opsapp.services.planner import plan_downgrade, revision_map_from_rows
@@ -170,3 +170,19 @@ def test_it_refuses_an_empty_database_and_an_unsynced_target(branchy, configure_
     configure_target("fresh", pg_url, branchy_scripts.ini)
     with pytest.raises(RevisionResolutionError, match="'fresh' has no synced catalog: run sync_revisions first"):
         plan_downgrade("fresh", "base", ["h8"])
+
+
+def test_the_revision_map_is_reused_until_a_sync_changes_the_catalog(script_dir_factory, pg_url, configure_target):
+    sd = script_dir_factory()
+    sd.add("p1", None)
+    sd.add("p2", "p1")
+    name = configure_target("cached", pg_url, sd.ini)
+    target = sync_target(name)
+    first = revision_map_from_rows(target)
+    assert revision_map_from_rows(Target.objects.get(name=name)) is first  # no rebuild per page view
+
+    sd.add("p3", "p2")
+    target = sync_target(name)
+    fresh = revision_map_from_rows(target)
+    assert fresh is not first and fresh.get_revision("p3").down_revision == "p2"
+    assert plan_downgrade(name, "p1", ["p3"]).steps == ["p3", "p2"]

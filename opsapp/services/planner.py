@@ -11,7 +11,9 @@ By default it works from the synced Revision rows: no migration file is imported
 from __future__ import annotations
 
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from alembic.script.revision import (
@@ -39,12 +41,39 @@ class DowngradePlan:
     steps: list[str] = field(default_factory=list)  # reverted revisions, in Alembic's order
 
 
+_MAP_CACHE: OrderedDict[tuple, RevisionMap] = OrderedDict()
+_MAP_CACHE_SIZE = 8
+_MAP_CACHE_LOCK = threading.Lock()
+
+
 def revision_map_from_rows(target: Target) -> RevisionMap:
     """An Alembic RevisionMap built from the synced rows of `target` (no file import).
 
     Rows are fed in file order (by path), the order ScriptDirectory loads
     them, so traversal ties break the same way as with the real files.
+    Maps are cached per (target, script fingerprint, revision count): the rows
+    only change when a sync re-reads a changed directory, which changes the
+    fingerprint. Rebuilding a 10,000-revision map costs ~150 ms per page view.
     """
+    key = (target.pk, target.script_fingerprint, target.revision_count)
+    if target.script_fingerprint:
+        with _MAP_CACHE_LOCK:
+            cached = _MAP_CACHE.get(key)
+            if cached is not None:
+                _MAP_CACHE.move_to_end(key)
+                return cached
+    rmap = _build_revision_map(target)
+    if target.script_fingerprint:
+        # Build the lazy, memoized structures now, so threads only ever read a shared map.
+        rmap.heads, rmap.bases, rmap._revision_map  # noqa: B018
+        with _MAP_CACHE_LOCK:
+            _MAP_CACHE[key] = rmap
+            while len(_MAP_CACHE) > _MAP_CACHE_SIZE:
+                _MAP_CACHE.popitem(last=False)
+    return rmap
+
+
+def _build_revision_map(target: Target) -> RevisionMap:
     rows = list(
         RevisionRow.objects.filter(target=target)
         .order_by("path", "revision")
