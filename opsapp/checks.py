@@ -2,13 +2,14 @@
 
 opsapp.E001 target without a URL · E002 malformed target URL · E003 missing
 alembic.ini · E004 missing script directory / env.py · E005 isolation level
-below READ COMMITTED or unknown · E006 bad target name · E007 no targets.
+below READ COMMITTED or unknown · E006 bad target name · E007 no targets ·
+W001 (check --deploy) verification codes would not be e-mailed.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 
 from opsapp.targets import validate_target
 
@@ -22,3 +23,31 @@ def check_targets(app_configs=None, **kwargs) -> list[Error]:
         for check_id, message in validate_target(name):
             errors.append(Error(message, id=check_id, obj=f"target {name}"))
     return errors
+
+
+_UNDELIVERED_BACKENDS = {
+    "django.core.mail.backends.console.EmailBackend": "printed to the server's console",
+    "django.core.mail.backends.locmem.EmailBackend": "kept in memory",
+    "django.core.mail.backends.dummy.EmailBackend": "thrown away",
+    "django.core.mail.backends.filebased.EmailBackend": "written to files on the server",
+}
+
+
+@register(Tags.security, deploy=True)
+def check_code_delivery(app_configs=None, **kwargs) -> list[Warning]:
+    """opsapp.W001 (deploy only): verification codes must reach approvers by real e-mail.
+
+    With the console backend (the quick start's default) a code lands in the
+    server log, where whoever reads the log can approve their own downgrade.
+    """
+    fate = _UNDELIVERED_BACKENDS.get(settings.EMAIL_BACKEND)
+    if fate is None:
+        return []
+    return [
+        Warning(
+            f"EMAIL_URL sends verification codes to {settings.EMAIL_BACKEND}: codes would be {fate}, "
+            "not delivered to approvers, which defeats the two-person rule.",
+            hint="Set EMAIL_URL to your mail server, e.g. smtp+tls://user:password@smtp.example.com:587.",
+            id="opsapp.W001",
+        )
+    ]

@@ -37,6 +37,7 @@ def production_env(tmp_path, **extra: str) -> dict[str, str]:
             "OPS_TARGET_SHOP_URL": "postgresql://migrator:s3cret-pw@db.internal:5432/shop",
             "OPS_TARGET_SHOP_ALEMBIC_INI": str(scripts.ini),
             "DJANGO_SETTINGS_MODULE": "console.settings",
+            "EMAIL_URL": "smtp+tls://mailer:mail-pw@smtp.example.com:587",
         }
     )
     env.update(extra)
@@ -65,6 +66,15 @@ def test_check_deploy_reports_nothing_under_production_settings(tmp_path):
     proc = run_manage(production_env(tmp_path), "check", "--deploy", "--fail-level", "WARNING")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "System check identified no issues" in proc.stdout
+
+
+def test_check_deploy_warns_when_codes_would_be_printed_instead_of_mailed(tmp_path):
+    proc = run_manage(
+        production_env(tmp_path, EMAIL_URL="consolemail://"), "check", "--deploy", "--fail-level", "WARNING"
+    )
+    assert proc.returncode == 1
+    assert "opsapp.W001" in proc.stderr and "two-person rule" in proc.stderr
+    assert "s3cret-pw" not in proc.stdout + proc.stderr
 
 
 def test_production_settings_are_hardened_and_sessions_last_at_most_twelve_hours(tmp_path):
