@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import configparser
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+from django.views.debug import SafeExceptionReporterFilter
 
 from opsapp.services.errors import TargetMisconfigured, TargetNotConfigured
 
@@ -46,12 +47,38 @@ def mask_url(text: str | None) -> str:
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", masked, flags=re.IGNORECASE)
 
 
+class _MaskedRepr:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class MaskingExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Django's error pages and reports (DEFAULT_EXCEPTION_REPORTER_FILTER): target passwords masked.
+
+    Django hides settings named like *PASS*/*KEY*, but OPS_TARGETS holds whole
+    URLs, and a frame's locals may hold a URL string too.
+    """
+
+    hidden_settings = re.compile("API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|URL", flags=re.IGNORECASE)
+
+    def get_traceback_frame_variables(self, request, tb_frame):
+        masked = []
+        for name, value in super().get_traceback_frame_variables(request, tb_frame):
+            text = value if isinstance(value, str) else repr(value)
+            clean = mask_url(text)
+            masked.append((name, value if clean == text else (clean if isinstance(value, str) else _MaskedRepr(clean))))
+        return masked
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """One managed database plus its Alembic script directory."""
 
     name: str
-    url: str
+    url: str = field(repr=False)
     alembic_ini: Path
     isolation_level: str = "SERIALIZABLE"
 

@@ -135,6 +135,8 @@ REFUSALS = [
     ("d4", "+1", "'+1' moves up the history"),
     ("d4", " ", "No downgrade target given"),
     ("h8", "heads", "'heads' names several heads (h8, x1)"),
+    ("heads", "lfet@base", "Unknown revision 'lfet@base': No such revision or branch 'lfet'."),
+    ("heads", "lfet@head", "Unknown revision 'lfet@head': No such revision or branch 'lfet'."),
 ]
 
 

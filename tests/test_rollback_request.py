@@ -99,6 +99,24 @@ def test_it_refuses_a_request_without_a_reason(rollback_env, operator, approver)
     assert not RollbackRequest.objects.exists()
 
 
+def test_it_refuses_a_bad_snapshot_before_storing_a_request_or_sending_a_code(rollback_env, operator, approver):
+    before = rollback_env.state()
+    elsewhere = Target.objects.create(name="elsewhere")
+    foreign = Snapshot.objects.create(target=elsewhere, status=SnapshotStatus.VERIFIED, heads=["r3"])
+    failed = Snapshot.objects.create(target=Target.objects.get(name=rollback_env.name), status=SnapshotStatus.FAILED)
+    for snapshot, message in [
+        (Snapshot(pk=999999), "Snapshot #999999 does not exist."),
+        (foreign, f"Snapshot #{foreign.pk} belongs to target 'elsewhere', not {rollback_env.name!r}."),
+        (failed, f"Snapshot #{failed.pk} is failed; attach a verified snapshot."),
+    ]:
+        with pytest.raises(OpsError) as refused:
+            make_request(rollback_env, operator, snapshot=snapshot)
+        assert str(refused.value) == message
+    assert not RollbackRequest.objects.exists() and mail.outbox == []
+    assert not AuditEvent.objects.filter(action__in=["rollback_requested", "code_issued"]).exists()
+    assert rollback_env.state() == before
+
+
 def test_a_request_whose_only_possible_approver_is_its_requester_cannot_proceed(rollback_env, approver):
     before = rollback_env.state()
     request = make_request(rollback_env, approver)  # anton requests; anton is the only approver

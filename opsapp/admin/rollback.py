@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -191,7 +191,11 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         return custom + super().get_urls()
 
     def _get(self, request: HttpRequest, object_id: str) -> RollbackRequest:
-        return get_object_or_404(RollbackRequest.objects.select_related("target", "snapshot"), pk=object_id)
+        try:
+            pk = int(object_id)
+        except ValueError:
+            raise Http404("No such rollback request.") from None
+        return get_object_or_404(RollbackRequest.objects.select_related("target", "snapshot"), pk=pk)
 
     def _back(self, obj: RollbackRequest) -> HttpResponseRedirect:
         return HttpResponseRedirect(reverse("admin:opsapp_rollbackrequest_change", args=[obj.pk]))

@@ -117,6 +117,10 @@ def _resolve(rmap: RevisionMap, name: str, to: str, heads: list[str]) -> tuple[s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            branch = to.split("@", 1)[0] if "@" in to else ""
+            if branch:
+                # Alembic reads an unknown branch in `typo@base` as "every branch": a full downgrade.
+                rmap.get_revisions(branch)
             _, resolved = rmap._parse_downgrade_target(
                 current_revisions=tuple(heads), target=to, assert_relative_length=True
             )

@@ -64,6 +64,9 @@ def create_request(
     if not reason:
         raise OpsError("A reason is required for a downgrade request.", target=target_name)
     config = get_target(target_name)
+    if snapshot_id is not None:
+        # Refuse a bad --snapshot before anything is stored: not a request left behind without a code.
+        _check_attachable(snapshot_id, target_name)
     target = catalog.sync_target(target_name, actor=actor)
     heads = catalog.read_current_heads(config)
     plan = planner.plan_downgrade(target_name, to, heads)
@@ -140,6 +143,21 @@ def create_request(
     return request
 
 
+def _check_attachable(snapshot_id: int, target_name: str) -> Snapshot:
+    """The snapshot, if it exists, belongs to `target_name` and did not fail; OpsError otherwise."""
+    snapshot = Snapshot.objects.select_related("target").filter(pk=snapshot_id).first()
+    if snapshot is None:
+        raise OpsError(f"Snapshot #{snapshot_id} does not exist.", target=target_name)
+    if snapshot.target.name != target_name:
+        raise OpsError(
+            f"Snapshot #{snapshot_id} belongs to target {snapshot.target.name!r}, not {target_name!r}.",
+            target=target_name,
+        )
+    if snapshot.status in (SnapshotStatus.FAILED, SnapshotStatus.PRUNED, SnapshotStatus.RUNNING):
+        raise OpsError(f"Snapshot #{snapshot_id} is {snapshot.status}; attach a verified snapshot.", target=target_name)
+    return snapshot
+
+
 def attach_snapshot(request: RollbackRequest, snapshot_id: int, *, actor: Actor) -> RollbackRequest:
     """Attach snapshot `snapshot_id` to a pending request; audited.
 
@@ -150,15 +168,7 @@ def attach_snapshot(request: RollbackRequest, snapshot_id: int, *, actor: Actor)
     request.refresh_from_db()
     if request.status != RollbackStatus.PENDING:
         raise OpsError(f"Request #{request.pk} is {request.status}; snapshots attach to pending requests only.")
-    snapshot = Snapshot.objects.select_related("target").filter(pk=snapshot_id).first()
-    if snapshot is None:
-        raise OpsError(f"Snapshot #{snapshot_id} does not exist.")
-    if snapshot.target_id != request.target_id:
-        raise OpsError(
-            f"Snapshot #{snapshot_id} belongs to target {snapshot.target.name!r}, not {request.target.name!r}."
-        )
-    if snapshot.status in (SnapshotStatus.FAILED, SnapshotStatus.PRUNED, SnapshotStatus.RUNNING):
-        raise OpsError(f"Snapshot #{snapshot_id} is {snapshot.status}; attach a verified snapshot.")
+    snapshot = _check_attachable(snapshot_id, request.target.name)
     previous = request.snapshot_id
     request.snapshot = snapshot
     request.save(update_fields=["snapshot"])
