@@ -57,7 +57,8 @@ class Command(BaseCommand):
         else:
             if options["print_head"] and result.head_seq is not None:
                 self.stdout.write(f"{result.head_seq} {result.head_hash}")
-            if options["verbosity"] >= 1 and result.ok:
+            # With --print-head stdout is exactly "SEQ HASH" (cron appends it to the anchor log).
+            if result.ok and options["verbosity"] >= (2 if options["print_head"] else 1):
                 self.stdout.write(self.style.SUCCESS(f"Audit log OK: {result.message}."))
         if not result.ok:
             raise CommandError(f"audit log broken at #{result.first_bad_seq} ({result.problem}): {result.message}")
