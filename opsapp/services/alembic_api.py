@@ -9,6 +9,7 @@ transaction, isolation level and locks. Alembic errors are translated here.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,9 +79,31 @@ def _missing_sqlite_file(target: TargetConfig) -> Path | None:
     return None if path.exists() else path
 
 
+_SHARED_ENGINES: dict[tuple[str, int], sa.engine.Engine] = {}
+_SHARED_ENGINES_LOCK = threading.Lock()
+
+
+def _shared_engine(target: TargetConfig) -> sa.engine.Engine:
+    """One NullPool engine per target URL for plain reads (alembic_version).
+
+    Still no pooled connections to managed databases (NullPool: every read
+    opens and closes its own); what is shared is the initialised dialect,
+    which a fresh engine re-initialises with several round trips per connect.
+    Nothing may attach event listeners to these engines.
+    """
+    from django.conf import settings
+
+    key = (target.sqlalchemy_url, settings.OPS_CONNECT_TIMEOUT_SECONDS)
+    with _SHARED_ENGINES_LOCK:
+        engine = _SHARED_ENGINES.get(key)
+        if engine is None:
+            engine = _SHARED_ENGINES[key] = create_engine(target)
+        return engine
+
+
 @contextmanager
 def connect(
-    target: TargetConfig, *, create_sqlite_file: bool = False, **engine_kwargs: object
+    target: TargetConfig, *, create_sqlite_file: bool = False, shared: bool = False, **engine_kwargs: object
 ) -> Iterator[sa.engine.Connection]:
     """Open a connection to the target; TargetUnreachable (password masked) when it is down.
 
@@ -94,7 +117,9 @@ def connect(
             f"Target {target.name!r} is unreachable: SQLite file {str(missing)!r} does not exist.",
             target=target.name,
         )
-    engine = create_engine(target, **engine_kwargs)
+    if shared and engine_kwargs:
+        raise ValueError("a shared engine takes no engine options")
+    engine = _shared_engine(target) if shared else create_engine(target, **engine_kwargs)
     try:
         try:
             conn = engine.connect()
@@ -108,4 +133,5 @@ def connect(
         finally:
             conn.close()
     finally:
-        engine.dispose()
+        if not shared:
+            engine.dispose()

@@ -71,7 +71,7 @@ def read_current_heads(config: TargetConfig, connection: sa.Connection | None = 
     """
     if connection is not None:
         return _heads_on(config, connection)
-    with connect(config) as conn:
+    with connect(config, shared=True) as conn:
         return _heads_on(config, conn)
 
 
