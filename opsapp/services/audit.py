@@ -217,3 +217,14 @@ def _check_stored(event: AuditEvent) -> None:
     stored = stored_row_hashes(event.seq)
     if stored is None or stored[0] != stored[1] or stored[1] != event.hash:
         raise AuditError(f"audit event #{event.seq} does not hash back after writing; nothing was recorded")
+
+
+def request_context(request: Any) -> dict[str, Any]:
+    """The audit fields every event about one rollback request carries (for `append_event(**...)`)."""
+    return {
+        "target": request.target.name,
+        "request_id": request.pk,
+        "snapshot_id": request.snapshot_id,
+        "from_revision": request.from_heads,
+        "to_revision": request.to_revision,
+    }

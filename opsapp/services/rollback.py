@@ -25,7 +25,7 @@ from django.db import transaction
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus, Snapshot, SnapshotStatus
 from opsapp.services import catalog, planner
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event
+from opsapp.services.audit import append_event, request_context
 from opsapp.services.errors import OpsError
 from opsapp.services.rollback_codes import NoApprover, issue_code
 from opsapp.services.rollback_execute import ExecutionResult, execute_request, gate_status, reconcile
@@ -177,9 +177,7 @@ def attach_snapshot(request: RollbackRequest, snapshot_id: int, *, actor: Actor)
         outcome=AuditOutcome.SUCCESS,
         actor=actor,
         message=f"Snapshot #{snapshot_id} attached to request #{request.pk}.",
-        target=request.target.name,
-        request_id=request.pk,
-        snapshot_id=snapshot_id,
+        **request_context(request),
         detail={"previous_snapshot_id": previous, "snapshot_heads": snapshot.heads, "status": snapshot.status},
     )
     return request
@@ -198,7 +196,6 @@ def cancel_request(request: RollbackRequest, *, actor: Actor) -> RollbackRequest
         outcome=AuditOutcome.SUCCESS,
         actor=actor,
         message=f"Request #{request.pk} cancelled.",
-        target=request.target.name,
-        request_id=request.pk,
+        **request_context(request),
     )
     return request

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event
+from opsapp.services.audit import append_event, request_context
 from opsapp.services.errors import OpsError
 
 APPROVE_PERMISSION = ("opsapp", "approve_rollbackrequest")
@@ -160,7 +160,7 @@ def issue_code(request: RollbackRequest, *, actor: Actor) -> list[str]:
     from opsapp.services.rollback_gate import expire_if_stale  # the gate imports this module
 
     request.refresh_from_db()
-    common = {"target": request.target.name, "request_id": request.pk, "to_revision": request.to_revision}
+    common = request_context(request)
     expired = expire_if_stale(request)
     if expired:
         append_event(

@@ -41,7 +41,7 @@ from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackSt
 from opsapp.services import catalog
 from opsapp.services.actors import Actor
 from opsapp.services.alembic_api import create_engine, make_config
-from opsapp.services.audit import append_event
+from opsapp.services.audit import append_event, request_context
 from opsapp.services.errors import OpsError, RollbackFailed, TargetUnreachable
 from opsapp.services.isolation import run_serializable, sqlstate_of
 from opsapp.services.locks import LockBusy, LockHolder, current_holder, target_lock
@@ -216,11 +216,7 @@ def _start_and_audit(request: RollbackRequest, actor: Actor) -> None:
         outcome=AuditOutcome.INFO,
         actor=actor,
         message=f"Downgrade of {request.target.name!r} to {request.to_revision} started; code consumed.",
-        target=request.target.name,
-        request_id=request.pk,
-        snapshot_id=request.snapshot_id,
-        from_revision=request.from_heads,
-        to_revision=request.to_revision,
+        **request_context(request),
         detail={"steps": request.steps, "isolation_level": get_target(request.target.name).isolation_level},
     )
 
@@ -295,9 +291,8 @@ def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Prev
             outcome=AuditOutcome.INFO,
             actor=actor,
             message=f"Attempt {number} hit a serialization failure ({sqlstate_of(exc)}); retrying.",
-            target=request.target.name,
-            request_id=request.pk,
             detail={"attempt": number, "sqlstate": sqlstate_of(exc)},
+            **request_context(request),
         )
 
     started = time.monotonic()
@@ -328,11 +323,7 @@ def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Prev
         outcome=AuditOutcome.SUCCESS,
         actor=actor,
         message=message,
-        target=request.target.name,
-        request_id=request.pk,
-        snapshot_id=request.snapshot_id,
-        from_revision=request.from_heads,
-        to_revision=request.to_revision,
+        **request_context(request),
         detail={"reverted": preview.steps, "final_heads": heads, "duration_ms": duration_ms, "attempts": attempts[0]},
     )
     return ExecutionResult(request.pk, RollbackStatus.SUCCEEDED, None, message, heads)
@@ -369,11 +360,7 @@ def _record_failure(
         outcome=AuditOutcome.FAILURE,
         actor=actor,
         message=message,
-        target=request.target.name,
-        request_id=request.pk,
-        snapshot_id=request.snapshot_id,
-        from_revision=request.from_heads,
-        to_revision=request.to_revision,
+        **request_context(request),
         detail={"sqlstate": sqlstate, "attempts": attempts, "heads_after": heads, "error": error},
     )
     raise RollbackFailed(message, target=request.target.name, heads=heads, sqlstate=sqlstate) from exc
@@ -426,11 +413,7 @@ def _mark_interrupted(request: RollbackRequest, heads: list[str], actor: Actor) 
             outcome=AuditOutcome.FAILURE,
             actor=actor,
             message=message,
-            target=request.target.name,
-            request_id=request.pk,
-            snapshot_id=request.snapshot_id,
-            from_revision=request.from_heads,
-            to_revision=request.to_revision,
+            **request_context(request),
             detail={"heads_found": heads, "unchanged": sorted(heads) == sorted(request.from_heads)},
         )
     return bool(changed)

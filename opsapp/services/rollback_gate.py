@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus, SnapshotStatus
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event
+from opsapp.services.audit import append_event, request_context
 from opsapp.services.catalog import script_fingerprint
 from opsapp.services.errors import GateRefused, OpsError
 from opsapp.services.rollback_codes import code_matches, recipients_still_allowed
@@ -47,11 +47,7 @@ def refuse(
         outcome=AuditOutcome.REFUSED,
         actor=actor,
         message=f"Refused at gate '{gate}': {message}",
-        target=request.target.name,
-        request_id=request.pk,
-        snapshot_id=request.snapshot_id,
-        from_revision=request.from_heads,
-        to_revision=request.to_revision,
+        **request_context(request),
         detail={"gate": gate, **(detail or {})},
     )
     return GateRefused(message, gate=gate, target=request.target.name, heads=list(request.from_heads))
@@ -235,9 +231,8 @@ def check_code(request: RollbackRequest, code: str, actor: Actor) -> None:
         outcome=AuditOutcome.REFUSED,
         actor=actor,
         message=f"Wrong verification code for request #{request.pk} (attempt {attempts} of {limit}).",
-        target=request.target.name,
-        request_id=request.pk,
         detail={"attempts": attempts, "limit": limit},
+        **request_context(request),
     )
     if attempts >= limit:
         raise _lock_out(request, actor)
@@ -265,9 +260,8 @@ def _lock_out(request: RollbackRequest, actor: Actor) -> GateRefused:
             outcome=AuditOutcome.REFUSED,
             actor=actor,
             message=message,
-            target=request.target.name,
-            request_id=request.pk,
             detail={"attempts": request.code_attempts},
+            **request_context(request),
         )
     return refuse(request, "code", message, actor, {"attempts": request.code_attempts, "locked": True})
 
