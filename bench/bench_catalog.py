@@ -10,107 +10,17 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
-import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
 import common
 from common import Result
 
-ENV_PY = """
-from alembic import context
-from sqlalchemy import engine_from_config, pool
-
-config = context.config
+from opsapp.services.history_gen import ScriptDir, generate_history
 
 
-def _run(connection):
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=False)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def run_migrations_offline():
-    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def run_migrations_online():
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
-    engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
-                                poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        _run(connection)
-
-
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
-"""
-
-
-class BenchScriptDir:
-    """Writes revision files the way tests/conftest.py's ScriptDir does (same `add` signature)."""
-
-    def __init__(self, root: Path, url: str = "") -> None:
-        self.root = root
-        self.versions = root / "migrations" / "versions"
-        self.versions.mkdir(parents=True)
-        (root / "migrations" / "env.py").write_text(ENV_PY)
-        (root / "migrations" / "script.py.mako").write_text('"""${message}"""\n')
-        self.ini = root / "alembic.ini"
-        self.ini.write_text(f"[alembic]\nscript_location = %(here)s/migrations\nsqlalchemy.url = {url}\n")
-        self.count = 0
-
-    def add(
-        self,
-        rev: str,
-        down: str | tuple[str, ...] | None,
-        *,
-        message: str | None = None,
-        branch_labels: str | tuple[str, ...] | None = None,
-        depends_on: str | tuple[str, ...] | None = None,
-        upgrade: str = "pass",
-        downgrade: str = "pass",
-        create_date: str | None = "2026-01-01 00:00:00",
-        docstring: bool = True,
-    ) -> Path:
-        self.count += 1
-        message = message or f"revision {rev}"
-        header = f'"""{message}\n\nRevision ID: {rev}\nRevises: {down}\nCreate Date: {create_date}\n\n"""\n'
-        body = textwrap.dedent(
-            f"""
-            from alembic import op
-            import sqlalchemy as sa
-
-            revision = {rev!r}
-            down_revision = {down!r}
-            branch_labels = {branch_labels!r}
-            depends_on = {depends_on!r}
-
-
-            def upgrade():
-                {textwrap.dedent(upgrade).strip() or "pass"}
-
-
-            def downgrade():
-                {textwrap.dedent(downgrade).strip() or "pass"}
-            """
-        )
-        path = self.versions / f"{rev}_{message.replace(' ', '_')[:30]}.py"
-        path.write_text(header + body)
-        return path
-
-
-def generate(root: Path, n: int) -> tuple[BenchScriptDir, list[str], str]:
-    from opsapp.services.history_gen import generate_history
-
-    sd = BenchScriptDir(root)
+def generate(root: Path, n: int) -> tuple[ScriptDir, list[str], str]:
+    sd = ScriptDir(root)
     return sd, list(generate_history(sd, n, max(2, n // 50), 8)), "history_gen.generate_history"
 
 

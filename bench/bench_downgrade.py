@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterable
 
 import common
-from bench_catalog import BenchScriptDir
 from common import Result
+
+from opsapp.services.history_gen import ScriptDir
 
 DB = "ops_bench_down"
 TARGET = "bench_down"
@@ -27,9 +28,9 @@ def rev_id(i: int) -> str:
     return f"d0{i:010d}"
 
 
-def build_history(n: int) -> BenchScriptDir:
+def build_history(n: int) -> ScriptDir:
     url = common.recreate_database(DB)
-    sd = BenchScriptDir(common.fresh_dir("down_scripts"), url.replace("postgresql://", "postgresql+psycopg://"))
+    sd = ScriptDir(common.fresh_dir("down_scripts"), url.replace("postgresql://", "postgresql+psycopg://"))
     sd.add(
         rev_id(1),
         None,
@@ -51,13 +52,13 @@ def build_history(n: int) -> BenchScriptDir:
     return sd
 
 
-def alembic_config(sd: BenchScriptDir):
+def alembic_config(sd: ScriptDir):
     from alembic.config import Config
 
     return Config(str(sd.ini))
 
 
-def upgrade_head(sd: BenchScriptDir) -> None:
+def upgrade_head(sd: ScriptDir) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(sd), "head")
@@ -73,7 +74,7 @@ def _latest_code(request_id: int) -> str:
     raise RuntimeError(f"no verification code was sent for request #{request_id}")
 
 
-def console_run(sd: BenchScriptDir, to: str, users: dict, profiler=None) -> tuple[float, object]:
+def console_run(sd: ScriptDir, to: str, users: dict, profiler=None) -> tuple[float, object]:
     from django.core import mail
 
     from opsapp.services import rollback
@@ -102,7 +103,7 @@ def console_run(sd: BenchScriptDir, to: str, users: dict, profiler=None) -> tupl
     return elapsed, result
 
 
-def alembic_run(sd: BenchScriptDir, to: str) -> float:
+def alembic_run(sd: ScriptDir, to: str) -> float:
     """What a user would run: `alembic downgrade <rev>` through the Python API."""
     from alembic import command
 

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import common
-from bench_catalog import BenchScriptDir
 from common import Result
+
+from opsapp.services.history_gen import ScriptDir
 
 DB = "ops_bench_snap"
 TARGET = "bench_snap"
@@ -29,7 +30,7 @@ def build_database(size_mb: int) -> tuple[int, float]:
     from alembic.config import Config
 
     url = common.recreate_database(DB)
-    sd = BenchScriptDir(common.fresh_dir("snap_scripts"), url.replace("postgresql://", "postgresql+psycopg://"))
+    sd = ScriptDir(common.fresh_dir("snap_scripts"), url.replace("postgresql://", "postgresql+psycopg://"))
     sd.add("5a0000000001", None, message="baseline schema")
     command.upgrade(Config(str(sd.ini)), "head")
     # ~178 bytes of database (heap + indexes + accounts) per `events` row (measured: 1 GB ~ 6M rows).

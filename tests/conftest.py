@@ -8,7 +8,6 @@ real Alembic environments written to tmp_path.
 from __future__ import annotations
 
 import os
-import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.conf import settings as django_settings
+
+from opsapp.services.history_gen import ScriptDir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("OPS_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
@@ -95,130 +96,6 @@ def snapshot_dir(tmp_path, settings) -> Path:
 
 
 # ------------------------------------------------------------ script directories
-ENV_PY = '''
-"""Throwaway env.py: the console's shared-connection contract, like the demo target."""
-from alembic import context
-from sqlalchemy import engine_from_config, pool
-
-config = context.config
-target_metadata = None
-
-
-def run_migrations_offline():
-    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True,
-                      dialect_opts={"paramstyle": "named"}, transaction_per_migration=False)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def _run(connection):
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=connection.dialect.name == "sqlite",
-                      transaction_per_migration=config.attributes.get("transaction_per_migration", False))
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def run_migrations_online():
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
-    engine = engine_from_config(config.get_section(config.config_ini_section, {}),
-                                prefix="sqlalchemy.", poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        _run(connection)
-
-
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
-'''
-
-SCRIPT_MAKO = '''"""${message}
-
-Revision ID: ${up_revision}
-Revises: ${down_revision | comma,n}
-Create Date: ${create_date}
-
-"""
-from alembic import op
-import sqlalchemy as sa
-
-revision = ${repr(up_revision)}
-down_revision = ${repr(down_revision)}
-branch_labels = ${repr(branch_labels)}
-depends_on = ${repr(depends_on)}
-
-
-def upgrade():
-    ${upgrades if upgrades else "pass"}
-
-
-def downgrade():
-    ${downgrades if downgrades else "pass"}
-'''
-
-
-class ScriptDir:
-    """A real, throwaway Alembic environment on disk, built revision by revision."""
-
-    def __init__(self, root: Path, url: str = "") -> None:
-        self.root = root
-        self.versions = root / "migrations" / "versions"
-        self.versions.mkdir(parents=True)
-        (root / "migrations" / "env.py").write_text(ENV_PY)
-        (root / "migrations" / "script.py.mako").write_text(SCRIPT_MAKO)
-        self.ini = root / "alembic.ini"
-        self.ini.write_text(
-            f"[alembic]\nscript_location = %(here)s/migrations\nsqlalchemy.url = {url.replace('%', '%%')}\n"
-        )
-
-    def add(
-        self,
-        rev: str,
-        down: str | tuple[str, ...] | None,
-        *,
-        message: str | None = None,
-        branch_labels: str | tuple[str, ...] | None = None,
-        depends_on: str | tuple[str, ...] | None = None,
-        upgrade: str = "pass",
-        downgrade: str = "pass",
-        create_date: str | None = "2026-01-01 00:00:00",
-        docstring: bool = True,
-    ) -> Path:
-        """Write one revision file. `upgrade`/`downgrade` are Python bodies (op.* calls)."""
-        header = ""
-        if docstring:
-            header = f'"""{message or "revision " + rev}\n\nRevision ID: {rev}\nRevises: {down}\n'
-            if create_date:
-                header += f"Create Date: {create_date}\n"
-            header += '\n"""\n'
-        body = textwrap.dedent(
-            f"""
-            from alembic import op
-            import sqlalchemy as sa
-
-            revision = {rev!r}
-            down_revision = {down!r}
-            branch_labels = {branch_labels!r}
-            depends_on = {depends_on!r}
-
-
-            def upgrade():
-            {textwrap.indent(textwrap.dedent(upgrade).strip() or "pass", "    ")}
-
-
-            def downgrade():
-            {textwrap.indent(textwrap.dedent(downgrade).strip() or "pass", "    ")}
-            """
-        )
-        path = self.versions / f"{rev}_{(message or 'rev').replace(' ', '_')[:30]}.py"
-        path.write_text(header + body)
-        return path
-
-
 @pytest.fixture
 def script_dir_factory(tmp_path) -> Callable[..., ScriptDir]:
     """Factory of empty throwaway script directories."""
