@@ -76,27 +76,39 @@ def test_reissuing_a_code_kills_the_old_one(ready_request, operator):
     assert audit_actions(request.pk)[-2:] == ["code_rejected", "rollback_refused"]
 
 
+def assert_refused_request_audited(refusal: str, needle: str) -> None:
+    """A refused request stores nothing and sends nothing, but the attempt is audited."""
+    assert not RollbackRequest.objects.exists() and mail.outbox == []
+    event = AuditEvent.objects.filter(action="rollback_requested").get()
+    assert event.outcome == "refused" and event.request_id is None
+    assert event.detail["refusal"] == refusal and needle in event.message
+
+
 def test_it_refuses_an_unknown_revision_with_the_planners_message(rollback_env, operator, approver):
     before = rollback_env.state()
     with pytest.raises(RevisionResolutionError) as refused:
         make_request(rollback_env, operator, to="nope")
     assert "nope" in str(refused.value)
-    assert not RollbackRequest.objects.exists() and mail.outbox == []
+    assert_refused_request_audited("RevisionResolutionError", "nope")
     assert rollback_env.state() == before
 
 
 def test_it_refuses_a_revision_that_is_not_below_the_heads(rollback_env, operator, approver):
+    before = rollback_env.state()
     with pytest.raises(RevisionResolutionError) as refused:
         make_request(rollback_env, operator, to="r3")
     assert "Nothing to downgrade" in str(refused.value)
-    assert not RollbackRequest.objects.exists()
+    assert_refused_request_audited("RevisionResolutionError", "Nothing to downgrade")
+    assert rollback_env.state() == before
 
 
 def test_it_refuses_a_request_without_a_reason(rollback_env, operator, approver):
+    before = rollback_env.state()
     with pytest.raises(OpsError) as refused:
         make_request(rollback_env, operator, reason="   ")
     assert "reason is required" in str(refused.value)
-    assert not RollbackRequest.objects.exists()
+    assert_refused_request_audited("OpsError", "reason is required")
+    assert rollback_env.state() == before
 
 
 def test_it_refuses_a_bad_snapshot_before_storing_a_request_or_sending_a_code(rollback_env, operator, approver):
@@ -113,7 +125,11 @@ def test_it_refuses_a_bad_snapshot_before_storing_a_request_or_sending_a_code(ro
             make_request(rollback_env, operator, snapshot=snapshot)
         assert str(refused.value) == message
     assert not RollbackRequest.objects.exists() and mail.outbox == []
-    assert not AuditEvent.objects.filter(action__in=["rollback_requested", "code_issued"]).exists()
+    assert not AuditEvent.objects.filter(action="code_issued").exists()
+    # Each refused attempt is on the record (nothing was stored, no code went out).
+    refusals = AuditEvent.objects.filter(action="rollback_requested").order_by("seq")
+    assert [(e.outcome, e.request_id, e.detail["refusal"]) for e in refusals] == [("refused", None, "OpsError")] * 3
+    assert "Snapshot #999999 does not exist." in refusals[0].message
     assert rollback_env.state() == before
 
 

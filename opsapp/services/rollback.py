@@ -61,29 +61,20 @@ def create_request(
     (it cannot proceed until an approver exists and a code is re-issued).
     """
     reason = (reason or "").strip()
-    if not reason:
-        raise OpsError("A reason is required for a downgrade request.", target=target_name)
-    config = get_target(target_name)
-    if snapshot_id is not None:
-        # Refuse a bad --snapshot before anything is stored: not a request left behind without a code.
-        _check_attachable(snapshot_id, target_name)
-    target = catalog.sync_target(target_name, actor=actor)
-    heads = catalog.read_current_heads(config)
-    plan = planner.plan_downgrade(target_name, to, heads)
-    saved_path = list(sys.path)
     try:
-        preview = render_preview(config, plan.from_heads, plan.to_revision)
-        fingerprint = catalog.script_fingerprint(config)
-    finally:
-        sys.path[:] = saved_path
-    if set(preview.steps) != set(plan.steps):
-        raise OpsError(
-            f"The plan and Alembic disagree on what a downgrade to {plan.to_revision} reverts "
-            f"(planned {plan.steps}, Alembic renders {preview.steps}); sync the catalog and try again.",
-            target=target_name,
-            revision=plan.to_revision,
+        target, plan, preview, fingerprint, analysis = _plan_request(target_name, to, reason, actor, snapshot_id)
+    except OpsError as exc:
+        # A refused request stores nothing, but the attempt is on the record.
+        append_event(
+            action=AuditAction.ROLLBACK_REQUESTED,
+            outcome=AuditOutcome.REFUSED,
+            actor=actor,
+            message=f"Downgrade request for {target_name!r} to {(to or '').strip()!r} refused: {exc}",
+            target=target_name[:100],
+            to_revision=(to or "").strip()[:500],
+            detail={"refusal": type(exc).__name__, "snapshot_id": snapshot_id},
         )
-    analysis = analyze(config, preview)
+        raise
     plan_hash = compute_plan_hash(
         target=target_name,
         from_heads=plan.from_heads,
@@ -141,6 +132,34 @@ def create_request(
         pass  # recorded on the request and audited by issue_code
     request.refresh_from_db()
     return request
+
+
+def _plan_request(target_name: str, to: str, reason: str, actor: Actor, snapshot_id: int | None) -> tuple:
+    """Everything a request needs before it is stored; raises OpsError (nothing stored) on refusal."""
+    if not reason:
+        raise OpsError("A reason is required for a downgrade request.", target=target_name)
+    config = get_target(target_name)
+    if snapshot_id is not None:
+        # Refuse a bad --snapshot before anything is stored: not a request left behind without a code.
+        _check_attachable(snapshot_id, target_name)
+    target = catalog.sync_target(target_name, actor=actor)
+    heads = catalog.read_current_heads(config)
+    plan = planner.plan_downgrade(target_name, to, heads)
+    saved_path = list(sys.path)
+    try:
+        preview = render_preview(config, plan.from_heads, plan.to_revision)
+        fingerprint = catalog.script_fingerprint(config)
+    finally:
+        sys.path[:] = saved_path
+    if set(preview.steps) != set(plan.steps):
+        raise OpsError(
+            f"The plan and Alembic disagree on what a downgrade to {plan.to_revision} reverts "
+            f"(planned {plan.steps}, Alembic renders {preview.steps}); sync the catalog and try again.",
+            target=target_name,
+            revision=plan.to_revision,
+        )
+    analysis = analyze(config, preview)
+    return target, plan, preview, fingerprint, analysis
 
 
 def _check_attachable(snapshot_id: int, target_name: str) -> Snapshot:
