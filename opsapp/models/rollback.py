@@ -38,6 +38,10 @@ class RollbackRequest(models.Model):
     steps = models.JSONField("revisions to revert, in order", default=list, editable=False)
     sql_preview = models.TextField(blank=True, editable=False)
     sql_sha256 = models.CharField(max_length=64, blank=True, editable=False)
+    # Gate "plan" compares these, not sql_sha256: the preview text's version-table
+    # bookkeeping varies with Python's hash seed (services/rollback_fingerprint.py).
+    plan_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    step_digests = models.JSONField(default=list, editable=False)
     destructive = models.JSONField(default=list, editable=False)
     non_transactional = models.JSONField("reasons it cannot run in one transaction", default=list, editable=False)
     script_fingerprint = models.CharField(max_length=64, blank=True, editable=False)

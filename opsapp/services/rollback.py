@@ -82,6 +82,7 @@ def create_request(
         steps=preview.steps,
         sql_sha256=preview.sha256,
         fingerprint=fingerprint,
+        plan_fingerprint=preview.fingerprint,
     )
     user = actor.user if getattr(actor.user, "pk", None) else None
     with transaction.atomic():
@@ -97,6 +98,8 @@ def create_request(
             steps=preview.steps,
             sql_preview=preview.sql,
             sql_sha256=preview.sha256,
+            plan_fingerprint=preview.fingerprint,
+            step_digests=preview.step_digests,
             destructive=analysis.destructive,
             non_transactional=analysis.non_transactional,
             script_fingerprint=fingerprint,
@@ -115,6 +118,7 @@ def create_request(
                 "to_input": request.to_revision_input,
                 "steps": preview.steps,
                 "sql_sha256": preview.sha256,
+                "plan_fingerprint": preview.fingerprint,
                 "plan_hash": plan_hash,
                 "script_fingerprint": fingerprint,
                 "destructive": [

@@ -22,6 +22,7 @@ from opsapp.services.audit import append_event, request_context
 from opsapp.services.catalog import script_fingerprint
 from opsapp.services.errors import GateRefused, OpsError
 from opsapp.services.rollback_codes import code_matches, recipients_still_allowed
+from opsapp.services.rollback_fingerprint import first_difference
 from opsapp.services.rollback_plan import Preview, render_preview
 from opsapp.services.snapshots import snapshot_file_problem
 from opsapp.targets import TargetConfig
@@ -160,7 +161,10 @@ def check_plan(
     """Heads, script fingerprint, (re-generated) SQL preview, transactional safety.
 
     With `regenerate`, the preview is rendered again from the script files
-    and compared by SHA-256; the fresh Preview is returned for the executor.
+    and compared by its plan fingerprint (per step: the revisions, the
+    migration statements and the heads after it; not the version-table
+    bookkeeping, whose order varies between processes); the fresh Preview is
+    returned for the executor.
     """
     target = request.target.name
     if current_heads is None:
@@ -194,7 +198,15 @@ def check_plan(
         return f"The SQL preview cannot be re-generated now: {exc}", None
     finally:
         sys.path[:] = saved_path
-    if preview.sha256 != request.sql_sha256:
+    if request.plan_fingerprint:
+        if preview.fingerprint != request.plan_fingerprint:
+            where = first_difference(list(request.step_digests or []), preview.step_digests)
+            return (
+                f"The plan re-generated now differs from the one reviewed: {where} (plan fingerprint "
+                f"{preview.fingerprint[:12]}… instead of {request.plan_fingerprint[:12]}…); create a new request."
+            ), None
+    elif preview.sha256 != request.sql_sha256:
+        # A request made before plan fingerprints existed: only the preview text can be compared.
         return (
             f"The SQL preview re-generated now differs from the one reviewed (SHA-256 {preview.sha256[:12]}… "
             f"instead of {request.sql_sha256[:12]}…); create a new request."

@@ -30,6 +30,7 @@ from alembic.util import CommandError
 
 from opsapp.services.alembic_api import connect, make_config
 from opsapp.services.errors import OpsError, RevisionResolutionError, ScriptDirectoryError
+from opsapp.services.rollback_fingerprint import StepMark, fingerprint, step_digests
 from opsapp.targets import TargetConfig, mask_url
 
 _preview = threading.local()
@@ -59,6 +60,9 @@ class Preview:
     steps: list[str] = field(default_factory=list)
     expected_heads: list[str] = field(default_factory=list)
     version_table: str = "alembic_version"
+    # Deterministic across processes (rollback_fingerprint): what gate "plan" compares.
+    step_digests: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: str = ""
 
 
 def _render_error(config: TargetConfig, exc: BaseException) -> OpsError:
@@ -83,11 +87,16 @@ def render_preview(config: TargetConfig, from_heads: list[str], to_revision: str
     steps: list[str] = []
     heads_after: list[list[str]] = [list(from_heads)]
     version_table: list[str] = ["alembic_version"]
+    version_schema: list[str | None] = [None]
+    marks: list[StepMark] = []
 
     def record(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
         steps.extend(step.up_revision_ids)
         heads_after.append(sorted(heads))
         version_table[0] = getattr(ctx, "version_table", "alembic_version")
+        version_schema[0] = getattr(ctx, "version_table_schema", None)
+        # Called after the step's statements and its bookkeeping are written.
+        marks.append(StepMark(tuple(step.up_revision_ids), buf.tell(), tuple(sorted(heads))))
 
     def downgrade_fn(rev: Any, context: Any) -> Any:
         # Same work function as alembic.command.downgrade; the callback is
@@ -120,17 +129,33 @@ def render_preview(config: TargetConfig, from_heads: list[str], to_revision: str
     finally:
         _preview.active = False
     sql = buf.getvalue()
+    digests = step_digests(
+        sql,
+        marks,
+        split=lambda chunk: [st.sql for st in split_statements(chunk)],
+        version_table=version_table[0],
+        version_schema=version_schema[0],
+    )
     return Preview(
         sql=sql,
         sha256=hashlib.sha256(sql.encode()).hexdigest(),
         steps=steps,
         expected_heads=heads_after[-1],
         version_table=version_table[0],
+        step_digests=digests,
+        fingerprint=fingerprint(digests),
     )
 
 
 def compute_plan_hash(
-    *, target: str, from_heads: list[str], to_revision: str, steps: list[str], sql_sha256: str, fingerprint: str
+    *,
+    target: str,
+    from_heads: list[str],
+    to_revision: str,
+    steps: list[str],
+    sql_sha256: str,
+    fingerprint: str,
+    plan_fingerprint: str = "",
 ) -> str:
     """SHA-256 over everything the code is bound to: a changed plan invalidates the code."""
     payload = {
@@ -140,6 +165,7 @@ def compute_plan_hash(
         "steps": list(steps),
         "sql_sha256": sql_sha256,
         "fingerprint": fingerprint,
+        "plan_fingerprint": plan_fingerprint,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
