@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,3 +263,25 @@ __all__ = [
     "rollback_env",
     "take_verified_snapshot",
 ]
+
+
+# ------------------------------------------------------------------ waiting on real processes
+def wait_for(predicate, *, timeout: float, what: str, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}: {out}\n{err}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sleeping_backends(url: str, needle: str) -> list[tuple]:
+    return pg_query(
+        url,
+        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' AND query LIKE %s",
+        (f"%{needle}%",),
+    )

@@ -7,7 +7,6 @@ import json
 import signal
 import sqlite3
 import subprocess
-import time
 
 import pytest
 
@@ -27,7 +26,9 @@ from rollback_fixtures import (  # noqa: E402
     code_from_outbox,
     make_request,
     operator_actor,
+    sleeping_backends,
     take_verified_snapshot,
+    wait_for,
 )
 
 from opsapp.models import AuditEvent, RollbackRequest, Target  # noqa: E402
@@ -41,27 +42,6 @@ pytest_plugins = ["rollback_fixtures"]
 
 TIER_UP = "op.add_column('customers', sa.Column('tier', sa.String(10)))"
 TIER_DOWN = "op.drop_column('customers', 'tier')"
-
-
-def wait_for(predicate, *, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}: {out}\n{err}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def sleeping_backends(url: str, needle: str) -> list[tuple]:
-    return pg_query(
-        url,
-        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' AND query LIKE %s",
-        (f"%{needle}%",),
-    )
 
 
 # ------------------------------------------------------------------ in process

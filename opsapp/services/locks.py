@@ -1,10 +1,19 @@
 """The per-target operation lock, with a bounded wait and a named holder.
 
-PostgreSQL: a session-level advisory lock on a dedicated connection to the
-target, keyed by (OPS_LOCK_CLASS, crc32 of the target name). The holder is
-written into that connection's `application_name`, so any other process can
-name it from `pg_locks` joined with `pg_stat_activity`, and the lock dies with
-the holder's connection (a killed process frees it at once).
+PostgreSQL: a session-level advisory lock, keyed by (OPS_LOCK_CLASS, crc32 of
+the target name), taken on **the connection that does the work** (the
+downgrade's own connection). Losing the lock therefore loses the work too: a
+terminated backend, a server-side idle timeout or a failover ends both at
+once, and an uncommitted downgrade is rolled back by the server. The worker
+re-checks that its own backend still holds the lock (`HeldLock.verify`) as
+the last statement before COMMIT, so a lock that is gone, or that a
+transaction-mode pooler left on another server connection, aborts the
+transaction. `idle_session_timeout` is switched off for that one session.
+The holder is written into the connection's `application_name`, so any other
+process can name it from `pg_locks` joined with `pg_stat_activity`.
+
+Liveness is decided by the lock alone: reconcile's try-lock succeeds only
+when the executor's connection, and with it its transaction, is gone.
 
 SQLite: an exclusive `fcntl.flock` on `<database file>.ops-lock`; the holder
 is written into the lock file. The kernel drops the lock when the process dies.
@@ -30,8 +39,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from opsapp.services.alembic_api import connect
-from opsapp.services.errors import OpsError
-from opsapp.targets import TargetConfig
+from opsapp.services.errors import OpsError, TargetUnreachable
+from opsapp.targets import TargetConfig, mask_url
 
 # First key of the two-int advisory lock: a fixed namespace for this console.
 OPS_LOCK_CLASS = 0x0DE5C0
@@ -41,6 +50,10 @@ _POLL_SECONDS = 0.1
 
 class LockBusy(OpsError):
     """Another operation holds the target's lock; `.holder` describes it."""
+
+
+class LockLost(OpsError):
+    """The lock is no longer held by the connection doing the work; the work is rolled back."""
 
 
 @dataclass(frozen=True)
@@ -131,34 +144,104 @@ def _pg_holder(conn: sa.Connection, key: int) -> LockHolder | None:
     return LockHolder.from_application_name(row.application_name or "", row.pid)
 
 
+_HELD_SQL = sa.text(
+    """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+           AND classid = CAST(:k1 AS oid) AND objid = CAST(:k2 AS oid) AND objsubid = 2
+    )
+    """
+)
+
+
+class HeldLock:
+    """A target lock held on one connection; `verify()` proves it is still held there.
+
+    On PostgreSQL the lock is a session advisory lock of the connection that
+    does the work, so the lock and the work die together: a terminated
+    backend or an idle-session timeout ends both, never only the lock.
+    `verify()` is run inside the work's transaction right before COMMIT; a
+    lock that is gone (or that a transaction-mode pooler left on another
+    server connection) raises LockLost, which rolls the work back.
+    """
+
+    def __init__(self, config: TargetConfig, holder: LockHolder, conn: sa.Connection | None) -> None:
+        self.config, self.holder, self._conn = config, holder, conn
+
+    def verify(self) -> None:
+        if self._conn is None:  # SQLite: a kernel file lock held by this process cannot be taken away
+            return
+        try:
+            held = bool(
+                self._conn.execute(_HELD_SQL, {"k1": OPS_LOCK_CLASS, "k2": lock_key(self.config.name)}).scalar()
+            )
+        except sa.exc.SQLAlchemyError as exc:
+            raise LockLost(
+                f"The lock of target {self.config.name!r} cannot be confirmed: its connection failed "
+                f"({mask_url(str(getattr(exc, 'orig', exc))).strip()}).",
+                target=self.config.name,
+            ) from exc
+        if not held:
+            raise LockLost(
+                f"The lock of target {self.config.name!r} is no longer held by the connection doing the work "
+                "(the target URL may go through a pooler in transaction mode; see the README, "
+                "'Behind a connection pooler').",
+                target=self.config.name,
+            )
+
+
 @contextmanager
-def _pg_lock(config: TargetConfig, holder: LockHolder, wait_seconds: float) -> Iterator[LockHolder]:
+def _pg_lock_on(
+    conn: sa.Connection, config: TargetConfig, holder: LockHolder, wait_seconds: float
+) -> Iterator[HeldLock]:
     key = lock_key(config.name)
-    with connect(config, isolation_level="AUTOCOMMIT") as conn:
+    params = {"k1": OPS_LOCK_CLASS, "k2": key}
+    try:
         conn.execute(sa.text("SELECT set_config('application_name', :n, false)"), {"n": holder.to_application_name()})
+        if (conn.dialect.server_version_info or (0,)) >= (14,):
+            # The lock lives on this session: a server-side idle timeout must
+            # not end it while the console checks the gate between statements.
+            conn.exec_driver_sql("SET idle_session_timeout = 0")
+        conn.commit()
         deadline = time.monotonic() + max(0.0, wait_seconds)
         while True:
-            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k1, :k2)"), {"k1": OPS_LOCK_CLASS, "k2": key})
-            if got.scalar():
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k1, :k2)"), params).scalar()
+            conn.commit()  # a session lock outlives the transaction; the next one takes a fresh snapshot
+            if got:
                 break
             if time.monotonic() >= deadline:
                 current = _pg_holder(conn, key)
+                conn.commit()
                 raise _busy(config, current, wait_seconds)
             time.sleep(_POLL_SECONDS)
+    except sa.exc.SQLAlchemyError as exc:
+        raise TargetUnreachable(
+            f"Target {config.name!r}: the lock cannot be taken: {mask_url(str(getattr(exc, 'orig', exc))).strip()}",
+            target=config.name,
+        ) from exc
+    held = HeldLock(config, holder, conn)
+    try:
+        # In a new transaction: behind a transaction-mode pooler this may be
+        # another server connection, which does not hold the lock.
+        held.verify()
+        conn.commit()
+        yield held
+    finally:
+        # Closing the connection would release it too; unlock explicitly so a
+        # pooled or reused connection never keeps it.
         try:
-            yield holder
-        finally:
-            # Closing the connection would release it too; unlock explicitly
-            # so a pooled or reused connection never keeps it.
-            try:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k1, :k2)"), {"k1": OPS_LOCK_CLASS, "k2": key})
-            except sa.exc.SQLAlchemyError:
-                pass
+            if conn.in_transaction():
+                conn.rollback()
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k1, :k2)"), params)
+            conn.commit()
+        except sa.exc.SQLAlchemyError:
+            pass
 
 
 # ---------------------------------------------------------------------- SQLite
 @contextmanager
-def _sqlite_lock(config: TargetConfig, holder: LockHolder, wait_seconds: float) -> Iterator[LockHolder]:
+def _sqlite_lock(config: TargetConfig, holder: LockHolder, wait_seconds: float) -> Iterator[HeldLock]:
     path = sqlite_lock_path(config)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +264,7 @@ def _sqlite_lock(config: TargetConfig, holder: LockHolder, wait_seconds: float) 
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder.to_json().encode(), 0)
-            yield holder
+            yield HeldLock(config, holder, None)
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -207,15 +290,27 @@ def _busy(config: TargetConfig, holder: LockHolder | None, wait_seconds: float) 
 
 
 @contextmanager
-def target_lock(config: TargetConfig, *, holder: LockHolder, wait_seconds: float) -> Iterator[LockHolder]:
+def target_lock(
+    config: TargetConfig, *, holder: LockHolder, wait_seconds: float, conn: sa.Connection | None = None
+) -> Iterator[HeldLock]:
     """Hold the target's operation lock for the `with` block.
 
-    Waits at most `wait_seconds`, then raises LockBusy whose message and
-    `.holder` name the current holder. Raises TargetUnreachable when a
-    PostgreSQL target cannot be reached.
+    On PostgreSQL the lock is taken on `conn`, the connection that will do
+    the work (so losing one loses the other); without `conn` it is taken on a
+    connection of its own, for callers that only need to exclude others while
+    they read (reconcile). Waits at most `wait_seconds`, then raises LockBusy
+    whose message and `.holder` name the current holder. Raises
+    TargetUnreachable when a PostgreSQL target cannot be reached.
     """
-    manager = _sqlite_lock if config.is_sqlite else _pg_lock
-    with manager(config, holder, wait_seconds) as held:
+    if config.is_sqlite:
+        with _sqlite_lock(config, holder, wait_seconds) as held:
+            yield held
+        return
+    if conn is not None:
+        with _pg_lock_on(conn, config, holder, wait_seconds) as held:
+            yield held
+        return
+    with connect(config) as own, _pg_lock_on(own, config, holder, wait_seconds) as held:
         yield held
 
 

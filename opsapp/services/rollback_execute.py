@@ -44,7 +44,7 @@ from opsapp.services.alembic_api import create_engine, make_config
 from opsapp.services.audit import append_event, request_context
 from opsapp.services.errors import OpsError, RollbackFailed, TargetUnreachable
 from opsapp.services.isolation import run_serializable, sqlstate_of
-from opsapp.services.locks import LockBusy, LockHolder, current_holder, target_lock
+from opsapp.services.locks import HeldLock, LockBusy, LockHolder, LockLost, current_holder, target_lock
 from opsapp.services.rollback_gate import (
     GateCheck,
     check_code,
@@ -161,28 +161,43 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
     config = get_target(request.target.name)
     _check_gates_1_to_3(request, config, actor, regenerate=False)
     holder = LockHolder(user=actor.username, request_id=request.pk, since=timezone.now())
-    lock = ExitStack()
-    try:
-        lock.enter_context(target_lock(config, holder=holder, wait_seconds=settings.OPS_LOCK_WAIT_SECONDS))
-    except LockBusy as exc:
-        holder_text = exc.holder.describe() if getattr(exc, "holder", None) else None
-        raise refuse(request, "lock", str(exc), actor, {"holder": holder_text}) from exc
-    except OpsError as exc:  # e.g. the target went down, or the lock file cannot be opened
-        raise refuse(request, "lock", f"The lock of target {config.name!r} cannot be taken: {exc}", actor) from exc
     ran = False
-    try:
-        with lock:
+    with ExitStack() as stack:
+        try:
+            conn = stack.enter_context(_execution_connection(config))
+            lock = stack.enter_context(
+                target_lock(config, holder=holder, wait_seconds=settings.OPS_LOCK_WAIT_SECONDS, conn=conn)
+            )
+        except LockBusy as exc:
+            holder_text = exc.holder.describe() if getattr(exc, "holder", None) else None
+            raise refuse(request, "lock", str(exc), actor, {"holder": holder_text}) from exc
+        except OpsError as exc:  # e.g. the target went down, or the lock file cannot be opened
+            raise refuse(request, "lock", f"The lock of target {config.name!r} cannot be taken: {exc}", actor) from exc
+        try:
             request = _load(request_id)
             preview = _check_gates_1_to_3(request, config, actor, regenerate=True)
             assert preview is not None
+            _confirm_lock(request, lock, conn, actor)
             check_code(request, code, actor)
             _start(request, actor)
             ran = True
-            return _run_downgrade(request, config, preview, actor)
-    finally:
-        # After the lock is released: the catalog re-reads the new heads.
-        if ran:
-            _resync(config.name, actor)
+            # The lock stays held on `conn` until the result is recorded, so
+            # reconcile can never find it free while this process still runs.
+            return _run_downgrade(request, config, preview, actor, conn, lock)
+        finally:
+            if ran:
+                stack.close()  # release the lock first: the re-sync below reads the new heads
+                _resync(config.name, actor)
+
+
+def _confirm_lock(request: RollbackRequest, lock: HeldLock, conn: sa.Connection, actor: Actor) -> None:
+    """Gate 4 once more, right before the code is spent: the lock is still held by the working connection."""
+    try:
+        lock.verify()
+        if conn.in_transaction():
+            conn.commit()
+    except LockLost as exc:
+        raise refuse(request, "lock", str(exc), actor) from exc
 
 
 def _start(request: RollbackRequest, actor: Actor) -> None:
@@ -259,7 +274,14 @@ def _execution_connection(config: TargetConfig) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
-def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Preview, actor: Actor) -> ExecutionResult:
+def _run_downgrade(
+    request: RollbackRequest,
+    config: TargetConfig,
+    preview: Preview,
+    actor: Actor,
+    conn: sa.Connection,
+    lock: HeldLock,
+) -> ExecutionResult:
     expected = sorted(preview.expected_heads)
     attempts = [0]
 
@@ -282,6 +304,9 @@ def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Prev
             raise HeadsMismatch(
                 f"After the downgrade alembic_version holds {heads}, not the planned {expected}; rolled back."
             )
+        # Last statement before COMMIT: the lock is still ours on this very
+        # connection, or nothing commits.
+        lock.verify()
         return heads
 
     def on_retry(number: int, exc: BaseException) -> None:
@@ -297,14 +322,13 @@ def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Prev
 
     started = time.monotonic()
     try:
-        with _execution_connection(config) as conn:
-            heads = run_serializable(
-                lambda: nullcontext(conn), attempt, retries=settings.OPS_SERIALIZATION_RETRIES, on_retry=on_retry
-            )
+        heads = run_serializable(
+            lambda: nullcontext(conn), attempt, retries=settings.OPS_SERIALIZATION_RETRIES, on_retry=on_retry
+        )
     except Exception as exc:
         _record_failure(request, config, actor, exc, started, attempts[0])
     duration_ms = int((time.monotonic() - started) * 1000)
-    RollbackRequest.objects.filter(pk=request.pk).update(
+    recorded = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
         status=RollbackStatus.SUCCEEDED,
         finished_at=timezone.now(),
         duration_ms=duration_ms,
@@ -318,6 +342,11 @@ def _run_downgrade(request: RollbackRequest, config: TargetConfig, preview: Prev
         f"Downgraded {request.target.name!r} to {request.to_revision}: reverted {len(preview.steps)} revision(s) "
         f"in {duration_ms} ms; heads now {', '.join(heads) or '(none)'}."
     )
+    if not recorded:
+        # Reconcile already closed the request (it can only do so once the lock
+        # is free); one terminal record per request, never two that disagree.
+        log.error("request %s committed but was already closed by reconcile: %s", request.pk, message)
+        return ExecutionResult(request.pk, RollbackStatus.SUCCEEDED, None, message, heads)
     append_event(
         action=AuditAction.ROLLBACK_SUCCEEDED,
         outcome=AuditOutcome.SUCCESS,
@@ -337,7 +366,7 @@ def _record_failure(
     error = mask_url(f"{type(cause).__name__}: {cause}").strip()[:4000]
     heads, _ = _heads(config)
     duration_ms = int((time.monotonic() - started) * 1000)
-    RollbackRequest.objects.filter(pk=request.pk).update(
+    recorded = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
         status=RollbackStatus.FAILED,
         finished_at=timezone.now(),
         duration_ms=duration_ms,
@@ -355,14 +384,17 @@ def _record_failure(
             f"The downgrade failed and the target may NOT be unchanged: its heads {found}, the plan started from "
             f"{request.from_heads}; compare it with snapshot #{request.snapshot_id} before anything else: {error}"
         )
-    append_event(
-        action=AuditAction.ROLLBACK_FAILED,
-        outcome=AuditOutcome.FAILURE,
-        actor=actor,
-        message=message,
-        **request_context(request),
-        detail={"sqlstate": sqlstate, "attempts": attempts, "heads_after": heads, "error": error},
-    )
+    if recorded:
+        append_event(
+            action=AuditAction.ROLLBACK_FAILED,
+            outcome=AuditOutcome.FAILURE,
+            actor=actor,
+            message=message,
+            **request_context(request),
+            detail={"sqlstate": sqlstate, "attempts": attempts, "heads_after": heads, "error": error},
+        )
+    else:
+        log.error("request %s failed but was already closed by reconcile: %s", request.pk, message)
     raise RollbackFailed(message, target=request.target.name, heads=heads, sqlstate=sqlstate) from exc
 
 
@@ -377,10 +409,15 @@ def _resync(name: str, actor: Actor) -> None:
 def reconcile(*, actor: Actor) -> list[RollbackRequest]:
     """Mark `running` requests whose target lock is free as `interrupted`, with the heads found; audit each.
 
-    A request stays `running` only while its executor holds the target's
-    lock, so a free lock means the executor died. The lock is held (no wait)
-    while a target is reconciled, so no new execution starts meanwhile.
-    Targets that are unreachable or misconfigured are skipped.
+    Liveness comes from the lock alone, never from time: the executor holds
+    the target's lock on the very connection that runs the downgrade, from
+    before the request turns `running` until its result is recorded. So a
+    free lock proves the executor's connection is gone, and with it any
+    uncommitted downgrade. The lock is held (no wait) while a target is
+    reconciled, so no new execution starts meanwhile. Targets that are
+    unreachable or misconfigured are skipped. The executor's own result
+    records are conditional on `running`, so the two never both close a
+    request.
     """
     done: list[RollbackRequest] = []
     running = RollbackRequest.objects.filter(status=RollbackStatus.RUNNING).select_related("target")
@@ -399,8 +436,11 @@ def reconcile(*, actor: Actor) -> list[RollbackRequest]:
 
 
 def _mark_interrupted(request: RollbackRequest, heads: list[str], actor: Actor) -> bool:
+    planned = sorted((request.step_digests or [{}])[-1].get("heads_after") or []) if request.step_digests else None
     if sorted(heads) == sorted(request.from_heads):
         found = "the target is unchanged at its from-heads (the transaction was rolled back)"
+    elif planned is not None and sorted(heads) == planned:
+        found = f"the target is at the planned heads {heads}: the downgrade committed before its result was recorded"
     else:
         found = f"the target's heads are {heads or '(none)'}, not the from-heads {request.from_heads}"
     message = f"The process running request #{request.pk} stopped before recording a result; {found}."
