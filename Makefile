@@ -2,9 +2,8 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEV_ENV := DEBUG=1
 
-.PHONY: run test install lint bench clean
+.PHONY: run setup test install lint bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,14 +13,31 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-## Run the console on its embedded default (SQLite console DB, demo target `shop`).
-run: install
+## A development .env (git-ignored, so never committed): DEBUG=1, a fresh random SECRET_KEY, and the
+## demo mode that prints verification codes in the terminal. Written once; an existing .env is left alone.
+## With it, every `python manage.py ...` in the README works as printed in this checkout.
+.env: | install
+	@key="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" && test -n "$$key" && umask 077 && { \
+	  echo "# Written by 'make run' for a development checkout; never use it in production (see .env.example)."; \
+	  echo "DEBUG=1"; \
+	  echo "SECRET_KEY=$$key"; \
+	  echo "# The demo mode: verification codes are printed in the terminal instead of mailed to approvers."; \
+	  echo "# Only allowed with DEBUG=1 (opsapp.E008); set EMAIL_URL to a mail server to send them."; \
+	  echo "EMAIL_URL=consolemail://"; \
+	} > $@.tmp && mv $@.tmp $@
+	@echo "Wrote .env for development (DEBUG=1, a random SECRET_KEY, codes printed in this terminal)."
+
+## Everything `make run` does before serving: .env, migrate, seed the demo target `shop`, create the accounts.
+setup: install .env
 	mkdir -p var
-	$(DEV_ENV) $(PY) manage.py migrate --noinput
-	$(DEV_ENV) $(PY) manage.py seed_demo
-	$(DEV_ENV) $(PY) manage.py sync_revisions
-	$(DEV_ENV) $(PY) manage.py bootstrap_console
-	$(DEV_ENV) $(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+	$(PY) manage.py sync_revisions
+	$(PY) manage.py bootstrap_console
+
+## Run the console on its embedded default (SQLite console DB, demo target `shop`).
+run: setup
+	$(PY) manage.py runserver 127.0.0.1:8000
 
 ## Run the whole test suite (needs PostgreSQL at 127.0.0.1:5432 and /usr/bin/chromium).
 test: install

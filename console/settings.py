@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -121,7 +122,19 @@ STORAGES = {
 }
 
 # --- e-mail: verification codes go out through Django's email framework ---
-vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+# The default prints codes in the terminal: the development demo, allowed only
+# with DEBUG=1 (opsapp.E008 stops the console otherwise, as it does for any
+# backend that keeps codes on this machine).
+_EMAIL_URL = env.str("EMAIL_URL", default="consolemail://")
+_EMAIL = env.email_url_config(_EMAIL_URL)
+if _EMAIL["EMAIL_BACKEND"] == "django.core.mail.backends.filebased.EmailBackend":
+    # django-environ drops the host and the first "/" of the path, so filemail:///srv/mail would
+    # silently write into ./srv/mail. Keep host + path: three slashes mean an absolute directory,
+    # and a relative one is refused by opsapp.E009.
+    _url = urlsplit(_EMAIL_URL)
+    _path = unquote(_url.netloc + _url.path)
+    _EMAIL["EMAIL_FILE_PATH"] = "/" + _path.lstrip("/") if _path.startswith("/") else _path
+vars().update(_EMAIL)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="ops-console@localhost")
 
 # --- security (production values; see `manage.py check --deploy`) ---

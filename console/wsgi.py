@@ -14,3 +14,9 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 application = get_wsgi_application()
+
+# Django runs no system checks here (gunicorn imports this module): refuse to
+# serve when verification codes would stay on this machine (opsapp.E008/E009).
+from opsapp.checks import require_code_delivery  # noqa: E402  (needs the app registry set up above)
+
+require_code_delivery()

@@ -3,13 +3,18 @@
 opsapp.E001 target without a URL · E002 malformed target URL · E003 missing
 alembic.ini · E004 missing script directory / env.py · E005 isolation level
 below READ COMMITTED or unknown · E006 bad target name · E007 no targets ·
-W001 (check --deploy) verification codes would not be e-mailed.
+E008 verification codes would stay on this machine with DEBUG off · E009
+EMAIL_URL=filemail:// names a relative directory · W001 (check --deploy)
+verification codes would not be e-mailed (DEBUG on).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from opsapp.targets import validate_target
 
@@ -25,29 +30,80 @@ def check_targets(app_configs=None, **kwargs) -> list[Error]:
     return errors
 
 
+# Backends that keep a code on this machine, with the EMAIL_URL scheme that selects each.
 _UNDELIVERED_BACKENDS = {
-    "django.core.mail.backends.console.EmailBackend": "printed to the server's console",
-    "django.core.mail.backends.locmem.EmailBackend": "kept in memory",
-    "django.core.mail.backends.dummy.EmailBackend": "thrown away",
-    "django.core.mail.backends.filebased.EmailBackend": "written to files on the server",
+    "django.core.mail.backends.console.EmailBackend": ("consolemail://", "printed to the console's terminal"),
+    "django.core.mail.backends.filebased.EmailBackend": ("filemail://", "written to files on the server"),
+    "django.core.mail.backends.locmem.EmailBackend": ("memorymail://", "kept in memory"),
+    "django.core.mail.backends.dummy.EmailBackend": ("dummymail://", "thrown away"),
 }
+_MAIL_SERVER_HINT = "Set EMAIL_URL to your mail server, e.g. smtp+tls://user:password@smtp.example.com:587."
+
+
+def _undelivered(check_id: str, consequence: str, level: type[Error] | type[Warning]) -> list:
+    scheme, fate = _UNDELIVERED_BACKENDS[settings.EMAIL_BACKEND]
+    return [
+        level(
+            f"EMAIL_URL={scheme} ({settings.EMAIL_BACKEND}): verification codes would be {fate}, not delivered "
+            f"to approvers, which defeats the two-person rule. {consequence}",
+            hint=_MAIL_SERVER_HINT,
+            id=check_id,
+        )
+    ]
+
+
+@register(Tags.security)
+def check_code_delivery(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E008: with DEBUG off, verification codes must leave this machine by real e-mail.
+
+    A code printed on the console (the default when EMAIL_URL is unset) or
+    written to a local file reaches whoever runs the command, so one person
+    could request and approve the same downgrade. Printing codes is the
+    development demo: it needs DEBUG=1. An Error, so every management command
+    that runs system checks (request_rollback, execute_rollback, migrate,
+    runserver, ...) refuses to run; `require_code_delivery` does the same
+    for the WSGI/ASGI entry points, where Django runs no checks.
+    """
+    if settings.DEBUG or settings.EMAIL_BACKEND not in _UNDELIVERED_BACKENDS:
+        return []
+    return _undelivered("opsapp.E008", "With DEBUG off the console does not start.", Error)
 
 
 @register(Tags.security, deploy=True)
-def check_code_delivery(app_configs=None, **kwargs) -> list[Warning]:
-    """opsapp.W001 (deploy only): verification codes must reach approvers by real e-mail.
+def check_code_delivery_for_deploy(app_configs=None, **kwargs) -> list[Warning]:
+    """opsapp.W001 (deploy only): the same finding in a DEBUG=1 checkout, where it is allowed (the demo)."""
+    if not settings.DEBUG or settings.EMAIL_BACKEND not in _UNDELIVERED_BACKENDS:
+        return []
+    return _undelivered("opsapp.W001", "Allowed only because DEBUG=1 (the demo mode).", Warning)
 
-    With the console backend (the quick start's default) a code lands in the
-    server log, where whoever reads the log can approve their own downgrade.
+
+@register(Tags.compatibility)
+def check_mail_file_path(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E009: filemail:// must name an absolute directory.
+
+    `filemail://var/mail` reads as host `var`, path `/mail`: whatever it
+    meant, it would land relative to the working directory of each process.
     """
-    fate = _UNDELIVERED_BACKENDS.get(settings.EMAIL_BACKEND)
-    if fate is None:
+    if settings.EMAIL_BACKEND != "django.core.mail.backends.filebased.EmailBackend":
+        return []
+    if Path(settings.EMAIL_FILE_PATH).is_absolute():
         return []
     return [
-        Warning(
-            f"EMAIL_URL sends verification codes to {settings.EMAIL_BACKEND}: codes would be {fate}, "
-            "not delivered to approvers, which defeats the two-person rule.",
-            hint="Set EMAIL_URL to your mail server, e.g. smtp+tls://user:password@smtp.example.com:587.",
-            id="opsapp.W001",
+        Error(
+            f"EMAIL_URL=filemail://{settings.EMAIL_FILE_PATH} names a relative directory: mail would be written "
+            "relative to the working directory of each process.",
+            hint="Give an absolute directory after three slashes: filemail:///srv/ops-console/mail.",
+            id="opsapp.E009",
         )
     ]
+
+
+def require_code_delivery() -> None:
+    """Raise ImproperlyConfigured when opsapp.E008 or E009 fire.
+
+    For the WSGI and ASGI entry points: gunicorn runs no system checks, so
+    without this a DEBUG-off server with printed codes would serve requests.
+    """
+    errors = check_code_delivery() + check_mail_file_path()
+    if errors:
+        raise ImproperlyConfigured("\n".join(f"{e.id}: {e.msg} HINT: {e.hint}" for e in errors))

@@ -68,13 +68,100 @@ def test_check_deploy_reports_nothing_under_production_settings(tmp_path):
     assert "System check identified no issues" in proc.stdout
 
 
-def test_check_deploy_warns_when_codes_would_be_printed_instead_of_mailed(tmp_path):
+# ------------------------------------------------- codes must leave the machine (two-person rule)
+@pytest.mark.parametrize(
+    "email_url", [None, "consolemail://", "filemail:///var/tmp/ops-codes", "memorymail://", "dummymail://"]
+)
+def test_with_debug_off_a_backend_that_keeps_codes_on_this_machine_stops_the_console(tmp_path, email_url):
+    env = production_env(tmp_path)
+    if email_url is None:
+        del env["EMAIL_URL"]  # the default prints codes: that must not pass silently either
+    else:
+        env["EMAIL_URL"] = email_url
+
+    proc = run_manage(env, "check")
+
+    assert proc.returncode == 1
+    assert "opsapp.E008" in proc.stderr and "two-person rule" in proc.stderr
+    assert "s3cret-pw" not in proc.stdout + proc.stderr
+
+
+def test_check_deploy_still_warns_about_printed_codes_in_a_development_checkout(tmp_path):
     proc = run_manage(
-        production_env(tmp_path, EMAIL_URL="consolemail://"), "check", "--deploy", "--fail-level", "WARNING"
+        production_env(tmp_path, DEBUG="1", EMAIL_URL="consolemail://"), "check", "--deploy", "--fail-level", "WARNING"
     )
     assert proc.returncode == 1
-    assert "opsapp.W001" in proc.stderr and "two-person rule" in proc.stderr
-    assert "s3cret-pw" not in proc.stdout + proc.stderr
+    assert "opsapp.W001" in proc.stderr and "opsapp.E008" not in proc.stderr
+
+
+def test_the_wsgi_application_refuses_to_load_with_debug_off_and_codes_printed(tmp_path):
+    # gunicorn runs no system checks: console/wsgi.py must refuse by itself.
+    load = [sys.executable, "-c", "import console.wsgi"]
+    env = production_env(tmp_path)
+    mailed = subprocess.run(load, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert mailed.returncode == 0, mailed.stderr
+    env["EMAIL_URL"] = "consolemail://"
+    printed = subprocess.run(load, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert printed.returncode != 0
+    assert "opsapp.E008" in printed.stderr
+
+
+def quick_start_env(var_dir, **extra: str) -> dict[str, str]:
+    """The quick start's embedded default (SQLite console DB and demo target under var_dir), no .env."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPS_", "DJANGO_")) and key not in ("DEBUG", "SECRET_KEY", "DATABASE_URL", "EMAIL_URL")
+    }
+    env.update({"OPS_IGNORE_DOTENV": "1", "OPS_VAR_DIR": str(var_dir), "LOG_LEVEL": "WARNING", **extra})
+    return env
+
+
+@pytest.mark.slow
+def test_one_person_cannot_request_and_execute_a_downgrade_with_debug_off_and_codes_printed(tmp_path):
+    import sqlite3
+
+    development = quick_start_env(tmp_path, DEBUG="1")
+    # DEBUG off, a real key, EMAIL_URL unset: the default would print the approver's code right here.
+    production = quick_start_env(tmp_path, DEBUG="0", SECRET_KEY=secrets.token_urlsafe(60))
+    for step in (["migrate", "--noinput"], ["seed_demo"], ["bootstrap_console"], ["take_snapshot", "--target", "shop"]):
+        assert run_manage(development, *step).returncode == 0, step
+
+    def requests_and_heads() -> tuple[list, list]:
+        with (
+            sqlite3.connect(tmp_path / "console.sqlite3") as console,
+            sqlite3.connect(tmp_path / "shop.sqlite3") as shop,
+        ):
+            return (
+                console.execute("SELECT id, status FROM opsapp_rollbackrequest").fetchall(),
+                shop.execute("SELECT version_num FROM alembic_version").fetchall(),
+            )
+
+    before = requests_and_heads()
+    request = ["request_rollback", "--target", "shop", "--to", "-1", "--reason", "solo", "--actor", "admin"]
+    refused = run_manage(production, *request, "--snapshot", "1")
+    assert refused.returncode == 1
+    assert "opsapp.E008" in refused.stderr
+    assert "Code:" not in refused.stdout + refused.stderr
+    assert requests_and_heads() == before == ([], [("c8a1d5f3b7ad",)])
+
+    # A request made in the development demo (codes printed, DEBUG=1) cannot be executed by a production process.
+    demo = run_manage(development, *request, "--snapshot", "1", "--json")
+    assert demo.returncode == 0, demo.stderr
+    code = next(line.split()[1] for line in demo.stderr.splitlines() if line.startswith("Code: "))
+    request_id = json.loads(demo.stdout)["id"]
+    executed = subprocess.run(
+        [sys.executable, "manage.py", "execute_rollback", str(request_id), "--code", "-", "--actor", "admin"],
+        cwd=REPO_ROOT,
+        env=production,
+        input=code + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert executed.returncode == 1
+    assert "opsapp.E008" in executed.stderr
+    assert requests_and_heads() == ([(request_id, "pending")], [("c8a1d5f3b7ad",)])
 
 
 def test_production_settings_are_hardened_and_sessions_last_at_most_twelve_hours(tmp_path):

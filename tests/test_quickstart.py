@@ -1,4 +1,5 @@
-"""The quick start's pieces: `.env.example`, `bootstrap_console`, and the embedded SQLite default's audit table."""
+"""The quick start's pieces: `.env.example`, `make run`'s `.env`, `bootstrap_console`, the README's
+command lines in a fresh checkout, clean `--json` output, and the embedded SQLite default's audit table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import io
 import json
 import os
 import re
+import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from django.core.management import call_command
 from tests.conftest import REPO_ROOT
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
+README = REPO_ROOT / "README.md"
 PASSWORD_VARS = ("OPS_ADMIN_PASSWORD", "OPS_APPROVER_PASSWORD")
 
 
@@ -158,9 +162,9 @@ def test_alembic_reports_one_head_carrying_both_labels_a_branch_point_and_a_merg
 
 
 # ------------------------------------------------ the embedded default (SQLite)
-def manage(args: list[str], var_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def manage(args: list[str], var_dir: Path, *extra: str, log_level: str = "WARNING") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPS_", "DATABASE_URL", "DJANGO_SETTINGS"))}
-    env.update({"OPS_IGNORE_DOTENV": "1", "DEBUG": "1", "OPS_VAR_DIR": str(var_dir), "LOG_LEVEL": "WARNING"})
+    env.update({"OPS_IGNORE_DOTENV": "1", "DEBUG": "1", "OPS_VAR_DIR": str(var_dir), "LOG_LEVEL": log_level})
     return subprocess.run(
         [sys.executable, "manage.py", *args, *extra],
         cwd=REPO_ROOT,
@@ -199,3 +203,130 @@ def test_the_embedded_sqlite_audit_table_is_append_only_and_its_chain_verifies(t
     result = manage(["verify_audit_log", "--json"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ok"] is True
+
+
+# ------------------------------------------------ --json: stdout is the JSON, Alembic's INFO needs -v 2
+@pytest.mark.slow
+def test_json_output_is_clean_and_alembic_info_lines_appear_on_stderr_only_with_verbosity_2(tmp_path):
+    assert manage(["migrate", "--noinput"], tmp_path).returncode == 0
+    for args in (["seed_demo", "--json"], ["sync_revisions", "--json", "--force"], ["show_revisions", "--json"]):
+        quiet = manage(args, tmp_path, log_level="INFO")
+        assert quiet.returncode == 0, quiet.stderr
+        json.loads(quiet.stdout)
+        assert "alembic" not in quiet.stderr, args
+
+        chatty = manage(args, tmp_path, "-v", "2", log_level="INFO")
+        assert chatty.returncode == 0, chatty.stderr
+        json.loads(chatty.stdout)
+        assert "INFO alembic.runtime.migration Context impl SQLiteImpl." in chatty.stderr, args
+
+
+# ------------------------------------------------ a fresh checkout, as a newcomer has it
+def newcomer_env() -> dict[str, str]:
+    """A newcomer's shell: none of the suite's settings (DEBUG, database, var dir, settings module)."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPS_", "DJANGO_"))
+        and key not in ("DEBUG", "SECRET_KEY", "DATABASE_URL", "EMAIL_URL", "LOG_LEVEL", "ALLOWED_HOSTS")
+    }
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A copy of the work tree as git sees it (tracked and new files; nothing ignored: no .env, no var/)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    )
+    root = tmp_path / "checkout"
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (REPO_ROOT / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, root / name)
+    return root
+
+
+def make(checkout: Path, *targets: str) -> subprocess.CompletedProcess:
+    # -o install: the suite's interpreter has the requirements already; no virtualenv is built in the copy.
+    return subprocess.run(
+        ["make", "-o", "install", f"PY={sys.executable}", *targets],
+        cwd=checkout,
+        env=newcomer_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def run_as_printed(checkout: Path, argv: list[str], stdin: str = "") -> subprocess.CompletedProcess:
+    assert argv[:2] == ["python", "manage.py"]
+    return subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=checkout,
+        env=newcomer_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def readme_commands(after: str) -> list[list[str]]:
+    """The `python manage.py ...` lines of the first sh block after the line `after`, split as a shell would."""
+    block = README.read_text().split(after, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("python manage.py")]
+
+
+def dotenv_values(path: Path) -> dict[str, str]:
+    class DotEnv(environ.Env):
+        ENVIRON: dict[str, str] = {}
+
+    DotEnv.read_env(path)  # exactly how console/settings.py reads .env
+    return DotEnv.ENVIRON
+
+
+def test_make_run_writes_a_development_env_once_with_a_fresh_random_secret_key(checkout):
+    dotenv = checkout / ".env"
+
+    wrote = make(checkout, ".env")
+
+    assert wrote.returncode == 0, wrote.stderr
+    values = dotenv_values(dotenv)
+    assert values["DEBUG"] == "1" and values["EMAIL_URL"] == "consolemail://"
+    key = values["SECRET_KEY"]
+    assert len(key) >= 50 and key not in wrote.stdout + wrote.stderr
+    assert dotenv.stat().st_mode & 0o077 == 0  # readable by its owner only
+    first = dotenv.read_text()
+    assert make(checkout, ".env").returncode == 0
+    assert dotenv.read_text() == first  # an existing .env is never rewritten
+    dotenv.unlink()
+    assert make(checkout, ".env").returncode == 0
+    assert dotenv_values(dotenv)["SECRET_KEY"] != key
+    # git ignores it: the key is never committed.
+    assert subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO_ROOT).returncode == 0
+
+
+@pytest.mark.slow
+def test_the_readme_command_lines_work_as_printed_after_make_run(checkout):
+    setup = make(checkout, "setup")  # `make run` without the server
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+
+    listed = run_as_printed(checkout, ["python", "manage.py", "help"])
+    assert "[opsapp]" in listed.stdout and "request_rollback" in listed.stdout, listed.stderr
+    take, request, execute = readme_commands("From the command line:")
+
+    snapshot = run_as_printed(checkout, take)
+    assert snapshot.returncode == 0, snapshot.stderr
+    assert json.loads(snapshot.stdout)["status"] == "verified"
+    requested = run_as_printed(checkout, request)
+    assert requested.returncode == 0, requested.stderr
+    assert json.loads(requested.stdout)["status"] == "pending"
+    # The demo mode named in .env prints the approver's mail (on stderr: stdout is the JSON).
+    code = re.search(r"^Code: (\d+)$", requested.stderr, flags=re.M).group(1)
+    executed = run_as_printed(checkout, execute, stdin=code + "\n")
+    assert executed.returncode == 0, executed.stderr
+    assert json.loads(executed.stdout)["status"] == "succeeded"
+    assert json.loads(executed.stdout)["heads"] == [request[request.index("--to") + 1]]

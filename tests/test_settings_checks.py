@@ -22,6 +22,12 @@ def _check_errors() -> list:
     return [e for e in run_checks() if e.id and e.id.startswith("opsapp.")]
 
 
+@pytest.fixture(autouse=True)
+def mailed_codes(settings):
+    """Codes go to a mail server: Django's test environment (DEBUG off, locmem) is what opsapp.E008 refuses."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+
+
 def test_it_masks_passwords_in_urls_and_free_text():
     assert mask_url("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert "s3cret" not in mask_url('connection to "postgresql://u:s3cret@h/db" failed; password=s3cret')
@@ -96,11 +102,26 @@ def test_it_accepts_read_committed(settings):
     assert _check_errors() == []
 
 
+@pytest.mark.parametrize("backend", ["console", "filebased", "locmem", "dummy"])
+def test_a_backend_that_keeps_codes_on_this_machine_is_an_error_only_with_debug_off(settings, backend):
+    settings.EMAIL_BACKEND = f"django.core.mail.backends.{backend}.EmailBackend"
+    settings.EMAIL_FILE_PATH = "/var/tmp/ops-codes"
+    settings.DEBUG = False
+    assert _ids(_check_errors()) == ["opsapp.E008"]
+    settings.DEBUG = True
+    assert _check_errors() == []
+
+
 def _manage(args: list[str], env_extra: dict[str, str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPS_", "DATABASE_URL", "DJANGO_SETTINGS"))}
     env.update({"OPS_IGNORE_DOTENV": "1", **env_extra})
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(REPO_ROOT / "manage.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -133,3 +154,30 @@ def test_the_embedded_default_checks_and_migrates_on_a_fresh_sqlite_file(tmp_pat
     assert (tmp_path / "console.sqlite3").stat().st_size > 0
     # The default target is the demo SQLite file under var/.
     from console import settings as base_settings  # noqa: F401  (import proves settings import cleanly)
+
+
+# ------------------------------------------------------------ EMAIL_URL=filemail://
+def test_filemail_with_three_slashes_writes_into_that_absolute_directory(tmp_path):
+    outbox, elsewhere = tmp_path / "outbox", tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {"DEBUG": "1", "OPS_VAR_DIR": str(tmp_path / "var"), "EMAIL_URL": f"filemail://{outbox}"}
+    assert env["EMAIL_URL"].startswith("filemail:///")
+
+    result = _manage(["sendtestemail", "someone@example.com"], env, cwd=elsewhere)
+
+    assert result.returncode == 0, result.stderr
+    mails = list(outbox.iterdir())
+    assert len(mails) == 1 and "To: someone@example.com" in mails[0].read_text()
+    assert list(elsewhere.rglob("*")) == []  # nothing written relative to the working directory
+
+
+def test_filemail_with_a_relative_path_is_refused_with_the_absolute_form_to_use(tmp_path):
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {"DEBUG": "1", "OPS_VAR_DIR": str(tmp_path / "var"), "EMAIL_URL": "filemail://var/outbox"}
+
+    result = _manage(["sendtestemail", "someone@example.com"], env, cwd=elsewhere)
+
+    assert result.returncode == 1
+    assert "opsapp.E009" in result.stderr and "filemail:///" in result.stderr
+    assert list(elsewhere.rglob("*")) == []

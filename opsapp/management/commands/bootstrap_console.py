@@ -12,10 +12,12 @@ import secrets
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from opsapp.management.base import OpsCommand
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Create the quick-start admin and approver accounts (passwords printed once)."
 
     def add_arguments(self, parser):

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_names
 from opsapp.services.catalog import sync_target
 from opsapp.services.drift import drift_problems
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Check each target for drift between its database and its scripts; exit 1 on a problem."
 
     def add_arguments(self, parser) -> None:

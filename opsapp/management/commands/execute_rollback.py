@@ -10,8 +10,9 @@ back); 2: bad usage (unknown request or user, missing options).
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.management.commands._rollback_cli import emit, named_actor, result_json
 from opsapp.models import RollbackRequest
 from opsapp.services.actors import Actor
@@ -31,7 +32,7 @@ def _read_code() -> str:
     return code
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Execute a rollback request with its verification code (the gate is checked first), or --reconcile "
         "requests left running by a process that died. --json prints {id, status, gate, message, heads}."

@@ -11,15 +11,16 @@ import getpass
 import os
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError
 
+from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
 from opsapp.services.audit_export import FORMATS, filter_events, iter_export, parse_when, start_export
 from opsapp.services.errors import OpsError
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Export audit events as CSV or JSON Lines, with their hashes, for offline verification."
 
     def add_arguments(self, parser) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import getpass
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetNotConfigured
 from opsapp.services.snapshots import prune_snapshots
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Delete old snapshot files and mark their rows pruned. Per target the N newest complete/verified "
         "snapshots stay, and so do the newest verified one and any attached to an open rollback request; "

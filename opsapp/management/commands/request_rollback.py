@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.management.commands._rollback_cli import emit, named_actor, result_json
 from opsapp.services.errors import OpsError, TargetNotConfigured
 from opsapp.services.rollback import create_request
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Request a guarded downgrade of a target: plan it, store the SQL preview and destructive analysis, "
         "and email a verification code to the approvers. --json prints {id, status, gate, message, heads}."

@@ -5,8 +5,9 @@ from __future__ import annotations
 import getpass
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
 from opsapp.services.snapshots import restore_snapshot
@@ -14,7 +15,7 @@ from opsapp.services.snapshots import restore_snapshot
 USAGE_REASONS = ("not_found", "wrong_kind", "bad_url")
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Restore snapshot ID into a NEW, EMPTY database (postgresql://... or sqlite:///new-file), then check that "
         "its alembic_version equals the snapshot's heads and report row counts. Never restores over a live target: "

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.services.demo import seed_demo
 from opsapp.services.errors import OpsError, TargetNotConfigured
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Upgrade the demo target to its heads and fill it with sample accounts, orders and payments."
 
     def add_arguments(self, parser):

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand
-
+from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_json, target_names
 from opsapp.models import TargetState
 from opsapp.services.catalog import ensure_target_row, sync_target
@@ -36,7 +35,7 @@ def _marks(rev: dict) -> str:
     return "".join(f" ({m})" for m in marks)
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Show each target's revisions with head/base/branch/merge/applied/current flags."
 
     def add_arguments(self, parser) -> None:

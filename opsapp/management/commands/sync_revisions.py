@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_names
 from opsapp.models import TargetState
 from opsapp.services.catalog import sync_target
@@ -19,7 +20,7 @@ from opsapp.services.catalog import sync_target
 PROBLEM_STATES = (TargetState.UNREACHABLE, TargetState.SCRIPT_ERROR)
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Sync each target's revision catalog (incremental) and database state."
 
     def add_arguments(self, parser) -> None:

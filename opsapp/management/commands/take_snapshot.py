@@ -5,9 +5,10 @@ from __future__ import annotations
 import getpass
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.template.defaultfilters import filesizeformat
 
+from opsapp.management.base import OpsCommand
 from opsapp.models import SnapshotStatus
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, SnapshotError, TargetNotConfigured
@@ -15,7 +16,7 @@ from opsapp.services.snapshots import take_snapshot
 from opsapp.targets import configured_names
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Take a full snapshot (pg_dump custom format / SQLite backup) of a target and verify it. "
         "Without --target, every configured target. --json prints {id, status, sha256, size, heads} "

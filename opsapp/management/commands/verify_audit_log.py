@@ -14,9 +14,10 @@ import getpass
 import json
 import re
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import DatabaseError
 
+from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
 from opsapp.services.audit_verify import record_verification, verify_chain
 from opsapp.services.errors import OpsError
@@ -24,7 +25,7 @@ from opsapp.services.errors import OpsError
 ANCHOR = re.compile(r"^\s*#?(\d+)[:\s]+([0-9a-f]{64})\s*$")
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = "Recompute the audit log's hash chain; exit 1 naming the first broken sequence number."
 
     def add_arguments(self, parser) -> None:

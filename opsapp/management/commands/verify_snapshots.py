@@ -5,8 +5,9 @@ from __future__ import annotations
 import getpass
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from opsapp.management.base import OpsCommand
 from opsapp.models import SnapshotStatus, Target
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured
@@ -14,7 +15,7 @@ from opsapp.services.snapshots import snapshots_to_verify, verify_snapshot
 from opsapp.targets import get_target
 
 
-class Command(BaseCommand):
+class Command(OpsCommand):
     help = (
         "Verify snapshots: the file exists, its SHA-256 still matches, and the archive reads back "
         "(pg_restore --list / PRAGMA integrity_check). Exit 1 if any snapshot checked failed."
