@@ -433,3 +433,77 @@ def test_the_downgrade_runs_in_one_transaction_at_the_targets_isolation_level_wi
     rows = pg_query(env.url, "SELECT iso, lock_timeout, txid FROM probe")
     assert len(rows) == 2 and len({txid for _, _, txid in rows}) == 1, rows
     assert {(iso, timeout) for iso, timeout, _ in rows} == {(isolation.lower(), "4321ms")}
+
+
+# ------------------------------------------------------------ the failing step
+FAILING_STATEMENT = "ALTER TABLE no_such_table DROP COLUMN nothing"
+
+
+def failing_request(env, operator):
+    """rbt r5 -> r2 whose second step, r4, fails with 42P01 on FAILING_STATEMENT."""
+    env.add_revision("r4", "r3", downgrade=f"op.execute('{FAILING_STATEMENT}')")
+    env.add_revision("r5", "r4", upgrade=TIER_UP, downgrade=TIER_DOWN)
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r2", snapshot=snap)
+    assert request.steps == ["r5", "r4", "r3"]
+    return request
+
+
+@pytest.mark.django_db
+def test_a_failed_downgrade_names_the_revision_the_statement_and_the_sqlstate_on_record_and_in_the_audit(
+    rollback_env, operator, approver
+):
+    env = rollback_env
+    request = failing_request(env, operator)
+    before = env.state()
+
+    with pytest.raises(RollbackFailed) as failed:
+        execute_request(request.pk, code=code_from_outbox(request.pk), actor=operator_actor(operator))
+
+    message = str(failed.value)
+    assert "revision r4" in message and FAILING_STATEMENT in message and "SQLSTATE 42P01" in message
+    assert failed.value.revision == "r4" and failed.value.statement == FAILING_STATEMENT
+    assert env.state() == before
+    request.refresh_from_db()
+    assert (request.failed_revision, request.failed_statement, request.sqlstate) == ("r4", FAILING_STATEMENT, "42P01")
+    event = AuditEvent.objects.get(request_id=request.pk, action="rollback_failed")
+    assert event.detail["failed_revision"] == "r4"
+    assert event.detail["failed_statement"] == FAILING_STATEMENT and event.detail["sqlstate"] == "42P01"
+    assert "revision r4" in event.message and FAILING_STATEMENT in event.message
+
+
+@pytest.mark.django_db
+def test_execute_rollback_names_the_failed_revision_statement_and_sqlstate_in_text_and_json(
+    rollback_env, operator, approver
+):
+    env = rollback_env
+    request = failing_request(env, operator)
+    code = code_from_outbox(request.pk)
+    out = io.StringIO()
+
+    with pytest.raises(CommandError) as failed:
+        call_command("execute_rollback", str(request.pk), "--code", code, "--actor", "olga", "--json", stdout=out)
+
+    assert failed.value.returncode == 1
+    text = str(failed.value)
+    assert "revision r4" in text and FAILING_STATEMENT in text and "SQLSTATE 42P01" in text
+    data = json.loads(out.getvalue())
+    assert data["status"] == "failed" and data["heads"] == ["r5"]
+    assert (data["failed_revision"], data["failed_statement"], data["sqlstate"]) == ("r4", FAILING_STATEMENT, "42P01")
+    assert env.heads() == ["r5"]
+
+
+@pytest.mark.django_db
+def test_the_request_page_names_the_failed_revision_statement_and_sqlstate(client, rollback_env, operator, approver):
+    env = rollback_env
+    request = failing_request(env, operator)
+    client.force_login(operator)
+
+    client.post(
+        reverse("admin:opsapp_rollbackrequest_execute", args=[request.pk]), {"code": code_from_outbox(request.pk)}
+    )
+    page = client.get(reverse("admin:opsapp_rollbackrequest_change", args=[request.pk])).content.decode()
+
+    failure = page.split('id="failure"')[1].split("</div>")[0]
+    assert "<code>r4</code>" in failure and FAILING_STATEMENT in failure and "42P01" in failure
+    assert env.heads() == ["r5"]

@@ -212,7 +212,7 @@ def test_the_analysis_lists_truncate_delete_and_alter_type_with_live_row_counts(
 
     found = {(d["kind"], d["table"], d["column"]): (d["rows"], d["revision"]) for d in request.destructive}
     assert found == {
-        ("DELETE", "customers", None): (3, "r4"),
+        ("DELETE", "customers", None): (1, "r4"),  # WHERE id > 2 matches 1 of the 3 rows
         ("TRUNCATE", "notes", None): (2, "r4"),
         ("ALTER TYPE", "customers", "name"): (3, "r4"),
     }

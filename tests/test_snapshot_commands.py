@@ -157,6 +157,21 @@ def test_restore_snapshot_masks_the_password_and_refuses_a_non_empty_database(pg
     assert excinfo.value.returncode == 1 and "hunter2" not in str(excinfo.value) and "***" in str(excinfo.value)
 
 
+def test_restore_snapshot_into_the_target_spelt_localhost_is_refused_as_the_target(pg_target):
+    name, url = pg_target
+    taken, _ = run("take_snapshot", "--target", name, "--json")
+    same_server = url.replace("@127.0.0.1:", "@localhost:", 1)
+    assert same_server != url
+
+    with pytest.raises(CommandError, match="it is the database of target 'cmdt'") as excinfo:
+        call_command("restore_snapshot", str(taken["id"]), "--into", same_server)
+
+    assert excinfo.value.returncode == 1 and "not empty" not in str(excinfo.value)
+    assert pg_query(url, "SELECT count(*) FROM items") == [(25,)]
+    refused = AuditEvent.objects.get(action=AuditAction.SNAPSHOT_RESTORED, snapshot_id=taken["id"])
+    assert refused.outcome == "refused" and refused.detail["reason"] == "is_target"
+
+
 def test_restore_snapshot_of_an_unknown_id_is_bad_usage():
     with pytest.raises(CommandError, match="Snapshot #424242 does not exist") as excinfo:
         call_command("restore_snapshot", "424242", "--into", "postgresql://postgres@127.0.0.1/x")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from datetime import timedelta
 from pathlib import Path
 
@@ -180,6 +182,57 @@ def test_it_recognises_a_configured_target_written_with_another_postgres_scheme(
     with pytest.raises(SnapshotError, match="it is the database of target 'snapt'"):
         restore_snapshot(snap.pk, other_spelling, actor=ACTOR)
     assert pg_query(url, "SELECT count(*) FROM items") == [(25,)]
+
+
+def test_it_recognises_a_configured_target_by_the_servers_identity_not_the_host_string(pg_target):
+    name, url = pg_target
+    snap = take_snapshot(name, actor=ACTOR)
+    assert "@127.0.0.1:" in url
+    same_server = url.replace("@127.0.0.1:", "@localhost:", 1)
+    before = pg_query(url, "SELECT id, name, price FROM items ORDER BY id")
+
+    with pytest.raises(SnapshotError, match="it is the database of target 'snapt'") as refused:
+        restore_snapshot(snap.pk, same_server, actor=ACTOR)
+
+    assert refused.value.reason == "is_target"
+    assert pg_query(url, "SELECT id, name, price FROM items ORDER BY id") == before
+    assert pg_query(url, "SELECT version_num FROM alembic_version ORDER BY 1") == [("h8",), ("x1",)]
+    event = events(AuditAction.SNAPSHOT_RESTORED, snapshot_id=snap.pk)
+    assert [(e.outcome, e.detail["reason"]) for e in event] == [("refused", "is_target")]
+
+
+def test_another_database_on_the_same_server_is_not_taken_for_the_target(pg_target, pg_database_factory):
+    name, url = pg_target
+    snap = take_snapshot(name, actor=ACTOR)
+    other = pg_database_factory().replace("@127.0.0.1:", "@localhost:", 1)
+
+    result = restore_snapshot(snap.pk, other, actor=ACTOR)
+
+    assert result["heads"] == ["h8", "x1"]
+
+
+def test_snapshot_files_are_0600_in_a_0700_directory_whatever_the_umask(pg_target, sqlite_target, tmp_path, settings):
+    settings.OPS_SNAPSHOT_DIR = tmp_path / "fresh" / "snapshots"
+    old = os.umask(0o022)
+    try:
+        for name in (pg_target[0], sqlite_target[0]):
+            snap = take_snapshot(name, actor=ACTOR)
+            assert stat.S_IMODE(snapshot_path(snap).stat().st_mode) == 0o600, name
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(Path(settings.OPS_SNAPSHOT_DIR).stat().st_mode) == 0o700
+
+
+def test_an_existing_snapshot_directory_open_to_others_is_closed_to_0700(sqlite_target, tmp_path, settings):
+    directory = tmp_path / "shared"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)
+    settings.OPS_SNAPSHOT_DIR = directory
+
+    snap = take_snapshot(sqlite_target[0], actor=ACTOR)
+
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(snapshot_path(snap).stat().st_mode) == 0o600
 
 
 def test_it_refuses_an_unknown_snapshot_id():

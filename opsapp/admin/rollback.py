@@ -132,6 +132,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
                     "reverted",
                     "final_heads",
                     "error",
+                    "failed_revision",
+                    "failed_statement",
                     "sqlstate",
                     "last_refusal_gate",
                     "last_refusal_message",
@@ -209,6 +211,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "gate_checks": safe_gate_status(obj) if pending else [],
             "sql_lines": sql_lines(obj.sql_preview, obj.destructive),
             "destructive": obj.destructive or [],
+            # The destructive figures were counted at request time; after a downgrade their tables may be gone.
+            "downgrade_ran": obj.status in (RollbackStatus.SUCCEEDED, RollbackStatus.INTERRUPTED),
             "non_transactional": obj.non_transactional or [],
             "max_code_attempts": max_code_attempts(),
             "is_pending": pending,

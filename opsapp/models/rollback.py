@@ -71,6 +71,9 @@ class RollbackRequest(models.Model):
     reverted = models.JSONField(default=list, editable=False)
     error = models.TextField(blank=True, editable=False)
     sqlstate = models.CharField(max_length=5, blank=True, editable=False)
+    # Which step of a failed downgrade failed, and on which statement ("" when not known or not in a step).
+    failed_revision = models.CharField(max_length=255, blank=True, editable=False)
+    failed_statement = models.TextField(blank=True, editable=False)
     last_refusal_gate = models.CharField(max_length=40, blank=True, editable=False)
     last_refusal_message = models.TextField(blank=True, editable=False)
 

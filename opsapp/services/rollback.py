@@ -10,9 +10,12 @@ and "Execution"). The work lives in submodules:
 
 Shapes stored on a request (for pages and commands):
 - `destructive`: list of {"revision", "kind" (DROP TABLE | DROP COLUMN |
-  TRUNCATE | DELETE | ALTER TYPE | REBUILD TABLE), "schema", "table", "column",
-  "statement" (exact text in the preview, without the `;`), "summary",
-  "rows" (live count or None), "non_null" (for DROP COLUMN), "note"}
+  TRUNCATE | DELETE | UPDATE | ALTER TYPE | REBUILD TABLE), "schema", "table",
+  "column", "statement" (exact text in the preview, without the `;`),
+  "summary", "where" (a DELETE/UPDATE's WHERE clause, "" without one),
+  "rows" (rows affected, counted at request time: the WHERE's matches, the
+  whole table otherwise; None when not counted), "table_rows" (the table's
+  size then), "non_null" (for DROP COLUMN), "note"}
 - `non_transactional`: list of human-readable reasons (empty = executable)
 """
 
@@ -122,7 +125,10 @@ def create_request(
                 "plan_hash": plan_hash,
                 "script_fingerprint": fingerprint,
                 "destructive": [
-                    {k: item[k] for k in ("revision", "kind", "table", "column", "rows", "non_null")}
+                    {
+                        k: item.get(k)
+                        for k in ("revision", "kind", "table", "column", "where", "rows", "table_rows", "non_null")
+                    }
                     for item in analysis.destructive
                 ],
                 "non_transactional": analysis.non_transactional,

@@ -98,6 +98,22 @@ def _no_approver_message(request: RollbackRequest) -> str:
     )
 
 
+def _affected(item: dict) -> str:
+    """One line of the plan: what the statement affects, never a whole-table count for a filtered one."""
+    what = item["table"] + (f".{item['column']}" if item.get("column") else "")
+    rows, table_rows = item.get("rows"), item.get("table_rows")
+    if item.get("where"):
+        if rows is None:
+            size = "the table was not found" if table_rows is None else f"table has {table_rows} rows"
+            figure = f"not counted ({size})"
+        else:
+            figure = f"{rows} of {'?' if table_rows is None else table_rows} rows match"
+    else:
+        figure = f"{'?' if rows is None else rows} rows"
+    extra = f", {item['non_null']} non-null values" if item.get("non_null") is not None else ""
+    return f"{item['kind']} {what}: {figure}{extra}"
+
+
 def _email_body(request: RollbackRequest, code: str) -> str:
     lines = [
         f"A downgrade of target {request.target.name!r} was requested by {request.requested_by_username}.",
@@ -110,12 +126,11 @@ def _email_body(request: RollbackRequest, code: str) -> str:
         f"Plan hash:  {request.plan_hash}",
     ]
     if request.destructive:
-        lines.append("Destroys:")
+        lines.append("Destroys or changes (rows counted when the request was made):")
         for item in request.destructive:
-            what = item["table"] + (f".{item['column']}" if item.get("column") else "")
-            rows = "?" if item.get("rows") is None else item["rows"]
-            extra = f", {item['non_null']} non-null values" if item.get("non_null") is not None else ""
-            lines.append(f"  - {item['kind']} {what}: {rows} rows{extra}")
+            lines.append(f"  - {_affected(item)}")
+            # The statement exactly as it will run, WHERE clause included.
+            lines.extend(f"      {line}" for line in item["statement"].splitlines())
     if request.non_transactional:
         lines.append("Cannot run in one transaction (execution will be refused):")
         lines.extend(f"  - {reason}" for reason in request.non_transactional)

@@ -28,11 +28,13 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
-from alembic import command
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -274,6 +276,53 @@ def _execution_connection(config: TargetConfig) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
+def _downgrade(alembic_config: Config, to_revision: str, completed: list[str]) -> None:
+    """`alembic.command.downgrade(alembic_config, to_revision)`, appending each finished step's revision to `completed`.
+
+    The same work function as `command.downgrade`, run through Alembic's
+    EnvironmentContext so an on_version_apply callback can be added (env.py's
+    configure() resets the callbacks, so it is appended when the work runs).
+    """
+    script = ScriptDirectory.from_config(alembic_config)
+
+    def record(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
+        completed.extend(step.up_revision_ids)
+
+    def downgrade_fn(rev: Any, context: Any) -> Any:
+        context.on_version_apply_callbacks = (*tuple(context.on_version_apply_callbacks or ()), record)
+        return script._downgrade_revs(to_revision, rev)
+
+    with EnvironmentContext(alembic_config, script, fn=downgrade_fn, destination_rev=to_revision):
+        script.run_env()
+
+
+@dataclass
+class FailedStep:
+    """Where a downgrade failed: the revision whose step was running, the statement, its position."""
+
+    revision: str = ""
+    statement: str = ""
+    number: int = 0
+    of: int = 0
+
+
+def _failed_step(exc: BaseException, steps: list[str], completed: list[str]) -> FailedStep:
+    """The step after the last completed one (none when every step finished) and the failing SQL statement."""
+    remaining = [rev for rev in steps if rev not in completed]
+    failed = FailedStep(of=len(steps))
+    if remaining:
+        failed.revision, failed.number = remaining[0], steps.index(remaining[0]) + 1
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, sa.exc.StatementError) and cause.statement:
+            failed.statement = mask_url(str(cause.statement)).strip()
+            break
+        cause = cause.__cause__ or cause.__context__
+    return failed
+
+
 def _run_downgrade(
     request: RollbackRequest,
     config: TargetConfig,
@@ -284,16 +333,18 @@ def _run_downgrade(
 ) -> ExecutionResult:
     expected = sorted(preview.expected_heads)
     attempts = [0]
+    completed: list[str] = []  # revisions whose step finished in the current attempt
 
     def attempt(conn: sa.Connection) -> list[str]:
         attempts[0] += 1
+        completed.clear()
         txid = None
         if config.is_postgresql:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(settings.OPS_LOCK_TIMEOUT_MS)}")
             txid = conn.exec_driver_sql("SELECT txid_current()").scalar()
         with _no_foreign_transaction_end(conn):
-            command.downgrade(
-                make_config(config, connection=conn, transaction_per_migration=False), request.to_revision
+            _downgrade(
+                make_config(config, connection=conn, transaction_per_migration=False), request.to_revision, completed
             )
         if txid is not None and conn.exec_driver_sql("SELECT txid_current()").scalar() != txid:
             # Ended behind SQLAlchemy's back (e.g. on the raw DBAPI connection).
@@ -326,7 +377,7 @@ def _run_downgrade(
             lambda: nullcontext(conn), attempt, retries=settings.OPS_SERIALIZATION_RETRIES, on_retry=on_retry
         )
     except Exception as exc:
-        _record_failure(request, config, actor, exc, started, attempts[0])
+        _record_failure(request, config, actor, exc, started, attempts[0], _failed_step(exc, preview.steps, completed))
     duration_ms = int((time.monotonic() - started) * 1000)
     recorded = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
         status=RollbackStatus.SUCCEEDED,
@@ -359,7 +410,13 @@ def _run_downgrade(
 
 
 def _record_failure(
-    request: RollbackRequest, config: TargetConfig, actor: Actor, exc: Exception, started: float, attempts: int
+    request: RollbackRequest,
+    config: TargetConfig,
+    actor: Actor,
+    exc: Exception,
+    started: float,
+    attempts: int,
+    failed: FailedStep,
 ) -> NoReturn:
     sqlstate = sqlstate_of(exc)
     cause = getattr(exc, "orig", None) or exc
@@ -374,14 +431,25 @@ def _record_failure(
         error=error,
         sqlstate=sqlstate[:5],
         final_heads=heads,
+        failed_revision=failed.revision[:255],
+        failed_statement=failed.statement,
     )
+    where = []
+    if failed.revision:
+        where.append(f"in revision {failed.revision} (step {failed.number} of {failed.of})")
+    if failed.statement:
+        statement = failed.statement if len(failed.statement) <= 1000 else failed.statement[:999] + "…"
+        where.append(f"on the statement: {statement}")
+    if sqlstate:
+        where.append(f"with SQLSTATE {sqlstate}")
+    failed_at = "The downgrade failed" + (" " + ", ".join(where) if where else "")
     unchanged = heads is not None and sorted(heads) == sorted(request.from_heads)
     if unchanged:
-        message = f"The downgrade failed and was rolled back (the target is unchanged): {error}"
+        message = f"{failed_at}; it was rolled back (the target is unchanged): {error}"
     else:
         found = "cannot be read" if heads is None else f"are now {heads}"
         message = (
-            f"The downgrade failed and the target may NOT be unchanged: its heads {found}, the plan started from "
+            f"{failed_at}; the target may NOT be unchanged: its heads {found}, the plan started from "
             f"{request.from_heads}; compare it with snapshot #{request.snapshot_id} before anything else: {error}"
         )
     if recorded:
@@ -391,11 +459,25 @@ def _record_failure(
             actor=actor,
             message=message,
             **request_context(request),
-            detail={"sqlstate": sqlstate, "attempts": attempts, "heads_after": heads, "error": error},
+            detail={
+                "sqlstate": sqlstate,
+                "failed_revision": failed.revision,
+                "failed_statement": failed.statement,
+                "attempts": attempts,
+                "heads_after": heads,
+                "error": error,
+            },
         )
     else:
         log.error("request %s failed but was already closed by reconcile: %s", request.pk, message)
-    raise RollbackFailed(message, target=request.target.name, heads=heads, sqlstate=sqlstate) from exc
+    raise RollbackFailed(
+        message,
+        target=request.target.name,
+        heads=heads,
+        sqlstate=sqlstate,
+        revision=failed.revision,
+        statement=failed.statement,
+    ) from exc
 
 
 def _resync(name: str, actor: Actor) -> None:

@@ -8,8 +8,12 @@ the heads after the last step are recorded from Alembic itself, so the
 executor knows which heads to expect in `alembic_version` afterwards.
 
 The analysis reads the preview statement by statement. It never runs the
-preview: it only counts rows in the tables the preview would destroy, with
-identifiers quoted by the target dialect's own preparer.
+preview: it only counts rows in the tables the preview would destroy or
+change, with identifiers quoted by the target dialect's own preparer. For a
+DELETE or UPDATE with a WHERE clause it counts the rows that WHERE matches
+(never the whole table), in a READ ONLY transaction under a short
+`statement_timeout`; a WHERE that cannot be counted that way is reported as
+"not counted (table has N rows)".
 """
 
 from __future__ import annotations
@@ -214,7 +218,8 @@ _DROP_COLUMN = re.compile(rf"\bDROP\s+COLUMN\s+(?:IF\s+EXISTS\s+)?(?P<col>{_IDEN
 _ALTER_TYPE = re.compile(rf"\bALTER\s+(?:COLUMN\s+)?(?P<col>{_IDENT})\s+(?:SET\s+DATA\s+)?TYPE\b", re.I)
 _RENAME_TO = re.compile(rf"^\s*RENAME\s+TO\s+(?P<new>{_IDENT})", re.I)
 _TRUNCATE = re.compile(rf"^TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?(?P<names>{_QNAME}(?:\s*,\s*{_QNAME})*)", re.I | re.S)
-_DELETE = re.compile(rf"^DELETE\s+FROM\s+(?:ONLY\s+)?(?P<table>{_QNAME})", re.I | re.S)
+_DELETE = re.compile(rf"^DELETE\s+FROM\s+(?:ONLY\s+)?(?P<table>{_QNAME})(?P<rest>.*)$", re.I | re.S)
+_UPDATE = re.compile(rf"^UPDATE\s+(?:ONLY\s+)?(?P<table>{_QNAME})(?P<rest>.*)$", re.I | re.S)
 _ADD_VALUE = re.compile(r"^ALTER\s+TYPE\s+.*\bADD\s+VALUE\b", re.I | re.S)
 _CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.I)
 _REFRESH_MATVIEW = re.compile(r"^REFRESH\s+MATERIALIZED\s+VIEW\b", re.I)
@@ -249,7 +254,7 @@ def _short(sql: str, limit: int = 200) -> str:
 
 
 def find_destructive(statements: list[Statement], *, dialect: str, version_table: str) -> list[dict[str, Any]]:
-    """Every DROP TABLE, DROP COLUMN, TRUNCATE, DELETE and ALTER ... TYPE, row counts still empty."""
+    """Every DROP TABLE, DROP COLUMN, TRUNCATE, DELETE, UPDATE and ALTER ... TYPE, row counts still empty."""
     fold = dialect == "postgresql"  # unquoted identifiers fold to lower case on PostgreSQL
     renamed_from_tmp = set()
     for st in statements:
@@ -260,7 +265,7 @@ def find_destructive(statements: list[Statement], *, dialect: str, version_table
                 renamed_from_tmp.add(_unquote(_RENAME_TO.match(match["rest"])["new"], fold=fold))
     found: list[dict[str, Any]] = []
 
-    def add(st: Statement, kind: str, qname: str, column: str | None = None, note: str = "") -> None:
+    def add(st: Statement, kind: str, qname: str, column: str | None = None, note: str = "", **extra: Any) -> None:
         schema, table = _parse_qname(qname, fold=fold)
         if table.startswith(_BATCH_TMP) or table == version_table:
             return
@@ -274,8 +279,10 @@ def find_destructive(statements: list[Statement], *, dialect: str, version_table
                 "statement": st.sql,
                 "summary": _short(st.sql),
                 "rows": None,
+                "table_rows": None,
                 "non_null": None,
                 "note": note,
+                **extra,
             }
         )
 
@@ -291,13 +298,87 @@ def find_destructive(statements: list[Statement], *, dialect: str, version_table
             for qname in _split_qnames(m["names"]):
                 add(st, "TRUNCATE", qname)
         elif m := _DELETE.match(st.sql):
-            add(st, "DELETE", m["table"])
+            add(st, "DELETE", m["table"], **_where_parts(m["table"], m["rest"], "DELETE"))
+        elif m := _UPDATE.match(st.sql):
+            add(st, "UPDATE", m["table"], **_where_parts(m["table"], m["rest"], "UPDATE"))
         elif m := _ALTER_TABLE.match(st.sql):
             for col in _DROP_COLUMN.finditer(m["rest"]):
                 add(st, "DROP COLUMN", m["table"], col["col"])
             for col in _ALTER_TYPE.finditer(m["rest"]):
                 add(st, "ALTER TYPE", m["table"], col["col"])
     return found
+
+
+# ----------------------------------------------------------------- WHERE clauses
+_KEYWORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_ALIAS = re.compile(rf"^\s*(?:AS\s+)?(?P<alias>{_IDENT})\s*$", re.I)
+
+
+def _top_level_keywords(text: str) -> list[tuple[str, int]]:
+    """(UPPER keyword, offset) of every bare word outside quotes, comments and parentheses."""
+    found: list[tuple[str, int]] = []
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch in "'\"":
+            end = i + 1
+            while end < n:
+                if text[end] == ch:
+                    if end + 1 < n and text[end + 1] == ch:  # doubled quote inside the literal
+                        end += 2
+                        continue
+                    break
+                end += 1
+            i = end + 1
+        elif ch == "$" and (m := re.match(r"\$[A-Za-z_0-9]*\$", text[i:])):
+            close = text.find(m.group(), i + len(m.group()))
+            i = n if close < 0 else close + len(m.group())
+        elif text.startswith("--", i):
+            newline = text.find("\n", i)
+            i = n if newline < 0 else newline + 1
+        elif ch == "(":
+            depth, i = depth + 1, i + 1
+        elif ch == ")":
+            depth, i = depth - 1, i + 1
+        elif (m := _KEYWORD.match(text, i)) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_$")):
+            if depth == 0:
+                found.append((m.group().upper(), i))
+            i = m.end()
+        else:
+            i += 1
+    return found
+
+
+def _where_parts(table_sql: str, rest: str, kind: str) -> dict[str, Any]:
+    """The WHERE clause of a DELETE/UPDATE (after `table_sql`) and the count query for it, if one is safe.
+
+    `where` is the clause as written ("" without one); `count_sql` is
+    `SELECT count(*) FROM <table> [alias] WHERE <where>`, or "" when the
+    statement joins other tables (USING / FROM), returns rows, uses a cursor,
+    or holds more than one statement: such a WHERE is not counted.
+    """
+    words = _top_level_keywords(rest)
+    where_at = next((pos for word, pos in words if word == "WHERE"), None)
+    if where_at is None:
+        return {"where": "", "count_sql": ""}
+    where = rest[where_at + len("WHERE") :].strip()
+    head = rest[:where_at]
+    head_words = {word for word, _ in _top_level_keywords(head)}
+    tail_words = {word for word, _ in _top_level_keywords(where)}
+    if kind == "UPDATE":
+        set_at = next((pos for word, pos in words if word == "SET"), None)
+        alias_text = head[:set_at] if set_at is not None else head
+    else:
+        alias_text = head
+    countable = (
+        not ({"USING", "FROM"} & head_words)
+        and not ({"RETURNING", "CURRENT"} & tail_words)
+        and ";" not in rest
+        and (not alias_text.strip() or _ALIAS.match(alias_text))
+    )
+    if not countable:
+        return {"where": where, "count_sql": ""}
+    return {"where": where, "count_sql": f"SELECT count(*) FROM {table_sql} {alias_text.strip()} WHERE {where}"}
 
 
 def find_non_transactional(statements: list[Statement], *, dialect: str, server_version: tuple | None) -> list[str]:
@@ -328,11 +409,50 @@ def find_non_transactional(statements: list[Statement], *, dialect: str, server_
 
 
 # ----------------------------------------------------------------- live counts
-def count_rows(config: TargetConfig, destructive: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], tuple | None]:
-    """Fill `rows` (and `non_null` for dropped columns) from the live target; returns the server version too.
+# How long one WHERE count may run. The request waits for it, and a WHERE that
+# needs longer is reported as "not counted" rather than guessed.
+COUNT_TIMEOUT_MS = 5000
 
-    Reads only, in autocommit so one failing count (a table the downgrade
-    itself creates first) does not hide the others.
+
+def _count_where(conn: sa.Connection, sql: str, *, postgresql: bool) -> int | None:
+    """Run one WHERE count on the autocommit `conn` where it cannot write; None when it fails.
+
+    The WHERE comes from the customer's migration: on PostgreSQL it runs in
+    its own READ ONLY transaction (nextval or a writing function is refused)
+    under COUNT_TIMEOUT_MS; on SQLite under `PRAGMA query_only`. The driver's
+    own cursor runs it, so the WHERE's text is never read as parameters.
+    """
+    raw = conn.connection.driver_connection
+    cursor = raw.cursor()
+    try:
+        if postgresql:
+            cursor.execute("BEGIN READ ONLY")
+            try:
+                cursor.execute(f"SET LOCAL statement_timeout = {int(COUNT_TIMEOUT_MS)}")
+                cursor.execute(sql)
+                return int(cursor.fetchone()[0] or 0)
+            finally:
+                cursor.execute("ROLLBACK")
+        cursor.execute("PRAGMA query_only = ON")
+        try:
+            cursor.execute(sql)
+            return int(cursor.fetchone()[0] or 0)
+        finally:
+            cursor.execute("PRAGMA query_only = OFF")
+    except Exception:  # noqa: BLE001 - any failure means "not counted", said on the plan
+        return None
+    finally:
+        cursor.close()
+
+
+def count_rows(config: TargetConfig, destructive: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], tuple | None]:
+    """Fill `rows`, `table_rows` (and `non_null` for dropped columns) from the live target; returns the server version.
+
+    `rows` is what the statement affects: the whole table for DROP,
+    TRUNCATE and a DELETE/UPDATE without WHERE; the rows the WHERE matches
+    otherwise (None, with the note "not counted (table has N rows)", when
+    that count fails). Reads only, in autocommit so one failing count (a
+    table the downgrade itself creates first) does not hide the others.
     """
     with connect(config, isolation_level="AUTOCOMMIT") as conn:
         preparer = conn.dialect.identifier_preparer
@@ -353,9 +473,19 @@ def count_rows(config: TargetConfig, destructive: list[dict[str, Any]]) -> tuple
             table = preparer.quote_identifier(item["table"])
             if item.get("schema"):
                 table = f"{preparer.quote_identifier(item['schema'])}.{table}"
-            item["rows"] = run(f"SELECT count(*) FROM {table}")
-            if item["rows"] is None:
+            item["table_rows"] = run(f"SELECT count(*) FROM {table}")
+            if item["table_rows"] is None:
                 item["note"] = (item["note"] + "; " if item["note"] else "") + "table not found in the live database"
+            if item.get("where"):
+                count_sql = item.pop("count_sql", "")
+                if count_sql and item["table_rows"] is not None:
+                    item["rows"] = _count_where(conn, count_sql, postgresql=config.is_postgresql)
+                if item["rows"] is None and item["table_rows"] is not None:
+                    note = f"not counted (table has {item['table_rows']} rows)"
+                    item["note"] = (item["note"] + "; " if item["note"] else "") + note
+            else:
+                item.pop("count_sql", None)
+                item["rows"] = item["table_rows"]
             if item["kind"] == "DROP COLUMN" and item["rows"] is not None:
                 item["non_null"] = run(f"SELECT count({preparer.quote_identifier(item['column'])}) FROM {table}")
     return destructive, server_version

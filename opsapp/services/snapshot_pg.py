@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from opsapp.services.alembic_api import connect
 from opsapp.services.catalog import read_current_heads
 from opsapp.services.errors import SnapshotError
+from opsapp.services.snapshot_files import create_private_file
 from opsapp.targets import TargetConfig, mask_url
 
 CHUNK = 1 << 20
@@ -153,7 +154,7 @@ def _stream_dump(
 ) -> tuple[int, str]:
     hasher = hashlib.sha256()
     size = 0
-    with tempfile.TemporaryFile() as errfile, open(dest, "xb") as out:
+    with tempfile.TemporaryFile() as errfile, os.fdopen(create_private_file(dest), "wb") as out:
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, env=env)
         except OSError as exc:
@@ -248,6 +249,31 @@ def user_tables(conn: sa.Connection) -> list[tuple[str, str]]:
         f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
     ).all()
     return [(r[0], r[1]) for r in rows]
+
+
+def server_identity(url: str) -> tuple[str, str] | None:
+    """(system_identifier, database name) of the server and database `url` reaches; None when unknown.
+
+    `pg_control_system().system_identifier` is fixed when the cluster is
+    initialised, so two URLs that spell the host differently (`localhost`,
+    `127.0.0.1`, a DNS name) give the same identity for the same database.
+    None when the server cannot be reached or the role may not read it.
+    """
+    try:
+        engine, conn = _open(url)
+    except SnapshotError:
+        return None
+    try:
+        row = conn.exec_driver_sql(
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()"
+        ).one()
+        conn.rollback()
+    except sa.exc.DBAPIError:
+        return None
+    finally:
+        conn.close()
+        engine.dispose()
+    return (str(row[0]), str(row[1])) if row[0] else None
 
 
 def check_empty(url: str) -> None:

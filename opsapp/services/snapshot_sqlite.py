@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from opsapp.services.alembic_api import connect
 from opsapp.services.catalog import read_current_heads
 from opsapp.services.errors import SnapshotError
-from opsapp.services.snapshot_files import fsync_dir, fsync_file, sha256_file
+from opsapp.services.snapshot_files import create_private_file, fsync_dir, fsync_file, sha256_file
 from opsapp.services.snapshot_pg import DumpResult
 from opsapp.targets import TargetConfig, mask_url
 
@@ -54,6 +54,9 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     heads = _heads(config)
     if dest.exists():
         raise SnapshotError(f"Refusing to overwrite {str(dest)!r}.")
+    # Created empty and private first (an empty file is an empty SQLite database):
+    # sqlite3 would create it 0644 under the usual umask, and its journal copies the mode.
+    os.close(create_private_file(dest))
     try:
         src = _readonly(source)
         try:

@@ -295,6 +295,24 @@ def _same_database(a: str, b: str) -> bool:
     )
 
 
+def _configured_target_at(into_url: str, *, postgresql: bool) -> str | None:
+    """The name of the configured target whose database `into_url` is, or None.
+
+    The same URL (any spelling of the scheme) is recognised without
+    connecting. For PostgreSQL the server is also asked who it is: the
+    cluster's `system_identifier` and the database name, so `localhost` and
+    `127.0.0.1` (or any other name of the same server) are the same target.
+    """
+    into_identity = snapshot_pg.server_identity(into_url) if postgresql else None
+    for config in all_targets():
+        if _same_database(config.url, into_url):
+            return config.name
+        if into_identity is not None and config.is_postgresql:
+            if snapshot_pg.server_identity(config.url) == into_identity:
+                return config.name
+    return None
+
+
 def restore_snapshot(snapshot_id: int, into_url: str, *, actor: Actor) -> dict:
     """Restore a snapshot into a new, empty database and check it.
 
@@ -326,13 +344,13 @@ def restore_snapshot(snapshot_id: int, into_url: str, *, actor: Actor) -> dict:
                 else ("a SQLite copy; --into must be a sqlite:/// URL of a new file")
             )
             raise SnapshotError(f"Snapshot #{snap.pk} is {kind} (got {masked!r}).", reason="wrong_kind")
-        for config in all_targets():
-            if _same_database(config.url, into_url):
-                raise SnapshotError(
-                    f"Refusing to restore into {masked}: it is the database of target {config.name!r}. "
-                    "In-place restore is not offered; restore into a new database and swap it in (docs/restore.md).",
-                    reason="is_target",
-                )
+        target_name = _configured_target_at(into_url, postgresql=snap.format == PG_CUSTOM)
+        if target_name is not None:
+            raise SnapshotError(
+                f"Refusing to restore into {masked}: it is the database of target {target_name!r}. "
+                "In-place restore is not offered; restore into a new database and swap it in (docs/restore.md).",
+                reason="is_target",
+            )
         path = snapshot_path(snap)
         if snap.format == PG_CUSTOM:
             snapshot_pg.check_empty(into_url)

@@ -31,9 +31,10 @@ def named_actor(username: str | None, *, permission: str, command: str) -> Actor
 
 
 def result_json(
-    *, request_id: int | None, status: str, gate: str | None, message: str, heads: list[str] | None
+    *, request_id: int | None, status: str, gate: str | None, message: str, heads: list[str] | None, **extra: Any
 ) -> dict[str, Any]:
-    return {"id": request_id, "status": status, "gate": gate, "message": message, "heads": list(heads or [])}
+    """{id, status, gate, message, heads}, plus `extra` keys (a failed downgrade adds where it failed)."""
+    return {"id": request_id, "status": status, "gate": gate, "message": message, "heads": list(heads or []), **extra}
 
 
 def emit(command: BaseCommand, options: dict[str, Any], payload: dict[str, Any] | list, human: str) -> None:

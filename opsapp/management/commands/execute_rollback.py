@@ -1,7 +1,9 @@
 """execute_rollback ID --code CODE|- --actor USERNAME [--json]  |  execute_rollback --reconcile [--json]
 
 Checks the downgrade gate and runs the downgrade of request ID in one
-transaction. Exit 0: succeeded; 1: refused at a gate or failed (rolled
+transaction. A failed downgrade names the revision whose step failed, the
+statement and the SQLSTATE (in --json: failed_revision, failed_statement,
+sqlstate). Exit 0: succeeded; 1: refused at a gate or failed (rolled
 back); 2: bad usage (unknown request or user, missing options).
 
 --reconcile marks `running` requests whose executor died as `interrupted`
@@ -35,7 +37,8 @@ def _read_code() -> str:
 class Command(OpsCommand):
     help = (
         "Execute a rollback request with its verification code (the gate is checked first), or --reconcile "
-        "requests left running by a process that died. --json prints {id, status, gate, message, heads}."
+        "requests left running by a process that died. --json prints {id, status, gate, message, heads}; a failed downgrade adds failed_revision, failed_statement "
+        "and sqlstate."
     )
 
     def add_arguments(self, parser) -> None:
@@ -79,7 +82,16 @@ class Command(OpsCommand):
             emit(
                 self,
                 options,
-                result_json(request_id=request_id, status="failed", gate=None, message=str(exc), heads=exc.heads),
+                result_json(
+                    request_id=request_id,
+                    status="failed",
+                    gate=None,
+                    message=str(exc),
+                    heads=exc.heads,
+                    failed_revision=exc.revision or "",
+                    failed_statement=getattr(exc, "statement", ""),
+                    sqlstate=getattr(exc, "sqlstate", ""),
+                ),
                 "",
             )
             raise CommandError(str(exc)) from exc
