@@ -182,7 +182,7 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
     finally:
         # After the lock is released: the catalog re-reads the new heads.
         if ran:
-            _resync(config.name, actor)
+            _resync(config.name, actor, request)
 
 
 def _start(request: RollbackRequest, actor: Actor) -> None:
@@ -366,9 +366,10 @@ def _record_failure(
     raise RollbackFailed(message, target=request.target.name, heads=heads, sqlstate=sqlstate) from exc
 
 
-def _resync(name: str, actor: Actor) -> None:
+def _resync(name: str, actor: Actor, request: RollbackRequest) -> None:
     try:
-        catalog.sync_target(name, actor=actor)
+        # The heads moved by this request: not a change "outside the console".
+        catalog.sync_target(name, actor=actor, moved_by=request)
     except Exception:  # noqa: BLE001 - the result is recorded; a failed re-sync must not hide it
         log.exception("re-sync of target %s after a downgrade failed", name)
 
