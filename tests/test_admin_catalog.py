@@ -107,21 +107,34 @@ def test_an_unreachable_target_still_renders_as_unreachable_without_its_password
     assert "is unreachable" in detail.content.decode()
 
 
-def test_the_target_list_renders_a_configured_target_that_was_never_synced(
+def test_the_target_list_names_a_configured_target_that_was_never_synced_and_sync_all_adds_it(
     admin_client, pg_url, branchy_scripts, configure_target
 ):
     configure_target("fresh", pg_url, branchy_scripts.ini)
     response = admin_client.get(reverse("admin:opsapp_target_changelist"))
     assert response.status_code == 200
-    assert Target.objects.get(name="fresh").state == TargetState.NOT_SYNCED
-    assert "not synced yet" in response.content.decode()
+    note = response.content.decode().split('id="not-synced"')[1].split("</div>")[0]
+    assert "not synced yet: fresh" in note and "Sync all targets" in note
+    assert not Target.objects.filter(name="fresh").exists()  # the GET created nothing
+
+    page = admin_client.post(reverse("admin:opsapp_target_sync_all"), follow=True).content.decode()
+    assert "Synced fresh: 9 revisions" in page
+    assert Target.objects.get(name="fresh").state == TargetState.EMPTY
+    assert 'id="not-synced"' not in page
 
 
 def test_the_target_page_explains_an_unknown_revision_and_how_to_resolve_it(admin_client, branchy, pg_url):
     pg_query(pg_url, "UPDATE alembic_version SET version_num = 'zz99' WHERE version_num = 'g7'")
-    response = admin_client.get(reverse("admin:opsapp_target_change", args=[branchy.pk]))
+    url = reverse("admin:opsapp_target_change", args=[branchy.pk])
+    before = admin_client.get(url).content.decode()  # reading shows the live heads, stores nothing
+    notice = before.split('id="live-heads-differ"')[1].split("</div>")[0]
+    assert "x1, zz99" in notice and "Press Sync now" in notice
+    assert Target.objects.get(pk=branchy.pk).state == TargetState.MULTIPLE_HEADS
+
+    response = admin_client.post(reverse("admin:opsapp_target_sync", args=[branchy.pk]), follow=True)
     assert response.status_code == 200
     page = response.content.decode()
+    assert 'id="live-heads-differ"' not in page
     assert "unknown revision" in page
     assert "zz99" in page
     assert "Can&#x27;t locate revision identified by" in page
@@ -298,9 +311,11 @@ def test_no_admin_page_imports_a_migration_file(admin_client, branchy, tmp_path)
         assert response.status_code == 200, url
         assert "a web request imported me" not in response.content.decode()
     assert not sentinel.exists()
+    page = admin_client.get(reverse("admin:opsapp_target_change", args=[branchy.pk])).content.decode()
+    assert "script directory changed since the last sync" in page.split('id="scripts-changed"')[1].split("</p>")[0]
     target = Target.objects.get(pk=branchy.pk)
-    assert target.state == TargetState.MULTIPLE_HEADS
-    assert "script directory changed since the last sync" in target.state_detail
+    assert target.state == TargetState.MULTIPLE_HEADS  # the page said so; it stored nothing
+    assert "script directory changed" not in target.state_detail
 
 
 def test_a_depends_on_naming_a_branch_label_links_to_the_revision_carrying_it(
@@ -316,24 +331,30 @@ def test_a_depends_on_naming_a_branch_label_links_to_the_revision_carrying_it(
     assert f'<a href="{revision_url(target, "r2")}">feature (r2)</a>' in page
 
 
-def test_a_page_view_audits_heads_moved_outside_the_console_with_the_viewer_as_actor(
+def test_a_page_view_records_nothing_and_sync_now_audits_heads_moved_outside_the_console(
     admin_client, admin_user, branchy, pg_url
 ):
     from opsapp.models import AuditAction, AuditEvent
+    from opsapp.services.catalog import OUTSIDE_THE_CONSOLE
 
     move = "UPDATE alembic_version SET version_num = %s WHERE version_num = %s"
     pg_query(pg_url, move, ("h8", "g7"))  # a deploy outside the console moved g7 -> h8
+    sync_url = reverse("admin:opsapp_target_sync", args=[branchy.pk])
 
     assert admin_client.get(reverse("admin:opsapp_target_changelist")).status_code == 200
-    admin_client.get(reverse("admin:opsapp_target_change", args=[branchy.pk]))  # same heads: no second event
-
-    event = AuditEvent.objects.get(action=AuditAction.HEADS_CHANGED)
-    assert (event.actor, event.actor_user_id, event.target_name) == (admin_user.username, admin_user.pk, "branchy")
-    assert (event.from_revision, event.to_revision) == ("g7,x1", "h8,x1")
-    assert event.client_ip == "127.0.0.1"
-
-    pg_query(pg_url, move, ("g7", "h8"))  # and back down, seen from the target's own page
     admin_client.get(reverse("admin:opsapp_target_change", args=[branchy.pk]))
+    assert not AuditEvent.objects.filter(action=AuditAction.HEADS_CHANGED).exists()  # viewers only look
+
+    admin_client.post(sync_url)
+    admin_client.post(sync_url)  # same heads: no second event
+    event = AuditEvent.objects.get(action=AuditAction.HEADS_CHANGED)
+    assert (event.actor, event.actor_user_id, event.target_name) == (OUTSIDE_THE_CONSOLE, None, "branchy")
+    assert (event.from_revision, event.to_revision) == ("g7,x1", "h8,x1")
+    assert (event.detail["observed_by"], event.detail["observed_by_user_id"]) == (admin_user.username, admin_user.pk)
+    assert event.detail["observed_by_ip"] == "127.0.0.1"
+
+    pg_query(pg_url, move, ("g7", "h8"))  # and back down, recorded by the next sync
+    sync_target("branchy")
     assert list(
         AuditEvent.objects.filter(action=AuditAction.HEADS_CHANGED)
         .order_by("seq")

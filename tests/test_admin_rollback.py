@@ -302,21 +302,31 @@ def test_the_demo_walk_through_works_in_the_admin_on_the_embedded_sqlite_target(
         assert "refunds" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-def test_a_request_left_running_by_a_dead_process_is_marked_interrupted_when_an_operator_opens_the_list(
+def test_a_request_left_running_by_a_dead_process_is_marked_interrupted_when_an_operator_presses_reconcile(
     client, world, operator, auditor
 ):
     RollbackRequest.objects.filter(pk=world.request.pk).update(status=RollbackStatus.RUNNING)
+    reconcile_url = reverse("admin:opsapp_rollbackrequest_reconcile")
     client.force_login(auditor)
-    client.get(url("changelist"))
+    page = client.get(url("changelist")).content.decode()
+    assert 'id="reconcile"' not in page
+    assert client.post(reconcile_url).status_code == 403
     world.request.refresh_from_db()
-    assert world.request.status == RollbackStatus.RUNNING  # an auditor's visit changes nothing
+    assert world.request.status == RollbackStatus.RUNNING  # an auditor changes nothing
 
     client.force_login(operator)
     page = client.get(url("changelist")).content.decode()
+    detail = client.get(url("change", world.request.pk)).content.decode()
+    world.request.refresh_from_db()
+    assert world.request.status == RollbackStatus.RUNNING  # nor does an operator's page load
+    assert 'id="reconcile"' in page and 'id="reconcile-form"' in detail
+
+    page = client.post(reconcile_url, {"next": url("change", world.request.pk)}, follow=True).content.decode()
     world.request.refresh_from_db()
     assert world.request.status == RollbackStatus.INTERRUPTED
     assert f"Rollback request #{world.request.pk} was interrupted" in page
-    assert AuditEvent.objects.filter(request_id=world.request.pk, action=AuditAction.ROLLBACK_INTERRUPTED).exists()
+    event = AuditEvent.objects.get(request_id=world.request.pk, action=AuditAction.ROLLBACK_INTERRUPTED)
+    assert event.actor == operator.username
     unchanged(world)
 
 

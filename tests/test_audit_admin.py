@@ -176,9 +176,10 @@ def test_deleting_a_user_leaves_their_events_readable_with_the_username(client, 
 def test_an_auditor_exports_the_filtered_list_and_it_verifies_offline(client, auditor, events, fmt, tmp_path):
     client.force_login(auditor)
     html = client.get(reverse(LIST_URL), {"target_name": "shop"}).content.decode()
-    assert f'href="{export_url(fmt, "?target_name=shop")}"' in html
+    assert f'action="{export_url(fmt, "?target_name=shop")}"' in html
+    assert client.get(export_url(fmt, "?target_name=shop")).status_code == 405  # a GET writes nothing
 
-    response = client.get(export_url(fmt, "?target_name=shop"))
+    response = client.post(export_url(fmt, "?target_name=shop"))
     assert response.status_code == 200 and response.streaming
     assert "attachment" in response["Content-Disposition"]
     export = tmp_path / f"audit.{fmt}"
@@ -212,7 +213,7 @@ def test_an_operator_can_read_the_log_but_not_export_it(client, operator, events
     response = client.get(reverse(LIST_URL))
     assert response.status_code == 200
     assert b"Export CSV" not in response.content
-    assert client.get(export_url("csv")).status_code == 403
+    assert client.post(export_url("csv")).status_code == 403
     assert not AuditEvent.objects.filter(action=AuditAction.AUDIT_EXPORTED).exists()
 
 
@@ -220,10 +221,10 @@ def test_an_operator_can_read_the_log_but_not_export_it(client, operator, events
 def test_an_outsider_sees_nothing_and_an_anonymous_visitor_is_sent_to_log_in(client, outsider, events):
     client.force_login(outsider)
     assert client.get(reverse(LIST_URL)).status_code == 403
-    assert client.get(export_url("jsonl")).status_code == 403
+    assert client.post(export_url("jsonl")).status_code == 403
     assert client.get(reverse("admin:opsapp_auditevent_change", args=[events[0].pk])).status_code == 403
     client.logout()
-    response = client.get(export_url("jsonl"))
+    response = client.post(export_url("jsonl"))
     assert response.status_code == 302 and "/login/" in response["Location"]
     assert not AuditEvent.objects.filter(action=AuditAction.AUDIT_EXPORTED).exists()
 
@@ -231,8 +232,8 @@ def test_an_outsider_sees_nothing_and_an_anonymous_visitor_is_sent_to_log_in(cli
 @pytest.mark.django_db
 def test_an_unknown_export_format_or_filter_is_refused(client, auditor, events):
     client.force_login(auditor)
-    assert client.get(export_url("xlsx")).status_code == 404
-    assert client.get(export_url("csv", "?no_such_field=1")).status_code == 400
+    assert client.post(export_url("xlsx")).status_code == 404
+    assert client.post(export_url("csv", "?no_such_field=1")).status_code == 400
     assert not AuditEvent.objects.filter(action=AuditAction.AUDIT_EXPORTED).exists()
 
 

@@ -260,7 +260,7 @@ def test_an_auditor_reads_the_audit_log_cannot_change_anything_and_downloads_the
     log_in(page, "aude", "pw-aude")
     submit_login(page)
 
-    # The list, read-only: no add link, no bulk actions; export links are there.
+    # The list, read-only: no add link, no bulk actions; export buttons are there.
     page.goto(reverse("admin:opsapp_auditevent_changelist"))
     listing = page.locator("#result_list").inner_text()
     for action in ("rollback requested", "rollback refused", "rollback succeeded"):
@@ -302,10 +302,10 @@ def test_an_auditor_reads_the_audit_log_cannot_change_anything_and_downloads_the
     event.refresh_from_db()
     assert event.message != "rewritten"
 
-    # The CSV export, downloaded through its link: the documented header and the rollback's events.
+    # The CSV export, downloaded through its button (a POST: it is audited): the documented header and events.
     page.goto(reverse("admin:opsapp_auditevent_changelist"))
     with page.expect_download() as download_info:
-        page.get_by_role("link", name="Export CSV").click()
+        page.get_by_role("button", name="Export CSV").click()
     download = download_info.value
     assert re.fullmatch(r"audit-log-\w+\.csv", download.suggested_filename)
     with open(download.path(), encoding="utf-8", newline="") as handle:

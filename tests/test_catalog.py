@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from opsapp.models import AuditAction, AuditEvent, Revision, Target, TargetState
-from opsapp.services.catalog import read_current_heads, refresh_state, script_fingerprint, sync_target
+from opsapp.services.catalog import (
+    OUTSIDE_THE_CONSOLE,
+    read_current_heads,
+    refresh_state,
+    script_fingerprint,
+    sync_target,
+)
 from opsapp.services.errors import TargetNotConfigured, TargetUnreachable
 from opsapp.targets import get_target
 from tests.conftest import ScriptDir, pg_query
@@ -381,7 +387,14 @@ def test_an_upgrade_done_outside_the_console_is_audited_as_heads_changed(branchy
     assert len(events) == 1
     event = events[0]
     assert (event.target_name, event.from_revision, event.to_revision, event.outcome) == (name, "a1", "h8,x1", "info")
-    assert event.detail == {"old_heads": ["a1"], "new_heads": ["h8", "x1"]}
+    assert event.actor == OUTSIDE_THE_CONSOLE  # not the sync that happened to see it
+    assert event.detail == {
+        "old_heads": ["a1"],
+        "new_heads": ["h8", "x1"],
+        "observed_by": "system:catalog",
+        "observed_by_user_id": None,
+        "observed_by_ip": None,
+    }
 
     run_alembic(name, "downgrade", "x1@base")
     refresh_state(name)

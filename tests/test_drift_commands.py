@@ -248,10 +248,11 @@ def test_every_catalog_command_names_a_file_that_fails_to_import_and_never_crash
     assert code == 1 and "versions/zz_broken.py" in out
 
 
-def test_sync_revisions_audits_heads_moved_outside_the_console_as_the_command_user(linear):
+def test_sync_revisions_audits_heads_moved_outside_the_console_observed_by_the_command_user(linear):
     import getpass
 
     from opsapp.models import AuditAction, AuditEvent
+    from opsapp.services.catalog import OUTSIDE_THE_CONSOLE
 
     run_alembic(linear, "upgrade", "l1")
     assert run("sync_revisions")[0] == 0
@@ -261,9 +262,15 @@ def test_sync_revisions_audits_heads_moved_outside_the_console_as_the_command_us
 
     event = AuditEvent.objects.get(action=AuditAction.HEADS_CHANGED)
     assert (event.actor, event.target_name, event.from_revision, event.to_revision) == (
-        f"cli:{getpass.getuser()}",
+        OUTSIDE_THE_CONSOLE,
         linear,
         "l1",
         "l3",
     )
-    assert event.detail == {"old_heads": ["l1"], "new_heads": ["l3"]}
+    assert event.detail == {
+        "old_heads": ["l1"],
+        "new_heads": ["l3"],
+        "observed_by": f"cli:{getpass.getuser()}",
+        "observed_by_user_id": None,
+        "observed_by_ip": None,
+    }

@@ -45,6 +45,7 @@ MATRIX: list[Case] = [
     Case("target graph", "GET", "admin:opsapp_target_graph", "target", VIEWERS),
     # Sync re-reads what the pages already read (script directory, alembic_version); it changes no target.
     Case("target sync POST", "POST", "admin:opsapp_target_sync", "target", OPERATE),
+    Case("target sync all POST", "POST", "admin:opsapp_target_sync_all", allowed=OPERATE),
     Case("target change POST", "POST", "admin:opsapp_target_change", "target", NOBODY, (("name", "x"),)),
     Case("target delete", "GET", "admin:opsapp_target_delete", "target", NOBODY),
     Case("revision list", "GET", "admin:opsapp_revision_changelist", allowed=VIEWERS),
@@ -87,8 +88,10 @@ MATRIX: list[Case] = [
     Case("audit change POST", "POST", "admin:opsapp_auditevent_change", "event", NOBODY, (("message", "x"),)),
     Case("audit delete", "GET", "admin:opsapp_auditevent_delete", "event", NOBODY),
     Case("audit add", "GET", "admin:opsapp_auditevent_add", allowed=NOBODY),
-    Case("audit export CSV", "GET", "admin:opsapp_auditevent_export", "=csv", EXPORT),
-    Case("audit export JSONL", "GET", "admin:opsapp_auditevent_export", "=jsonl", EXPORT),
+    # Exports are POSTs: each is audited, and a GET writes nothing.
+    Case("audit export CSV", "POST", "admin:opsapp_auditevent_export", "=csv", EXPORT),
+    Case("audit export JSONL", "POST", "admin:opsapp_auditevent_export", "=jsonl", EXPORT),
+    Case("reconcile POST", "POST", "admin:opsapp_rollbackrequest_reconcile", allowed=OPERATE),
     Case("cancel POST", "POST", "admin:opsapp_rollbackrequest_cancel", "request", OPERATE),
 ]
 

@@ -22,7 +22,14 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    StreamingHttpResponse,
+)
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -244,11 +251,14 @@ class AuditEventAdmin(admin.ModelAdmin):
         return urls + super().get_urls()
 
     def export_view(self, request: HttpRequest, fmt: str) -> HttpResponse:
-        """Stream the events the changelist's current filters select, oldest first."""
+        """POST only (each export is audited; a GET writes nothing): stream the events the filters
+        in the query string select, oldest first."""
         if not (self.has_view_permission(request) and request.user.has_perm(EXPORT_PERMISSION)):
             raise PermissionDenied
         if fmt not in FORMATS:
             raise Http404(f"unknown export format {fmt!r}")
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
         try:
             changelist = self.get_changelist_instance(request)
         except IncorrectLookupParameters:

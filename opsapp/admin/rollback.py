@@ -10,6 +10,10 @@ permissions:
   change_rollbackrequest   attach a snapshot, re-issue the code, cancel
   take_snapshot            take a snapshot now (and attach it)
   execute_rollbackrequest  execute with a verification code
+
+A GET changes nothing: a request left `running` by a dead executor is marked
+`interrupted` by cron (`execute_rollback --reconcile`) or by the explicit
+"Reconcile" POST (change or execute permission), never by a page load.
 """
 
 from __future__ import annotations
@@ -65,23 +69,9 @@ def safe_gate_status(obj: RollbackRequest) -> list:
         return [rollback.GateCheck(gate="request", ok=False, message=str(exc))]
 
 
-def reconcile_if_needed(request: HttpRequest) -> None:
-    """Crash safety on page load: mark requests left `running` by a dead process.
-
-    Only for users who may act on requests: an auditor's visit changes nothing
-    (cron's `execute_rollback --reconcile` covers the rest).
-    """
-    if not (request.user.has_perm(PERM_CHANGE) or request.user.has_perm(PERM_EXECUTE)):
-        return
-    if not RollbackRequest.objects.filter(status=RollbackStatus.RUNNING).exists():
-        return
-    try:
-        found = _rollback().reconcile(actor=Actor.from_request(request))
-    except OpsError as exc:
-        messages.warning(request, f"Could not reconcile running requests: {exc}")
-        return
-    for req in found:
-        messages.warning(request, f"Rollback request #{req.pk} was interrupted: {req.error or req.status}")
+def may_reconcile(user) -> bool:
+    """Users who may act on requests may mark a dead executor's request interrupted (cron does it too)."""
+    return user.has_perm(PERM_CHANGE) or user.has_perm(PERM_EXECUTE)
 
 
 @admin.register(RollbackRequest)
@@ -189,6 +179,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             path("<path:object_id>/reissue/", wrap(self.reissue_view), name="opsapp_rollbackrequest_reissue"),
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="opsapp_rollbackrequest_cancel"),
             path("<path:object_id>/execute/", wrap(self.execute_view), name="opsapp_rollbackrequest_execute"),
+            path("reconcile/", wrap(self.reconcile_view), name="opsapp_rollbackrequest_reconcile"),
         ]
         return custom + super().get_urls()
 
@@ -222,19 +213,19 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "can_change": user.has_perm(PERM_CHANGE),
             "can_execute": user.has_perm(PERM_EXECUTE),
             "can_take_snapshot": user.has_perm(PERM_TAKE_SNAPSHOT) and user.has_perm(PERM_CHANGE),
+            "is_running": obj.status == RollbackStatus.RUNNING,
+            "can_reconcile": may_reconcile(user),
         }
 
     # ------------------------------------------------------------------ views
     def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
-        if self.has_view_permission(request):
-            reconcile_if_needed(request)
+        running = may_reconcile(request.user) and RollbackRequest.objects.filter(status=RollbackStatus.RUNNING).exists()
+        extra_context = {**(extra_context or {}), "offer_reconcile": running}
         return super().changelist_view(request, extra_context)
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None) -> HttpResponse:
         obj = self.get_object(request, object_id)
         if obj is not None and self.has_view_permission(request, obj) and request.method == "GET":
-            reconcile_if_needed(request)
-            obj.refresh_from_db()
             extra_context = {**(extra_context or {}), **self.panel_context(request, obj)}
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -344,6 +335,26 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         else:
             messages.success(request, f"Rollback request #{obj.pk} cancelled.")
         return self._back(obj)
+
+    def reconcile_view(self, request: HttpRequest) -> HttpResponse:
+        """POST only: mark `running` requests whose executor died (target lock free) as interrupted."""
+        if not may_reconcile(request.user):
+            raise PermissionDenied
+        if request.method != "POST":
+            return _method_not_allowed()
+        try:
+            found = _rollback().reconcile(actor=Actor.from_request(request))
+        except OpsError as exc:
+            messages.error(request, f"Could not reconcile running requests: {exc}")
+        else:
+            for req in found:
+                messages.warning(request, f"Rollback request #{req.pk} was interrupted: {req.error or req.status}")
+            if not found:
+                messages.info(request, "No running request was left behind by a dead process.")
+        back = request.POST.get("next", "")
+        if not back.startswith(reverse("admin:opsapp_rollbackrequest_changelist")):
+            back = reverse("admin:opsapp_rollbackrequest_changelist")
+        return HttpResponseRedirect(back)
 
     # An error report (ADMINS email, Sentry) must not carry the verification code.
     @method_decorator(sensitive_post_parameters("code"))

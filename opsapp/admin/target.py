@@ -1,12 +1,16 @@
 """Admin for targets: where each database stands, drift explained, graph page, "Sync now".
 
 Read-only: targets come from the environment (OPS_TARGETS) and are mirrored by
-the catalog service. Pages read only synced rows and `alembic_version`
-(`catalog.refresh_state`); they never import migration files. The one
-exception is the explicit "Sync now" POST, which re-reads the script directory.
+the catalog service. A GET writes nothing: pages show the synced rows plus
+the live heads (`catalog.peek_heads`, which stores nothing) and say when the
+two differ. Only the explicit "Sync now" / "Sync all targets" POSTs (or cron's
+sync_revisions) write the catalog and audit a change made outside the console.
+Pages never import migration files.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -21,9 +25,24 @@ from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
 from opsapp.targets import configured_names, mask_url
 
+if TYPE_CHECKING:
+    from opsapp.services.catalog import DbRead
+
 
 def short_ids(ids: list[str] | None) -> str:
     return ", ".join(i[:12] for i in ids or []) or "—"
+
+
+def live_heads(target: Target) -> DbRead | None:
+    """What the target's alembic_version holds now (nothing stored); None for an unconfigured target."""
+    from opsapp.services import catalog
+
+    if target.name not in configured_names():
+        return None
+    try:
+        return catalog.peek_heads(target.name)
+    except OpsError:
+        return None
 
 
 def can_sync(user) -> bool:
@@ -104,6 +123,7 @@ class TargetAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.graph_view),
                 name="opsapp_target_graph",
             ),
+            path("sync/", self.admin_site.admin_view(self.sync_all_view), name="opsapp_target_sync_all"),
             path(
                 "<path:object_id>/sync/",
                 self.admin_site.admin_view(self.sync_view),
@@ -112,21 +132,34 @@ class TargetAdmin(admin.ModelAdmin):
         ]
         return custom + super().get_urls()
 
-    def _refresh(self, request: HttpRequest, name: str) -> None:
-        """Re-read alembic_version (never the migration files); a down target shows `unreachable`."""
-        from opsapp.services import catalog
-
-        try:
-            catalog.refresh_state(name, actor=Actor.from_request(request))
-        except OpsError:
-            # The row keeps its last known state; the page must still render.
-            pass
-
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-        if request.method == "GET" and self.has_view_permission(request):
-            for name in configured_names():
-                self._refresh(request, name)
-        return super().changelist_view(request, extra_context)
+        extra = dict(extra_context or {})
+        if self.has_view_permission(request):
+            extra.update(self._list_context(request))
+        return super().changelist_view(request, extra)
+
+    def _list_context(self, request: HttpRequest) -> dict:
+        """Targets whose live heads differ from the catalog, cannot be read now, or were never synced."""
+        names = configured_names()
+        rows = {t.name: t for t in Target.objects.filter(name__in=names).order_by("name")}
+        moved, unreadable = [], []
+        for target in rows.values():
+            live = live_heads(target) if target.last_synced_at is not None else None
+            if live is None:
+                continue
+            if live.error is not None:
+                if target.state != TargetState.UNREACHABLE:
+                    unreadable.append({"target": target, "error": mask_url(live.error)})
+            elif sorted(live.heads) != sorted(target.current_heads or []):
+                moved.append(
+                    {"target": target, "live": short_ids(live.heads), "known": short_ids(target.current_heads)}
+                )
+        return {
+            "heads_moved": moved,
+            "heads_unreadable": unreadable,
+            "not_synced": [n for n in names if n not in rows or rows[n].last_synced_at is None],
+            "sync_all_url": reverse("admin:opsapp_target_sync_all") if can_sync(request.user) else "",
+        }
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
@@ -134,14 +167,11 @@ class TargetAdmin(admin.ModelAdmin):
         target = self.get_object(request, object_id)
         extra = dict(extra_context or {})
         if target is not None and self.has_view_permission(request, target):
-            if target.name in configured_names():
-                self._refresh(request, target.name)
-                target.refresh_from_db()
             extra.update(self._detail_context(request, target))
         return super().change_view(request, object_id, form_url, extra)
 
     def _detail_context(self, request: HttpRequest, target: Target) -> dict:
-        from opsapp.services import drift
+        from opsapp.services import catalog, drift
 
         # state_detail already carries the drift explanation (unknown revision, multiple heads, script
         # errors). Heads meant to stay separate are "at head" without it, so say once how to join them.
@@ -153,9 +183,20 @@ class TargetAdmin(admin.ModelAdmin):
                 f"to join them: {drift.merge_command(list(target.script_heads))}"
             )
         revisions_url = reverse("admin:opsapp_revision_changelist") + "?" + urlencode({"target__id__exact": target.pk})
+        live = live_heads(target)
+        configured = target.name in configured_names()
         return {
+            "scripts_note": mask_url(catalog.stale_catalog_note(target)) if configured else "",
+            "live_heads": short_ids(live.heads) if live and live.error is None else "",
+            "live_error": mask_url(live.error) if live and live.error else "",
+            "heads_moved": bool(
+                live
+                and live.error is None
+                and target.last_synced_at is not None
+                and sorted(live.heads) != sorted(target.current_heads or [])
+            ),
             "target": target,
-            "configured": target.name in configured_names(),
+            "configured": configured,
             "heads_note": heads_note,
             "drift_state": target.state
             in (
@@ -207,6 +248,29 @@ class TargetAdmin(admin.ModelAdmin):
                 ),
             )
         return HttpResponseRedirect(reverse("admin:opsapp_target_change", args=[target.pk]))
+
+    def sync_all_view(self, request: HttpRequest) -> HttpResponse:
+        """POST only: sync every configured target (those never synced get their row and catalog)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not (self.has_view_permission(request) and can_sync(request.user)):
+            raise PermissionDenied("Syncing targets is for operators.")
+        from opsapp.services import catalog
+
+        actor = Actor.from_request(request)
+        for name in configured_names():
+            try:
+                synced = catalog.sync_target(name, actor=actor)
+            except OpsError as exc:
+                messages.error(request, f"Sync of {name} failed: {mask_url(str(exc))}")
+            else:
+                ok = synced.state in (TargetState.AT_HEAD, TargetState.BEHIND)
+                messages.add_message(
+                    request,
+                    messages.SUCCESS if ok else messages.WARNING,
+                    f"Synced {synced.name}: {synced.revision_count} revisions, state {synced.get_state_display()}.",
+                )
+        return HttpResponseRedirect(reverse("admin:opsapp_target_changelist"))
 
     def graph_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The revision DAG of one target as inline SVG, from synced rows only."""

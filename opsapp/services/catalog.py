@@ -1,10 +1,17 @@
 """The revision catalog: sync a target's script directory and database state into Revision rows.
 
-Admin pages read the synced rows; only `sync_target` imports migration files,
-and only when the script directory's fingerprint changed (or `force`).
-`refresh_state` re-reads just `alembic_version`. Both never raise for a
-target that is down or a script file that fails to import: they record the
-state (`unreachable`, `script_error`) with a masked message instead.
+Admin pages read the synced rows (and `peek_heads`, which stores nothing);
+they never write. Only `sync_target` imports migration files, and only when
+the script directory's fingerprint changed (or `force`). `refresh_state`
+re-reads just `alembic_version`. Both never raise for a target that is down
+or a script file that fails to import: they record the state (`unreachable`,
+`script_error`) with a masked message instead.
+
+A heads change found by a sync was made outside the console (a deploy, a
+manual `alembic` run): it is audited with the actor OUTSIDE_THE_CONSOLE and
+the observer (cron, the CLI user, the operator who pressed Sync) in the
+detail, never as the observer's own act. Only the re-sync after the
+console's own downgrade passes `moved_by` and is attributed to its executor.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from opsapp.models import AuditAction, AuditOutcome, Revision, Target, TargetState
+from opsapp.models import AuditAction, AuditOutcome, Revision, RollbackRequest, Target, TargetState
 from opsapp.services import drift
 from opsapp.services.actors import Actor
 from opsapp.services.alembic_api import connect
@@ -29,6 +36,9 @@ from opsapp.targets import TargetConfig, get_target, mask_url
 
 BATCH = 1000
 SYSTEM_ACTOR = Actor(username="system:catalog")
+# The actor of a heads change the console did not make: who saw it goes in the detail.
+OUTSIDE_THE_CONSOLE = "outside the console"
+OUTSIDE_ACTOR = Actor(username=OUTSIDE_THE_CONSOLE)
 
 
 # ------------------------------------------------------------------ helpers
@@ -233,13 +243,30 @@ def _read_db(config: TargetConfig | None, problem: str | None, last_known: list[
         return DbRead(heads=list(last_known), error=f"Target {config.name!r} is unreachable: {mask_url(str(exc))}")
 
 
-def _record_heads(target: Target, db: DbRead, actor: Actor) -> None:
-    """Audit a heads change seen since the last look (the history Alembic does not keep)."""
+def _record_heads(target: Target, db: DbRead, observer: Actor, moved_by: RollbackRequest | None = None) -> None:
+    """Audit a heads change seen since the last look (the history Alembic does not keep).
+
+    Attributed to OUTSIDE_THE_CONSOLE with `observer` in the detail, unless
+    `moved_by` (the console's own request that just ran) explains it.
+    """
     if db.error is not None:
         return
     new = sorted(db.heads)
     old = target.last_seen_heads
     if old is not None and sorted(old) != new:
+        change = f"from {', '.join(sorted(old)) or '(empty)'} to {', '.join(new) or '(empty)'}"
+        detail = {"old_heads": sorted(old), "new_heads": new}
+        if moved_by is not None:
+            # The request's own trail already ends in its outcome; this event only links to it.
+            actor = observer
+            message = f"Heads of {target.name} changed {change} by rollback request #{moved_by.pk}."
+            detail["moved_by_request"] = moved_by.pk
+        else:
+            actor = OUTSIDE_ACTOR
+            message = f"Heads of {target.name} changed {change} outside the console (seen by {observer.username})."
+            detail.update(
+                observed_by=observer.username, observed_by_user_id=observer.user_id, observed_by_ip=observer.client_ip
+            )
         append_event(
             action=AuditAction.HEADS_CHANGED,
             outcome=AuditOutcome.INFO,
@@ -247,16 +274,24 @@ def _record_heads(target: Target, db: DbRead, actor: Actor) -> None:
             target=target.name,
             from_revision=sorted(old),
             to_revision=new,
-            message=f"Heads of {target.name} changed from {', '.join(sorted(old)) or '(empty)'} to {', '.join(new) or '(empty)'}.",
-            detail={"old_heads": sorted(old), "new_heads": new},
+            message=message,
+            detail=detail,
         )
     target.last_seen_heads = new
     target.current_heads = new
 
 
-def _apply_state(target: Target, graph: _Graph, db: DbRead, actor: Actor, *, note: str = "") -> StateResult:
+def _apply_state(
+    target: Target,
+    graph: _Graph,
+    db: DbRead,
+    actor: Actor,
+    *,
+    note: str = "",
+    moved_by: RollbackRequest | None = None,
+) -> StateResult:
     result = compute_state(target, graph, db)
-    _record_heads(target, db, actor)
+    _record_heads(target, db, actor, moved_by)
     target.state = result.state
     target.state_detail = (result.detail + (" " + note if note else "")).strip()
     target.pending_count = result.pending_count
@@ -303,13 +338,18 @@ def _nothing_changed(target: Target, loaded: LoadedCatalog | None, problem: str 
 
 
 # ------------------------------------------------------------------ public
-def sync_target(name: str, *, actor: Actor | None = None, force: bool = False) -> Target:
+def sync_target(
+    name: str, *, actor: Actor | None = None, force: bool = False, moved_by: RollbackRequest | None = None
+) -> Target:
     """Sync target `name`'s catalog and state; return the saved Target.
 
-    Re-imports the script directory only when its fingerprint changed (or
-    `force`); the returned object's `catalog_reread` attribute says whether it
-    did. Raises TargetNotConfigured for an unknown name; never raises for an
-    unreachable database or a broken script directory.
+    `actor` is who syncs (the observer of any heads change, which is audited
+    as made outside the console); `moved_by` is the console's own request
+    whose downgrade just moved the heads. Re-imports the script directory
+    only when its fingerprint changed (or `force`); the returned object's
+    `catalog_reread` attribute says whether it did. Raises
+    TargetNotConfigured for an unknown name; never raises for an unreachable
+    database or a broken script directory.
     """
     actor = actor or SYSTEM_ACTOR
     target = ensure_target_row(name)
@@ -351,7 +391,7 @@ def sync_target(name: str, *, actor: Actor | None = None, force: bool = False) -
             loaded = None
         graph_rows = rows if rows is not None else _rows_from_db(target)
         graph = _Graph.from_rows(graph_rows, list(target.script_heads))
-        result = _apply_state(target, graph, db, actor)
+        result = _apply_state(target, graph, db, actor, moved_by=moved_by)
         if rows is not None:
             _upsert_rows(target, rows, result)
         else:
@@ -367,6 +407,34 @@ def sync_all(*, actor: Actor | None = None, force: bool = False) -> list[Target]
     return [sync_target(name, actor=actor, force=force) for name in settings.OPS_TARGETS]
 
 
+def peek_heads(name: str) -> DbRead:
+    """What target `name`'s alembic_version holds now, or the (masked) error; stores nothing.
+
+    For pages: they show live heads beside the catalog's and ask for a Sync
+    when they differ. Raises TargetNotConfigured for an unknown name.
+    """
+    config, problem = _config(name)
+    return _read_db(config, problem, [])
+
+
+def stale_catalog_note(target: Target) -> str:
+    """Why the synced catalog may be stale ("" when its script directory is unchanged); stores nothing.
+
+    Compares file names, sizes and mtimes only: never imports a migration file.
+    """
+    if not target.script_fingerprint:
+        return ""
+    config, _ = _config(target.name)
+    if config is None:
+        return ""
+    try:
+        if script_fingerprint(config) != target.script_fingerprint:
+            return "The script directory changed since the last sync: run sync_revisions to update the catalog."
+    except OpsError as exc:
+        return f"The script directory cannot be read now: {exc}"
+    return ""
+
+
 def refresh_state(name: str, *, actor: Actor | None = None) -> Target:
     """Re-read only alembic_version and recompute state and flags from the synced rows.
 
@@ -377,13 +445,7 @@ def refresh_state(name: str, *, actor: Actor | None = None) -> Target:
     actor = actor or SYSTEM_ACTOR
     target = ensure_target_row(name)
     config, problem = _config(name)
-    note = ""
-    if config is not None and target.script_fingerprint:
-        try:
-            if script_fingerprint(config) != target.script_fingerprint:
-                note = "The script directory changed since the last sync: run sync_revisions to update the catalog."
-        except OpsError as exc:
-            note = f"The script directory cannot be read now: {exc}"
+    note = stale_catalog_note(target)
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
         db = _read_db(config, problem, target.current_heads)  # under the lock, as in sync_target
@@ -404,9 +466,11 @@ __all__ = [
     "LoadedCatalog",
     "compute_state",
     "ensure_target_row",
+    "peek_heads",
     "read_current_heads",
     "refresh_state",
     "script_fingerprint",
+    "stale_catalog_note",
     "sync_all",
     "sync_target",
 ]

@@ -189,7 +189,7 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
         finally:
             if ran:
                 stack.close()  # release the lock first: the re-sync below reads the new heads
-                _resync(config.name, actor)
+                _resync(config.name, actor, request)
 
 
 def _confirm_lock(request: RollbackRequest, lock: HeldLock, conn: sa.Connection, actor: Actor) -> None:
@@ -480,9 +480,10 @@ def _record_failure(
     ) from exc
 
 
-def _resync(name: str, actor: Actor) -> None:
+def _resync(name: str, actor: Actor, request: RollbackRequest) -> None:
     try:
-        catalog.sync_target(name, actor=actor)
+        # The heads moved by this request: not a change "outside the console".
+        catalog.sync_target(name, actor=actor, moved_by=request)
     except Exception:  # noqa: BLE001 - the result is recorded; a failed re-sync must not hide it
         log.exception("re-sync of target %s after a downgrade failed", name)
 
