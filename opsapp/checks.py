@@ -4,6 +4,7 @@ opsapp.E001 target without a URL · E002 malformed target URL · E003 missing
 alembic.ini · E004 missing script directory / env.py · E005 isolation level
 below READ COMMITTED or unknown · E006 bad target name · E007 no targets ·
 W001 (check --deploy) verification codes would not be e-mailed.
+E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
 """
 
 from __future__ import annotations
@@ -49,5 +50,23 @@ def check_code_delivery(app_configs=None, **kwargs) -> list[Warning]:
             "not delivered to approvers, which defeats the two-person rule.",
             hint="Set EMAIL_URL to your mail server, e.g. smtp+tls://user:password@smtp.example.com:587.",
             id="opsapp.W001",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_two_factor(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E020 (deploy only): production requires a second factor unless waived explicitly.
+
+    Without it a stolen password is enough to request a downgrade or to take an
+    approver's place.
+    """
+    if settings.DEBUG or settings.OPS_REQUIRE_2FA or settings.OPS_ALLOW_NO_2FA:
+        return []
+    return [
+        Error(
+            "OPS_REQUIRE_2FA is off with DEBUG off: a password alone signs in to a console that can drop tables.",
+            hint="Set OPS_REQUIRE_2FA=1 (the default when DEBUG=0), or OPS_ALLOW_NO_2FA=1 to run without it on purpose.",
+            id="opsapp.E020",
         )
     ]
