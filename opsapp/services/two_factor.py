@@ -233,7 +233,7 @@ def verify(actor: Actor, user, token: str) -> Verified:
             kind=kind,
         )
         if reason == "throttled":
-            raise TwoFactorError("Too many wrong codes. Wait a minute and try again.", reason=reason)
+            raise TwoFactorError("Too many wrong codes in a row: wait a little and try again.", reason=reason)
         raise TwoFactorError("That code is not valid.", reason=reason)
     left = StaticToken.objects.filter(device__user=user).count()
     if kind == "backup code":
