@@ -12,10 +12,13 @@ import pytest
 from django.urls import reverse
 
 from opsapp.models import AuditEvent, RollbackRequest
-from tests.test_permissions import MATRIX, STAFF, object_ids, resolve, walk, world  # noqa: F401  (fixture)
+from tests import test_permissions
+from tests.test_permissions import MATRIX, STAFF, object_ids, resolve, walk
 from tests.two_factor_support import make_device, verified_login
 
 pytestmark = pytest.mark.django_db
+
+world = test_permissions.world  # the same fixture: one target, a pending request, a snapshot
 
 
 @pytest.fixture(autouse=True)
