@@ -81,11 +81,14 @@ def provisioning_uri(user, key_hex: str) -> str:
 
 
 def qr_svg(uri: str) -> str:
-    """The QR code of `uri` as inline SVG, rendered here (no CDN, no external service)."""
+    """The QR code of `uri` as inline SVG, rendered here (no CDN, no external service).
+
+    Only a viewBox, no width/height: the page's CSS sizes it without cropping.
+    """
     import segno
 
     out = BytesIO()
-    segno.make(uri, error="m").save(out, kind="svg", scale=5, border=2, xmldecl=False, svgns=True, dark="#000")
+    segno.make(uri, error="m").save(out, kind="svg", border=2, xmldecl=False, omitsize=True, dark="#000")
     return out.getvalue().decode()
 
 
