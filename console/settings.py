@@ -40,7 +40,12 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if 
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    # opsapp first: its admin/base_site.html (environment banner) and
+    # Two-factor sign-in (opsapp.services.two_factor). Before opsapp so that
+    # opsapp.admin.two_factor can unregister their device admins (which show secrets).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    # opsapp before django.contrib.admin: its admin/base_site.html (environment banner) and
     # admin/index.html (dashboard) must win over django.contrib.admin's own.
     "opsapp",
     "django.contrib.admin",
@@ -59,6 +64,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(), then: no admin page without a second factor (OPS_REQUIRE_2FA).
+    "django_otp.middleware.OTPMiddleware",
+    "opsapp.middleware.TwoFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # AxesMiddleware must be last: it turns a lockout into a 429 page.
@@ -169,6 +177,15 @@ OPS_CLIENT_IP_HEADERS = AXES_IPWARE_META_PRECEDENCE_ORDER
 # one a client can forge.
 AXES_CLIENT_IP_CALLABLE = "opsapp.services.actors.client_ip"
 AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+
+# --- two-factor sign-in (README "Roles", docs/production.md "Two-factor sign-in") ---
+# Every staff user (operators, approvers, auditors, superusers) must confirm a
+# TOTP token or a backup code after the password. Off only in the quick start.
+OPS_REQUIRE_2FA = env.bool("OPS_REQUIRE_2FA", default=not DEBUG)
+# `check --deploy` refuses OPS_REQUIRE_2FA=0 with DEBUG=0 unless this says so explicitly.
+OPS_ALLOW_NO_2FA = env.bool("OPS_ALLOW_NO_2FA", default=False)
+OTP_TOTP_ISSUER = env.str("OPS_2FA_ISSUER", default="Ops console")
+OPS_BACKUP_CODE_COUNT = 10
 
 # --- the console's own domain ---
 OPS_ENVIRONMENT_NAME = env.str("OPS_ENVIRONMENT_NAME", default="development" if DEBUG else "")

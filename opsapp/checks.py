@@ -6,6 +6,7 @@ below READ COMMITTED or unknown · E006 bad target name · E007 no targets ·
 E008 verification codes would stay on this machine with DEBUG off · E009
 EMAIL_URL=filemail:// names a relative directory · W001 (check --deploy)
 verification codes would not be e-mailed (DEBUG on).
+E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
 """
 
 from __future__ import annotations
@@ -107,3 +108,21 @@ def require_code_delivery() -> None:
     errors = check_code_delivery() + check_mail_file_path()
     if errors:
         raise ImproperlyConfigured("\n".join(f"{e.id}: {e.msg} HINT: {e.hint}" for e in errors))
+
+
+@register(Tags.security, deploy=True)
+def check_two_factor(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E020 (deploy only): production requires a second factor unless waived explicitly.
+
+    Without it a stolen password is enough to request a downgrade or to take an
+    approver's place.
+    """
+    if settings.DEBUG or settings.OPS_REQUIRE_2FA or settings.OPS_ALLOW_NO_2FA:
+        return []
+    return [
+        Error(
+            "OPS_REQUIRE_2FA is off with DEBUG off: a password alone signs in to a console that can drop tables.",
+            hint="Set OPS_REQUIRE_2FA=1 (the default when DEBUG=0), or OPS_ALLOW_NO_2FA=1 to run without it on purpose.",
+            id="opsapp.E020",
+        )
+    ]

@@ -29,6 +29,10 @@ class AuditAction(models.TextChoices):
     HEADS_CHANGED = "heads_changed", "heads changed"
     AUDIT_VERIFIED = "audit_verified", "audit log verified"
     AUDIT_EXPORTED = "audit_exported", "audit log exported"
+    OTP_ENROLLED = "otp_enrolled", "2FA device enrolled"
+    OTP_RESET = "otp_reset", "2FA devices reset"
+    OTP_TOKEN_REJECTED = "otp_token_rejected", "2FA token rejected"
+    OTP_BACKUP_CODE_USED = "otp_backup_code_used", "2FA backup code used"
 
 
 class AuditOutcome(models.TextChoices):

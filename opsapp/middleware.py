@@ -1,0 +1,44 @@
+"""No admin page without a second factor while OPS_REQUIRE_2FA is on.
+
+After the password, a staff user's session is authenticated but not verified.
+Until it is, every view except the 2FA pages, login and logout answers with a
+redirect: to the token page when the user has an authenticator, to enrollment
+when they have none. POSTs are redirected too, so no operator action runs.
+The setting is read per request (tests switch it with pytest-django's
+`settings` fixture).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django.shortcuts import redirect
+from django.urls import reverse
+
+from opsapp.services import two_factor
+
+# The only views an authenticated but unverified user may reach.
+OPEN_VIEWS = {
+    "opsapp_2fa_verify",
+    "opsapp_2fa_enroll",
+    "admin:login",
+    "admin:logout",
+    "admin:jsi18n",
+}
+
+
+class TwoFactorMiddleware:
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        match = request.resolver_match
+        name = match.view_name if match else ""
+        if name in OPEN_VIEWS or not two_factor.is_required(request.user) or request.user.is_verified():
+            return None
+        page = "opsapp_2fa_verify" if two_factor.has_device(request.user) else "opsapp_2fa_enroll"
+        next_url = request.get_full_path() if request.method == "GET" else reverse("admin:index")
+        return redirect(f"{reverse(page)}?{urlencode({'next': next_url})}")
