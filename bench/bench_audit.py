@@ -43,7 +43,7 @@ def _copy_escape(value: object) -> str:
 
 
 def _hasher():
-    from opsapp.services import audit
+    from opsapp.services.audit import chain as audit
 
     if hasattr(audit, "hash_values"):
         return audit.hash_values
@@ -55,7 +55,7 @@ def generate_events(n: int) -> float:
     """Append `n` chained events after the current head with COPY; return seconds spent."""
     import psycopg
 
-    from opsapp.services.audit import GENESIS_HASH, HASHED_FIELDS
+    from opsapp.services.audit.chain import GENESIS_HASH, HASHED_FIELDS
 
     hash_values = _hasher()
     rng = random.Random(4)
@@ -174,8 +174,8 @@ def export_figures(n: int) -> list[Result]:
     import psycopg
 
     from opsapp.models import AuditEvent
-    from opsapp.services import audit_export
-    from opsapp.services.audit import HASHED_FIELDS
+    from opsapp.services.audit import export as audit_export
+    from opsapp.services.audit.chain import HASHED_FIELDS
 
     total = AuditEvent.objects.count()
     qs = audit_export.filter_events() if hasattr(audit_export, "filter_events") else AuditEvent.objects.all()
@@ -236,7 +236,7 @@ def _writer(per_writer: int, barrier, queue) -> None:
     from django.db import connections
 
     from opsapp.services.actors import Actor
-    from opsapp.services.audit import append_event
+    from opsapp.services.audit.log import append_event
 
     actor = Actor(username="bench-writer", client_ip="10.9.8.7")
     append_event(action="stamp", outcome="info", actor=actor, target="bench", message="warm-up")
@@ -288,7 +288,7 @@ def append_figures(per_writer: int) -> list[Result]:
 def verify_figures() -> list[Result]:
     import psycopg
 
-    from opsapp.services.audit_verify import verify_chain
+    from opsapp.services.audit.verify import verify_chain
 
     elapsed, result = common.timed(verify_chain)
     if not result.ok:
@@ -328,7 +328,7 @@ def run(sizes: dict, *, profile: bool = False) -> Iterable[Result]:
     if profile and results and results[0].meets_goal is False:
         import bench_catalog
 
-        from opsapp.services.audit_verify import verify_chain
+        from opsapp.services.audit.verify import verify_chain
 
         common.log("   profiling verify_chain:\n" + bench_catalog.profile_top(verify_chain))
     yield from results

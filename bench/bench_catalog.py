@@ -1,6 +1,6 @@
 """Catalog figures: sync vs Alembic's own walk, re-sync, and admin page times.
 
-Script directories come from `opsapp.services.history_gen.generate_history`
+Script directories come from `opsapp.demo.history_gen.generate_history`
 (the generator the catalog tests use), written by a small ScriptDir-like
 writer so the files look like `alembic revision` output.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import common
 from common import Result
 
-from opsapp.services.history_gen import ScriptDir, generate_history
+from opsapp.demo.history_gen import ScriptDir, generate_history
 
 
 def generate(root: Path, n: int) -> tuple[ScriptDir, list[str], str]:
@@ -53,7 +53,7 @@ def _alternate(fns: dict[str, object], rounds: int) -> dict[str, list[float]]:
 
 def sync_figures(n: int, target: str, folder: str, *, rounds: int, profile: bool) -> tuple[list[Result], list[str]]:
     from opsapp.models import Revision
-    from opsapp.services.catalog import sync_target
+    from opsapp.services.catalog.sync import sync_target
 
     root = common.fresh_dir(folder)
     gen_s, (sd, revs, generator) = common.timed(lambda: generate(root, n))

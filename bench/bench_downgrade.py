@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import common
 from common import Result
 
-from opsapp.services.history_gen import ScriptDir
+from opsapp.demo.history_gen import ScriptDir
 
 DB = "ops_bench_down"
 TARGET = "bench_down"
@@ -77,10 +77,10 @@ def _latest_code(request_id: int) -> str:
 def console_run(sd: ScriptDir, to: str, users: dict, profiler=None) -> tuple[float, object]:
     from django.core import mail
 
-    from opsapp.services import rollback
     from opsapp.services.actors import Actor
-    from opsapp.services.catalog import sync_target
-    from opsapp.services.snapshots import take_snapshot
+    from opsapp.services.catalog.sync import sync_target
+    from opsapp.services.rollback import requests as rollback
+    from opsapp.services.snapshots.lifecycle import take_snapshot
 
     upgrade_head(sd)
     operator = Actor.from_user(users["operator"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import common
 from common import Result
 
-from opsapp.services.history_gen import ScriptDir
+from opsapp.demo.history_gen import ScriptDir
 
 DB = "ops_bench_snap"
 TARGET = "bench_snap"
@@ -90,7 +90,8 @@ def plain_pg_dump(dest: Path) -> float:
 
 
 def take_once(actor) -> tuple[float, dict[str, float], object]:
-    from opsapp.services import snapshot_pg, snapshots
+    from opsapp.services.snapshots import lifecycle as snapshots
+    from opsapp.services.snapshots import postgres as snapshot_pg
 
     watched: dict[str, tuple[object, str]] = {
         "dump": (snapshot_pg, "dump"),
@@ -107,7 +108,7 @@ def take_once(actor) -> tuple[float, dict[str, float], object]:
 
 def run(sizes: dict, *, profile: bool = False) -> Iterable[Result]:
     from opsapp.services.actors import Actor
-    from opsapp.services.snapshots import snapshot_path
+    from opsapp.services.snapshots.lifecycle import snapshot_path
 
     size, build_s = build_database(sizes["snapshot_mb"])
     common.log(f"   built a {size / 1e6:.0f} MB database in {build_s:.0f} s")

@@ -40,9 +40,10 @@ def build_world(
     with_request: bool = True,
 ) -> World:
     """Upgrade a throwaway target to its heads, sync it, snapshot it, request a downgrade to `to`."""
-    from opsapp.services import catalog, snapshots
     from opsapp.services.actors import Actor
     from opsapp.services.alembic_api import make_config
+    from opsapp.services.catalog import sync as catalog
+    from opsapp.services.snapshots import lifecycle as snapshots
     from opsapp.targets import get_target
 
     configure_target(name, pg_url, scripts.ini)
@@ -53,7 +54,7 @@ def build_world(
     snapshot = snapshots.take_snapshot(name, actor=actor) if with_snapshot else None
     request = None
     if with_request:
-        from opsapp.services import rollback
+        from opsapp.services.rollback import requests as rollback
 
         request = rollback.create_request(
             target_name=name,

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from django.conf import settings as django_settings
 
-from opsapp.services.history_gen import ScriptDir
+from opsapp.demo.history_gen import ScriptDir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("OPS_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")

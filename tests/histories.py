@@ -1,8 +1,8 @@
-"""Big generated histories for tests (the generator itself lives in opsapp.services.history_gen, Django-free)."""
+"""Big generated histories for tests (the generator itself lives in opsapp.demo.history_gen, Django-free)."""
 
 from __future__ import annotations
 
-from opsapp.services.history_gen import RevSpec, generate_history, plan_history
+from opsapp.demo.history_gen import RevSpec, generate_history, plan_history
 
 __all__ = ["RevSpec", "alembic_heads", "generate_history", "plan_history", "run_alembic"]
 

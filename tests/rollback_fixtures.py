@@ -93,7 +93,7 @@ class RollbackEnv:
                 command.downgrade(make_config(self.config, connection=conn), to)
 
     def sync(self):
-        from opsapp.services.catalog import sync_target
+        from opsapp.services.catalog.sync import sync_target
 
         return sync_target(self.name)
 
@@ -186,7 +186,7 @@ def operator_actor(user):
 
 
 def take_verified_snapshot(env: RollbackEnv, user):
-    from opsapp.services.snapshots import take_snapshot
+    from opsapp.services.snapshots.lifecycle import take_snapshot
 
     snap = take_snapshot(env.name, actor=operator_actor(user))
     assert snap.status == "verified", snap.error
@@ -207,7 +207,7 @@ def code_from_outbox(request_id: int, recipient: str | None = None) -> str:
 
 
 def make_request(env: RollbackEnv, user, *, to: str = "r1", snapshot=None, reason: str = "bad release"):
-    from opsapp.services.rollback import create_request
+    from opsapp.services.rollback.requests import create_request
 
     return create_request(
         target_name=env.name,

@@ -86,7 +86,7 @@ def test_every_page_of_a_target_that_is_down_renders_and_never_shows_its_passwor
     client, admin_user, branchy_scripts, configure_target
 ):
     from opsapp.models import Revision
-    from opsapp.services.catalog import sync_target
+    from opsapp.services.catalog.sync import sync_target
 
     configure_target("down", DOWN_URL, branchy_scripts.ini)
     target = sync_target("down")

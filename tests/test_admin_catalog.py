@@ -13,7 +13,7 @@ from django.urls import NoReverseMatch, reverse
 
 from opsapp.models import Revision, Target, TargetState
 from opsapp.services.alembic_api import connect, make_config
-from opsapp.services.catalog import sync_target
+from opsapp.services.catalog.sync import sync_target
 from opsapp.targets import get_target
 from tests.conftest import pg_query
 
@@ -335,7 +335,7 @@ def test_a_page_view_records_nothing_and_sync_now_audits_heads_moved_outside_the
     admin_client, admin_user, branchy, pg_url
 ):
     from opsapp.models import AuditAction, AuditEvent
-    from opsapp.services.catalog import OUTSIDE_THE_CONSOLE
+    from opsapp.services.catalog.sync import OUTSIDE_THE_CONSOLE
 
     move = "UPDATE alembic_version SET version_num = %s WHERE version_num = %s"
     pg_query(pg_url, move, ("h8", "g7"))  # a deploy outside the console moved g7 -> h8
@@ -376,9 +376,9 @@ def test_the_graph_and_revision_pages_still_render_when_a_script_file_fails_to_i
 def test_the_target_page_links_to_its_migration_history_in_the_audit_log(
     admin_client, admin_user, pg_url, branchy_scripts, configure_target
 ):
-    from opsapp.services import catalog
     from opsapp.services.actors import Actor
-    from opsapp.services.audit import append_event
+    from opsapp.services.audit.log import append_event
+    from opsapp.services.catalog import sync as catalog
 
     configure_target("histo", pg_url, branchy_scripts.ini)
     target = catalog.sync_target("histo")

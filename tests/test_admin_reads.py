@@ -74,7 +74,7 @@ def admin_page_urls() -> list[str]:
 @pytest.fixture
 def busy_world(pg_url, pg_database_factory, branchy_scripts, script_dir_factory, configure_target, operator, approver):
     """A PostgreSQL target with data, a snapshot and requests in several states, then drift everywhere."""
-    from opsapp.services import rollback
+    from opsapp.services.rollback import requests as rollback
 
     world = build_world(pg_url=pg_url, scripts=branchy_scripts, configure_target=configure_target, requester=operator)
     actor = Actor.from_user(operator)
@@ -88,7 +88,7 @@ def busy_world(pg_url, pg_database_factory, branchy_scripts, script_dir_factory,
     # A configured target nobody synced yet, and one that is down.
     configure_target("fresh", pg_database_factory(), script_dir_factory().ini)
     configure_target("down", "postgresql://ops:s3cret@127.0.0.1:1/nowhere", branchy_scripts.ini)
-    from opsapp.services import catalog
+    from opsapp.services.catalog import sync as catalog
 
     catalog.sync_target("down")
     return world
@@ -140,7 +140,7 @@ def heads_events() -> list[AuditEvent]:
 def test_sync_revisions_records_a_head_change_as_made_outside_the_console_observed_by_the_command(busy_world):
     from django.core.management import call_command
 
-    from opsapp.services.catalog import OUTSIDE_THE_CONSOLE
+    from opsapp.services.catalog.sync import OUTSIDE_THE_CONSOLE
 
     call_command("sync_revisions", "--target", busy_world.name, verbosity=0)
 
@@ -154,7 +154,7 @@ def test_sync_revisions_records_a_head_change_as_made_outside_the_console_observ
 def test_an_operators_sync_now_records_the_change_as_outside_the_console_with_the_operator_as_observer(
     client, busy_world, operator
 ):
-    from opsapp.services.catalog import OUTSIDE_THE_CONSOLE
+    from opsapp.services.catalog.sync import OUTSIDE_THE_CONSOLE
 
     client.force_login(operator)
     target = Target.objects.get(name=busy_world.name)
@@ -174,7 +174,8 @@ def test_an_operators_sync_now_records_the_change_as_outside_the_console_with_th
 
 def test_a_downgrade_made_by_the_console_is_not_attributed_to_outside_the_console(client, busy_world, operator):
     """The console's own execution re-syncs as the executor: its head change is not 'outside'."""
-    from opsapp.services import catalog, rollback
+    from opsapp.services.catalog import sync as catalog
+    from opsapp.services.rollback import requests as rollback
     from tests.admin_fixtures import codes_in_outbox
 
     actor = Actor.from_user(operator)

@@ -163,8 +163,8 @@ def test_attaching_an_existing_verified_snapshot_from_the_request_page(
         requester=operator,
         with_snapshot=False,
     )
-    from opsapp.services import snapshots
     from opsapp.services.actors import Actor
+    from opsapp.services.snapshots import lifecycle as snapshots
 
     snap = snapshots.take_snapshot(world.name, actor=Actor.from_user(operator))
     client.force_login(operator)
@@ -272,9 +272,9 @@ def test_the_demo_walk_through_works_in_the_admin_on_the_embedded_sqlite_target(
     """README's walk-through: revision page -> request -> take snapshot now -> code from the mail -> executed."""
     import sqlite3
 
+    from opsapp.demo.seed import seed_demo
     from opsapp.models import Revision
-    from opsapp.services import catalog
-    from opsapp.services.demo import seed_demo
+    from opsapp.services.catalog import sync as catalog
     from tests.conftest import repo_path
 
     db = tmp_path / "shop.sqlite3"

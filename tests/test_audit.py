@@ -18,8 +18,9 @@ from django.db import DatabaseError, connection, transaction
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit import GENESIS_HASH, append_event, compute_hash, event_fields
-from opsapp.services.audit_verify import EDITED, MISSING, REORDERED, last_verification, verify_chain
+from opsapp.services.audit.chain import GENESIS_HASH, compute_hash, event_fields
+from opsapp.services.audit.log import append_event
+from opsapp.services.audit.verify import EDITED, MISSING, REORDERED, last_verification, verify_chain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLE = "opsapp_auditevent"
@@ -323,7 +324,7 @@ def test_concurrent_appends_from_several_processes_leave_a_gapless_chain(tmp_pat
         import django
         django.setup()
         from opsapp.services.actors import Actor
-        from opsapp.services.audit import append_event
+        from opsapp.services.audit.log import append_event
         while not os.path.exists({str(go)!r}):
             time.sleep(0.01)
         for i in range(20):

@@ -15,8 +15,8 @@ from django.urls import NoReverseMatch, reverse
 from opsapp.admin.audit import EstimatedCountPaginator, distinct_values
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event
-from opsapp.services.audit_verify import record_verification, verify_chain
+from opsapp.services.audit.log import append_event
+from opsapp.services.audit.verify import record_verification, verify_chain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIST_URL = "admin:opsapp_auditevent_changelist"

@@ -14,7 +14,7 @@ from django.db import DatabaseError, connection  # noqa: E402
 from rollback_fixtures import audit_actions, operator_actor  # noqa: E402
 
 from opsapp.models import RollbackRequest  # noqa: E402
-from opsapp.services.rollback import execute_request  # noqa: E402
+from opsapp.services.rollback.requests import execute_request  # noqa: E402
 
 pytest_plugins = ["rollback_fixtures"]
 

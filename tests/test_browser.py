@@ -69,8 +69,8 @@ def _role_groups() -> None:
 @pytest.fixture
 def shop(pg_url, configure_target):
     """Target `shop`: the demo history on a throwaway PostgreSQL database, at its head, with data, synced."""
-    from opsapp.services.catalog import sync_target
-    from opsapp.services.demo import seed_demo
+    from opsapp.demo.seed import seed_demo
+    from opsapp.services.catalog.sync import sync_target
 
     configure_target("shop", pg_url, REPO_ROOT / "alembic.ini")
     seed_demo("shop")
@@ -232,10 +232,10 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
 @pytest.fixture
 def executed_rollback(shop, operator, approver):
     """The operator's rollback of shop to the merge, done through the services: requested, refused once, executed."""
-    from opsapp.services import rollback
     from opsapp.services.actors import Actor
     from opsapp.services.errors import GateRefused
-    from opsapp.services.snapshots import take_snapshot
+    from opsapp.services.rollback import requests as rollback
+    from opsapp.services.snapshots.lifecycle import take_snapshot
 
     actor = Actor.from_user(operator)
     snap = take_snapshot("shop", actor=actor)
@@ -254,7 +254,7 @@ def executed_rollback(shop, operator, approver):
 def test_an_auditor_reads_the_audit_log_cannot_change_anything_and_downloads_the_csv_export(
     live_server, browser, executed_rollback, auditor, pg_url
 ):
-    from opsapp.services.audit import EXPORT_FIELDS
+    from opsapp.services.audit.chain import EXPORT_FIELDS
 
     page = new_page(browser, live_server.url)
     log_in(page, "aude", "pw-aude")

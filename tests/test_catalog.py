@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from opsapp.models import AuditAction, AuditEvent, Revision, Target, TargetState
-from opsapp.services.catalog import (
+from opsapp.services.catalog.sync import (
     OUTSIDE_THE_CONSOLE,
     read_current_heads,
     refresh_state,

@@ -252,7 +252,7 @@ def test_sync_revisions_audits_heads_moved_outside_the_console_observed_by_the_c
     import getpass
 
     from opsapp.models import AuditAction, AuditEvent
-    from opsapp.services.catalog import OUTSIDE_THE_CONSOLE
+    from opsapp.services.catalog.sync import OUTSIDE_THE_CONSOLE
 
     run_alembic(linear, "upgrade", "l1")
     assert run("sync_revisions")[0] == 0

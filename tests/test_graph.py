@@ -9,11 +9,11 @@ import pytest
 from alembic import command
 from django.urls import reverse
 
+from opsapp.demo.history_gen import generate_history, plan_history
 from opsapp.models import Revision
-from opsapp.services import graph
 from opsapp.services.alembic_api import connect, make_config
-from opsapp.services.catalog import sync_target
-from opsapp.services.history_gen import generate_history, plan_history
+from opsapp.services.catalog import graph
+from opsapp.services.catalog.sync import sync_target
 from opsapp.targets import get_target
 
 NS = {"svg": graph.SVG_NS}

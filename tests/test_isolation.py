@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from conftest import pg_query, repo_path
 
-from opsapp.services.demo import seed_demo
-from opsapp.services.demo_transfer import InsufficientFunds, transfer_funds
+from opsapp.demo.seed import seed_demo
+from opsapp.demo.transfer import InsufficientFunds, transfer_funds
 from opsapp.services.isolation import run_serializable, sqlstate_of
 
 RAISE_40001 = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; END $$"

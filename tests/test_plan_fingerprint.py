@@ -21,7 +21,7 @@ from conftest import REPO_ROOT  # noqa: E402
 from rollback_fixtures import RollbackEnv, code_from_outbox, operator_actor, take_verified_snapshot  # noqa: E402
 
 from opsapp.models import AuditEvent, RollbackRequest  # noqa: E402
-from opsapp.services.rollback_fingerprint import StepMark, fingerprint, first_difference, step_digests  # noqa: E402
+from opsapp.services.rollback.fingerprint import StepMark, fingerprint, first_difference, step_digests  # noqa: E402
 
 pytest_plugins = ["rollback_fixtures"]
 
@@ -34,7 +34,7 @@ _RENDER = """
 import json, os, sys
 import django
 django.setup()
-from opsapp.services.rollback_plan import render_preview
+from opsapp.services.rollback.plan import render_preview
 from opsapp.targets import get_target
 p = render_preview(get_target("shop"), [sys.argv[1]], sys.argv[2])
 print(json.dumps({"sha256": p.sha256, "fingerprint": p.fingerprint, "steps": p.steps, "heads": p.expected_heads}))
@@ -119,7 +119,7 @@ def test_the_fingerprint_ignores_bookkeeping_order_but_not_a_migration_statement
 def test_a_request_across_the_merge_point_made_in_one_process_executes_in_another_with_another_seed(
     roles_present, pg_url, configure_target, snapshot_dir, operator, approver, settings
 ):
-    from opsapp.services.rollback import issue_code
+    from opsapp.services.rollback.requests import issue_code
 
     configure_target("shop", pg_url, DEMO_INI)
     from opsapp.services.alembic_api import connect, make_config
@@ -182,7 +182,7 @@ def test_a_plan_whose_sql_changed_without_a_file_change_is_refused_at_gate_plan_
     from rollback_fixtures import make_request
 
     from opsapp.services.errors import GateRefused
-    from opsapp.services.rollback import execute_request
+    from opsapp.services.rollback.requests import execute_request
 
     env = rollback_env
     # A migration whose SQL depends on the environment it is rendered in.

@@ -12,9 +12,9 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from opsapp.models import Revision, Target
-from opsapp.services.catalog import read_current_heads, sync_target
+from opsapp.services.catalog.planner import plan_downgrade, revision_map_from_rows
+from opsapp.services.catalog.sync import read_current_heads, sync_target
 from opsapp.services.errors import RevisionResolutionError
-from opsapp.services.planner import plan_downgrade, revision_map_from_rows
 from opsapp.targets import get_target
 from tests.conftest import pg_query
 from tests.histories import generate_history, run_alembic

@@ -179,7 +179,7 @@ def manage(args: list[str], var_dir: Path, *extra: str, log_level: str = "WARNIN
 def test_the_embedded_sqlite_audit_table_is_append_only_and_its_chain_verifies(tmp_path):
     assert manage(["migrate", "--noinput"], tmp_path).returncode == 0
     append = (
-        "from opsapp.services.audit import append_event; from opsapp.services.actors import Actor\n"
+        "from opsapp.services.audit.log import append_event; from opsapp.services.actors import Actor\n"
         "for i in range(3): append_event(action='heads_changed', outcome='info', actor=Actor.cli('t'), message=str(i))"
     )
     result = manage(["shell", "-c", append], tmp_path)

@@ -22,8 +22,8 @@ from rollback_fixtures import (  # noqa: E402
 from opsapp.models import AuditEvent, RollbackRequest, Snapshot, SnapshotStatus, Target  # noqa: E402
 from opsapp.services.errors import GateRefused, OpsError  # noqa: E402
 from opsapp.services.locks import LockHolder, target_lock  # noqa: E402
-from opsapp.services.rollback import execute_request, gate_status, issue_code  # noqa: E402
-from opsapp.services.snapshots import snapshot_path  # noqa: E402
+from opsapp.services.rollback.requests import execute_request, gate_status, issue_code  # noqa: E402
+from opsapp.services.snapshots.lifecycle import snapshot_path  # noqa: E402
 
 pytest_plugins = ["rollback_fixtures"]
 pytestmark = pytest.mark.django_db

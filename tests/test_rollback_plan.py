@@ -17,8 +17,8 @@ from rollback_fixtures import (  # noqa: E402
 )
 
 from opsapp.models import AuditEvent  # noqa: E402
-from opsapp.services import rollback_plan  # noqa: E402
-from opsapp.services.rollback import execute_request  # noqa: E402
+from opsapp.services.rollback import plan as rollback_plan  # noqa: E402
+from opsapp.services.rollback.requests import execute_request  # noqa: E402
 
 pytest_plugins = ["rollback_fixtures"]
 pytestmark = pytest.mark.django_db

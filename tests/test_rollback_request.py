@@ -13,7 +13,7 @@ from rollback_fixtures import audit_actions, code_from_outbox, make_request, ope
 
 from opsapp.models import AuditEvent, RollbackRequest, Snapshot, SnapshotStatus, Target  # noqa: E402
 from opsapp.services.errors import GateRefused, OpsError, RevisionResolutionError  # noqa: E402
-from opsapp.services.rollback import attach_snapshot, cancel_request, execute_request, issue_code  # noqa: E402
+from opsapp.services.rollback.requests import attach_snapshot, cancel_request, execute_request, issue_code  # noqa: E402
 
 pytest_plugins = ["rollback_fixtures"]
 pytestmark = pytest.mark.django_db
@@ -222,7 +222,7 @@ def test_the_analysis_lists_truncate_delete_and_alter_type_with_live_row_counts(
 
 
 def test_vacuum_and_add_value_on_an_old_server_make_a_plan_non_transactional():
-    from opsapp.services.rollback_plan import find_non_transactional, split_statements
+    from opsapp.services.rollback.plan import find_non_transactional, split_statements
 
     sql = "-- Running downgrade r9 -> r8\n\nVACUUM notes;\n\nALTER TYPE mood ADD VALUE 'meh';\n"
     statements = split_statements(sql)

@@ -12,8 +12,8 @@ from conftest import REPO_ROOT, pg_query
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from opsapp.demo.seed import seed_demo
 from opsapp.services.alembic_api import connect, make_config
-from opsapp.services.demo import seed_demo
 from opsapp.services.errors import OpsError
 from opsapp.targets import get_target
 

@@ -5,7 +5,8 @@ from django.contrib.auth.models import Group
 
 from opsapp.models import AuditEvent
 from opsapp.services.actors import Actor
-from opsapp.services.audit import GENESIS_HASH, append_event
+from opsapp.services.audit.chain import GENESIS_HASH
+from opsapp.services.audit.log import append_event
 
 
 @pytest.mark.django_db

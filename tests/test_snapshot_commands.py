@@ -17,8 +17,8 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditEvent, Snapshot, SnapshotStatus
-from opsapp.services.snapshot_files import sha256_file
-from opsapp.services.snapshots import snapshot_path
+from opsapp.services.snapshots.files import sha256_file
+from opsapp.services.snapshots.lifecycle import snapshot_path
 from tests.conftest import REPO_ROOT, pg_query
 from tests.test_snapshots import fill_pg, fill_sqlite, flip_one_byte
 

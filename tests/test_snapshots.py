@@ -15,8 +15,7 @@ from django.utils import timezone
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome, RollbackRequest, Snapshot, SnapshotStatus
 from opsapp.services.actors import Actor
 from opsapp.services.errors import SnapshotError, TargetNotConfigured
-from opsapp.services.snapshot_pg import check_tool_not_older
-from opsapp.services.snapshots import (
+from opsapp.services.snapshots.lifecycle import (
     latest_verified_snapshot,
     prune_snapshots,
     restore_snapshot,
@@ -25,6 +24,7 @@ from opsapp.services.snapshots import (
     take_snapshot,
     verify_snapshot,
 )
+from opsapp.services.snapshots.postgres import check_tool_not_older
 from tests.conftest import pg_query
 
 pytestmark = pytest.mark.django_db
@@ -506,7 +506,7 @@ def test_the_target_page_offers_take_snapshot_to_operators_only(client, operator
 # ------------------------------------------------------- audit failures, crashes
 def fail_on(monkeypatch, action: str) -> None:
     """Make the audit write of `action` fail the way a database error would (the others still write)."""
-    from opsapp.services import snapshots
+    from opsapp.services.snapshots import lifecycle as snapshots
 
     real = snapshots.append_event
 

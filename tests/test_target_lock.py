@@ -29,7 +29,7 @@ from opsapp.models import AuditEvent, RollbackRequest  # noqa: E402
 from opsapp.services.actors import Actor  # noqa: E402
 from opsapp.services.errors import GateRefused  # noqa: E402
 from opsapp.services.locks import current_holder  # noqa: E402
-from opsapp.services.rollback import execute_request, reconcile  # noqa: E402
+from opsapp.services.rollback.requests import execute_request, reconcile  # noqa: E402
 
 pytest_plugins = ["rollback_fixtures"]
 

@@ -37,8 +37,8 @@ from django.utils.html import format_html
 
 from opsapp.models import AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit_export import CONTENT_TYPES, FORMATS, iter_export, start_export
-from opsapp.services.audit_verify import last_verification
+from opsapp.services.audit.export import CONTENT_TYPES, FORMATS, iter_export, start_export
+from opsapp.services.audit.verify import last_verification
 
 EXPORT_PERMISSION = "opsapp.export_auditevent"
 # Below this many rows an exact count is cheap; above, estimate.

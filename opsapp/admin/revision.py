@@ -234,7 +234,7 @@ class RevisionAdmin(admin.ModelAdmin):
             if row is not None and label in (row.branch_labels or []):
                 by_id[label] = row
         plan, plan_error = None, ""
-        from opsapp.services import planner
+        from opsapp.services.catalog import planner
 
         try:
             plan = planner.plan_downgrade(target.name, obj.revision, list(target.current_heads or []))

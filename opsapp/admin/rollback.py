@@ -1,7 +1,7 @@
 """Admin for rollback requests: request a downgrade, follow its gate, attach a snapshot, execute with a code.
 
 Thin edge: every action checks its permission on the server, calls one
-service of `opsapp.services.rollback` / `opsapp.services.snapshots`, and
+service of `opsapp.services.rollback.requests` / `opsapp.services.snapshots.lifecycle`, and
 shows the service's message. Nobody can delete a request or change a stored
 field (`has_change_permission` is False); the actions below have their own
 permissions:
@@ -49,7 +49,7 @@ PERM_TAKE_SNAPSHOT = "opsapp.take_snapshot"
 def _rollback():
     # Imported on use: the admin registry loads at start-up and must not pull
     # Alembic and the gate machinery into every process (manage.py check, cron).
-    from opsapp.services import rollback
+    from opsapp.services.rollback import requests as rollback
 
     return rollback
 
@@ -151,7 +151,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         # Stored fields only: no connection to the target per row (the live checklist is on the request page).
         if obj.status != RollbackStatus.PENDING:
             return "-"
-        from opsapp.services.rollback_gate import stored_summary
+        from opsapp.services.rollback.gate import stored_summary
 
         return stored_summary(obj)
 
@@ -298,7 +298,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         if request.method != "POST":
             return _method_not_allowed()
         obj = self._get(request, object_id)
-        from opsapp.services import snapshots
+        from opsapp.services.snapshots import lifecycle as snapshots
 
         actor = Actor.from_request(request)
         try:

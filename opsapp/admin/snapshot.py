@@ -18,7 +18,7 @@ from django.utils.timesince import timesince
 from opsapp.models import Snapshot, Target
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
-from opsapp.services.snapshots import take_snapshot, verify_snapshot
+from opsapp.services.snapshots.lifecycle import take_snapshot, verify_snapshot
 
 TAKE_PERMISSION = "opsapp.take_snapshot"
 

@@ -26,7 +26,7 @@ from opsapp.services.errors import OpsError
 from opsapp.targets import configured_names, mask_url
 
 if TYPE_CHECKING:
-    from opsapp.services.catalog import DbRead
+    from opsapp.services.catalog.sync import DbRead
 
 
 def short_ids(ids: list[str] | None) -> str:
@@ -35,7 +35,7 @@ def short_ids(ids: list[str] | None) -> str:
 
 def live_heads(target: Target) -> DbRead | None:
     """What the target's alembic_version holds now (nothing stored); None for an unconfigured target."""
-    from opsapp.services import catalog
+    from opsapp.services.catalog import sync as catalog
 
     if target.name not in configured_names():
         return None
@@ -171,7 +171,8 @@ class TargetAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra)
 
     def _detail_context(self, request: HttpRequest, target: Target) -> dict:
-        from opsapp.services import catalog, drift
+        from opsapp.services.catalog import drift
+        from opsapp.services.catalog import sync as catalog
 
         # state_detail already carries the drift explanation (unknown revision, multiple heads, script
         # errors). Heads meant to stay separate are "at head" without it, so say once how to join them.
@@ -230,7 +231,7 @@ class TargetAdmin(admin.ModelAdmin):
         if not can_sync(request.user):
             # Auditors and approvers only look: a sync writes the catalog and may audit head changes.
             raise PermissionDenied("Syncing a target is for operators.")
-        from opsapp.services import catalog
+        from opsapp.services.catalog import sync as catalog
 
         try:
             synced = catalog.sync_target(
@@ -255,7 +256,7 @@ class TargetAdmin(admin.ModelAdmin):
             return HttpResponseNotAllowed(["POST"])
         if not (self.has_view_permission(request) and can_sync(request.user)):
             raise PermissionDenied("Syncing targets is for operators.")
-        from opsapp.services import catalog
+        from opsapp.services.catalog import sync as catalog
 
         actor = Actor.from_request(request)
         for name in configured_names():
@@ -274,7 +275,7 @@ class TargetAdmin(admin.ModelAdmin):
 
     def graph_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The revision DAG of one target as inline SVG, from synced rows only."""
-        from opsapp.services import graph
+        from opsapp.services.catalog import graph
 
         target = self._get_target_or_404(request, object_id)
         rows = list(

@@ -79,7 +79,7 @@ def _next_period(start: datetime, kind: str) -> datetime:
 
 
 class AuditEvent(models.Model):
-    """Append-only, hash-chained record. Only opsapp.services.audit.append_event writes it.
+    """Append-only, hash-chained record. Only opsapp.services.audit.log.append_event writes it.
 
     Request, snapshot and user are plain ids, not foreign keys: a cascade or
     SET NULL would be an UPDATE/DELETE, which the triggers refuse, and the

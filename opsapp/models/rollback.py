@@ -39,7 +39,7 @@ class RollbackRequest(models.Model):
     sql_preview = models.TextField(blank=True, editable=False)
     sql_sha256 = models.CharField(max_length=64, blank=True, editable=False)
     # Gate "plan" compares these, not sql_sha256: the preview text's version-table
-    # bookkeeping varies with Python's hash seed (services/rollback_fingerprint.py).
+    # bookkeeping varies with Python's hash seed (services/rollback/fingerprint.py).
     plan_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
     step_digests = models.JSONField(default=list, editable=False)
     destructive = models.JSONField(default=list, editable=False)

@@ -29,7 +29,7 @@ from django_otp.util import random_hex
 
 from opsapp.models import AuditAction, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event
+from opsapp.services.audit.log import append_event
 from opsapp.services.errors import OpsError
 
 TOTP_DEVICE_NAME = "authenticator"

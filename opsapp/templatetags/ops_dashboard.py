@@ -36,7 +36,7 @@ def _url(name: str, *args: Any) -> str | None:
 
 def target_rows() -> list[dict[str, Any]]:
     """One row per configured target (a target cron has not synced yet still shows)."""
-    from opsapp.services.snapshots import latest_verified_snapshot
+    from opsapp.services.snapshots.lifecycle import latest_verified_snapshot
 
     by_name = {t.name: t for t in Target.objects.all()}
     max_age = timedelta(seconds=settings.OPS_SNAPSHOT_MAX_AGE_SECONDS)
@@ -65,7 +65,7 @@ def target_rows() -> list[dict[str, Any]]:
 
 def request_rows() -> list[dict[str, Any]]:
     """Open requests with a gate summary from stored fields only (never a connection to a target)."""
-    from opsapp.services.rollback_gate import stored_summary
+    from opsapp.services.rollback.gate import stored_summary
 
     rows = []
     for req in RollbackRequest.objects.filter(status__in=OPEN_STATUSES).select_related("target", "snapshot")[:50]:

@@ -15,8 +15,8 @@ from django.core.management.base import CommandError
 
 from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_names
-from opsapp.services.catalog import sync_target
-from opsapp.services.drift import drift_problems
+from opsapp.services.catalog.drift import drift_problems
+from opsapp.services.catalog.sync import sync_target
 
 
 class Command(OpsCommand):

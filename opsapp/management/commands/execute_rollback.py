@@ -19,7 +19,7 @@ from opsapp.management.commands._rollback_cli import emit, named_actor, result_j
 from opsapp.models import RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError, RollbackFailed, TargetNotConfigured
-from opsapp.services.rollback import execute_request, reconcile
+from opsapp.services.rollback.requests import execute_request, reconcile
 
 
 def _read_code() -> str:

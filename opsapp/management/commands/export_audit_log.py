@@ -16,7 +16,7 @@ from django.db import DatabaseError
 
 from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
-from opsapp.services.audit_export import FORMATS, filter_events, iter_export, parse_when, start_export
+from opsapp.services.audit.export import FORMATS, filter_events, iter_export, parse_when, start_export
 from opsapp.services.errors import OpsError
 
 

@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetNotConfigured
-from opsapp.services.snapshots import prune_snapshots
+from opsapp.services.snapshots.lifecycle import prune_snapshots
 
 
 class Command(OpsCommand):

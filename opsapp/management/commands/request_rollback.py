@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from opsapp.management.base import OpsCommand
 from opsapp.management.commands._rollback_cli import emit, named_actor, result_json
 from opsapp.services.errors import OpsError, TargetNotConfigured
-from opsapp.services.rollback import create_request
+from opsapp.services.rollback.requests import create_request
 
 
 class Command(OpsCommand):

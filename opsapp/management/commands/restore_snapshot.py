@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
-from opsapp.services.snapshots import restore_snapshot
+from opsapp.services.snapshots.lifecycle import restore_snapshot
 
 USAGE_REASONS = ("not_found", "wrong_kind", "bad_url")
 

@@ -10,8 +10,8 @@ import json
 
 from django.core.management.base import CommandError
 
+from opsapp.demo.seed import seed_demo
 from opsapp.management.base import OpsCommand
-from opsapp.services.demo import seed_demo
 from opsapp.services.errors import OpsError, TargetNotConfigured
 
 

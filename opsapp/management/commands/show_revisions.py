@@ -13,7 +13,7 @@ import json
 from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_json, target_names
 from opsapp.models import TargetState
-from opsapp.services.catalog import ensure_target_row, sync_target
+from opsapp.services.catalog.sync import ensure_target_row, sync_target
 
 # States whose detail (the broken file and its error, the driver's masked
 # error, the unknown revision) must be shown, not just named.

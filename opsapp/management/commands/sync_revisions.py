@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_names
 from opsapp.models import TargetState
-from opsapp.services.catalog import sync_target
+from opsapp.services.catalog.sync import sync_target
 
 PROBLEM_STATES = (TargetState.UNREACHABLE, TargetState.SCRIPT_ERROR)
 

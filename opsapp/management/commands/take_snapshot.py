@@ -12,7 +12,7 @@ from opsapp.management.base import OpsCommand
 from opsapp.models import SnapshotStatus
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, SnapshotError, TargetNotConfigured
-from opsapp.services.snapshots import take_snapshot
+from opsapp.services.snapshots.lifecycle import take_snapshot
 from opsapp.targets import configured_names
 
 

@@ -19,7 +19,7 @@ from django.db import DatabaseError
 
 from opsapp.management.base import OpsCommand
 from opsapp.services.actors import Actor
-from opsapp.services.audit_verify import record_verification, verify_chain
+from opsapp.services.audit.verify import record_verification, verify_chain
 from opsapp.services.errors import OpsError
 
 ANCHOR = re.compile(r"^\s*#?(\d+)[:\s]+([0-9a-f]{64})\s*$")

@@ -11,7 +11,7 @@ from opsapp.management.base import OpsCommand
 from opsapp.models import SnapshotStatus, Target
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured
-from opsapp.services.snapshots import snapshots_to_verify, verify_snapshot
+from opsapp.services.snapshots.lifecycle import snapshots_to_verify, verify_snapshot
 from opsapp.targets import get_target
 
 

@@ -40,23 +40,23 @@ from django.db import transaction
 from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus
-from opsapp.services import catalog
 from opsapp.services.actors import Actor
 from opsapp.services.alembic_api import create_engine, make_config
-from opsapp.services.audit import append_event, request_context
+from opsapp.services.audit.log import append_event, request_context
+from opsapp.services.catalog import sync as catalog
 from opsapp.services.errors import OpsError, RollbackFailed, TargetUnreachable
 from opsapp.services.isolation import run_serializable, sqlstate_of
 from opsapp.services.locks import HeldLock, LockBusy, LockHolder, LockLost, current_holder, target_lock
-from opsapp.services.rollback_gate import (
+from opsapp.services.rollback.expiry import expire_if_stale
+from opsapp.services.rollback.gate import (
     GateCheck,
     check_code,
     check_plan,
     check_request,
     check_snapshot,
-    expire_if_stale,
     refuse,
 )
-from opsapp.services.rollback_plan import Preview
+from opsapp.services.rollback.plan import Preview
 from opsapp.targets import TargetConfig, get_target, mask_url
 
 log = logging.getLogger(__name__)

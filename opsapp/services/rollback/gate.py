@@ -3,7 +3,7 @@
 Each check returns None when its gate passes or the refusal message. `refuse`
 records a refusal on the request and in the audit log and returns the
 GateRefused to raise. Nothing here touches the target except to read its
-heads; the lock itself is taken by the executor (rollback_execute).
+heads; the lock itself is taken by the executor (rollback.execute).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus, SnapshotStatus
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event, request_context
-from opsapp.services.catalog import script_fingerprint
+from opsapp.services.audit.log import append_event, request_context
+from opsapp.services.catalog.sync import script_fingerprint
 from opsapp.services.errors import GateRefused, OpsError
-from opsapp.services.rollback_codes import code_matches, recipients_still_allowed
-from opsapp.services.rollback_fingerprint import first_difference
-from opsapp.services.rollback_plan import Preview, render_preview
-from opsapp.services.snapshots import snapshot_file_problem
+from opsapp.services.rollback.codes import code_matches, recipients_still_allowed
+from opsapp.services.rollback.expiry import duration_text, stale_message
+from opsapp.services.rollback.fingerprint import first_difference
+from opsapp.services.rollback.plan import Preview, render_preview
+from opsapp.services.snapshots.lifecycle import snapshot_file_problem
 from opsapp.targets import TargetConfig
 
 GATES = ("request", "snapshot", "plan", "lock", "code")
@@ -55,39 +56,6 @@ def refuse(
 
 
 # ------------------------------------------------------------------ gate 1
-def request_ttl_seconds() -> int:
-    """How long a request may stay pending (OPS_REQUEST_TTL_SECONDS, default 24 h)."""
-    return int(getattr(settings, "OPS_REQUEST_TTL_SECONDS", 86400))
-
-
-def stale_message(request: RollbackRequest) -> str | None:
-    """The expiry message when `request` is pending longer than the request TTL, else None."""
-    if request.status != RollbackStatus.PENDING or request.created_at is None:
-        return None
-    age, limit = (timezone.now() - request.created_at).total_seconds(), request_ttl_seconds()
-    if age <= limit:
-        return None
-    return (
-        f"Request #{request.pk} expired: it has been pending for {_duration(age)}, longer than the limit of "
-        f"{_duration(limit)} (OPS_REQUEST_TTL_SECONDS); create a new request."
-    )
-
-
-def expire_if_stale(request: RollbackRequest) -> str | None:
-    """Mark a stale pending request `expired` (its code dies); return the expiry message, or None if not stale.
-
-    The caller audits (a gate refusal, or the refused code issue).
-    """
-    message = stale_message(request)
-    if message is None:
-        return None
-    RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.PENDING).update(
-        status=RollbackStatus.EXPIRED, code_hash=""
-    )
-    request.refresh_from_db(fields=["status", "code_hash"])
-    return message
-
-
 def check_request(request: RollbackRequest) -> str | None:
     stale = stale_message(request)
     if stale:
@@ -140,7 +108,7 @@ def check_snapshot(request: RollbackRequest, current_heads: list[str] | None, he
     limit = settings.OPS_SNAPSHOT_MAX_AGE_SECONDS
     if age > limit:
         return (
-            f"Snapshot #{snap.pk} is {_duration(age)} old, older than the limit of {_duration(limit)} "
+            f"Snapshot #{snap.pk} is {duration_text(age)} old, older than the limit of {duration_text(limit)} "
             "(OPS_SNAPSHOT_MAX_AGE_SECONDS); take a new snapshot."
         )
     problem = snapshot_file_problem(snap)
@@ -313,12 +281,3 @@ def stored_summary(request: RollbackRequest) -> str:
 # ------------------------------------------------------------------ helpers
 def _fmt(heads: list[str]) -> str:
     return "[" + ", ".join(heads) + "]" if heads else "[] (empty)"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

@@ -8,8 +8,8 @@ change is audited with its actor: SNAPSHOT_TAKEN, SNAPSHOT_VERIFIED,
 SNAPSHOT_FAILED (whenever a row becomes `failed`, on take or verify),
 SNAPSHOT_RESTORED (success, failure or refused) and SNAPSHOT_PRUNED.
 
-The format-specific work lives in `snapshot_pg` (pg_dump / pg_restore) and
-`snapshot_sqlite` (the backup API); this module owns rows, files and audit.
+The format-specific work lives in `postgres` (pg_dump / pg_restore) and
+`sqlite` (the backup API); this module owns rows, files and audit.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from sqlalchemy.engine import make_url
 
 from opsapp.models import AuditAction, AuditOutcome, Snapshot, SnapshotStatus, Target
 from opsapp.models.rollback import OPEN_STATUSES, RollbackRequest
-from opsapp.services import snapshot_pg, snapshot_sqlite
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event
-from opsapp.services.catalog import ensure_target_row
+from opsapp.services.audit.log import append_event
+from opsapp.services.catalog.sync import ensure_target_row
 from opsapp.services.errors import OpsError, SnapshotError
-from opsapp.services.snapshot_files import ensure_dir, fsync_dir, sha256_file
+from opsapp.services.snapshots import postgres as snapshot_pg
+from opsapp.services.snapshots import sqlite as snapshot_sqlite
+from opsapp.services.snapshots.files import ensure_dir, fsync_dir, sha256_file
 from opsapp.targets import all_targets, get_target, mask_url
 
 PG_CUSTOM = "pg_custom"

@@ -16,29 +16,24 @@ external anchor (`verify_audit_log --print-head`, `--anchor`) is for.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.db import connection
-
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit import GENESIS_HASH, HASHED_FIELDS, append_event, canonical_encoder, iso_utc
+from opsapp.services.audit.chain import (
+    GENESIS_HASH,
+    HASH,
+    PREV,
+    batches,
+    current_head,
+    row_hash,
+)
+from opsapp.services.audit.log import append_event
 
 EDITED = "edited"
 MISSING = "missing"
 REORDERED = "reordered"
-
-_CREATED = HASHED_FIELDS.index("created_at")
-_PREV = HASHED_FIELDS.index("prev_hash")
-_HASH = len(HASHED_FIELDS)
-# Hot-loop locals.
-_loads = json.loads
-_sha256 = hashlib.sha256
-_encode = canonical_encoder
 
 
 @dataclass(frozen=True)
@@ -55,68 +50,6 @@ class VerifyResult:
         return asdict(self)
 
 
-def _pg_select() -> str:
-    table = connection.ops.quote_name(AuditEvent._meta.db_table)
-    columns = []
-    for name in (*HASHED_FIELDS, "hash"):
-        if name == "created_at":
-            # Exactly iso_utc(): 2026-01-31T12:00:00.123456+00:00
-            columns.append("""to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')""")
-        elif name == "client_ip":
-            columns.append("host(client_ip)")
-        else:
-            columns.append(connection.ops.quote_name(name))
-    return f"SELECT {', '.join(columns)} FROM {table} WHERE seq > %s ORDER BY seq LIMIT %s"
-
-
-def _batches(after: int, batch_size: int) -> Iterator[list[tuple]]:
-    """Rows as tuples (HASHED_FIELDS..., hash), created_at a string, detail still raw."""
-    if connection.vendor == "postgresql":
-        sql = _pg_select()
-        while True:
-            with connection.cursor() as cur:
-                cur.execute(sql, [after, batch_size])
-                rows = cur.fetchall()
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0]
-    else:
-        fields = (*HASHED_FIELDS, "hash")
-        while True:
-            rows = [
-                (*row[:_CREATED], iso_utc(row[_CREATED]), *row[_CREATED + 1 :])
-                for row in AuditEvent.objects.filter(seq__gt=after).order_by("seq").values_list(*fields)[:batch_size]
-            ]
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0]
-
-
-def _row_hash(row: tuple) -> str:
-    """Recompute the hash of one row from _batches (zip stops before the stored hash)."""
-    fields = dict(zip(HASHED_FIELDS, row, strict=False))
-    detail = fields["detail"]
-    if detail.__class__ is str:
-        fields["detail"] = {} if detail == "{}" else _loads(detail)
-    return _sha256(_encode(fields).encode()).hexdigest()
-
-
-def stored_row_hashes(seq: int) -> tuple[str, str] | None:
-    """(recomputed hash, stored hash) of one event, read the way verify_chain reads it."""
-    for rows in _batches(seq - 1, 1):
-        row = rows[0]
-        if row[0] != seq:
-            return None
-        return _row_hash(row), row[_HASH]
-    return None
-
-
-def current_head() -> tuple[int, str] | None:
-    return AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
-
-
 def verify_chain(*, batch_size: int = 5000, anchor: tuple[int, str] | None = None) -> VerifyResult:
     """Recompute every hash and link, oldest first; stop at the first problem.
 
@@ -129,16 +62,16 @@ def verify_chain(*, batch_size: int = 5000, anchor: tuple[int, str] | None = Non
         head = current_head()
         return VerifyResult(False, checked, seq, problem, message, *(head or (None, None)))
 
-    for rows in _batches(0, batch_size):
+    for rows in batches(0, batch_size):
         for row in rows:
             seq = row[0]
             if seq != expected:
                 gap = f"#{expected}" if seq == expected + 1 else f"#{expected} to #{seq - 1}"
                 return bad(expected, MISSING, f"event {gap} missing: the chain jumps from #{expected - 1} to #{seq}")
-            stored = row[_HASH]
-            if _row_hash(row) != stored:
+            stored = row[HASH]
+            if row_hash(row) != stored:
                 return bad(seq, EDITED, f"event #{seq} was edited: its fields no longer match its hash")
-            if row[_PREV] != prev:
+            if row[PREV] != prev:
                 return bad(
                     seq,
                     REORDERED,

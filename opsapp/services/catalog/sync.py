@@ -26,11 +26,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, Revision, RollbackRequest, Target, TargetState
-from opsapp.services import drift
 from opsapp.services.actors import Actor
 from opsapp.services.alembic_api import connect
-from opsapp.services.audit import append_event
-from opsapp.services.catalog_load import ROW_FIELDS, LoadedCatalog, fingerprint_of, load_catalog, open_script_directory
+from opsapp.services.audit.log import append_event
+from opsapp.services.catalog import drift
+from opsapp.services.catalog.load import ROW_FIELDS, LoadedCatalog, fingerprint_of, load_catalog, open_script_directory
 from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured, TargetUnreachable
 from opsapp.targets import TargetConfig, get_target, mask_url
 

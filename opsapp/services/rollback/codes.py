@@ -31,8 +31,9 @@ from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event, request_context
+from opsapp.services.audit.log import append_event, request_context
 from opsapp.services.errors import OpsError
+from opsapp.services.rollback.expiry import expire_if_stale
 
 APPROVE_PERMISSION = ("opsapp", "approve_rollbackrequest")
 
@@ -172,7 +173,6 @@ def issue_code(request: RollbackRequest, *, actor: Actor) -> list[str]:
     nobody may receive the code, and OpsError when sending fails (the new
     code is then discarded too).
     """
-    from opsapp.services.rollback_gate import expire_if_stale  # the gate imports this module
 
     request.refresh_from_db()
     common = request_context(request)

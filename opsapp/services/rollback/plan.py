@@ -34,7 +34,7 @@ from alembic.util import CommandError
 
 from opsapp.services.alembic_api import connect, make_config
 from opsapp.services.errors import OpsError, RevisionResolutionError, ScriptDirectoryError
-from opsapp.services.rollback_fingerprint import StepMark, fingerprint, step_digests
+from opsapp.services.rollback.fingerprint import StepMark, fingerprint, step_digests
 from opsapp.targets import TargetConfig, mask_url
 
 _preview = threading.local()
@@ -64,7 +64,7 @@ class Preview:
     steps: list[str] = field(default_factory=list)
     expected_heads: list[str] = field(default_factory=list)
     version_table: str = "alembic_version"
-    # Deterministic across processes (rollback_fingerprint): what gate "plan" compares.
+    # Deterministic across processes (rollback.fingerprint): what gate "plan" compares.
     step_digests: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: str = ""
 

@@ -3,10 +3,10 @@
 The public face of the guarded downgrade (DESIGN.md, "The downgrade gate"
 and "Execution"). The work lives in submodules:
 
-- `rollback_plan`     offline SQL preview, destructive analysis, plan hash
-- `rollback_codes`    verification codes and the approver emails
-- `rollback_gate`     the five gates and the refusal record
-- `rollback_execute`  the lock, the atomic downgrade, reconcile, gate preview
+- `plan`              offline SQL preview, destructive analysis, plan hash
+- `codes`             verification codes and the approver emails
+- `gate`              the five gates and the refusal record
+- `execute`           the lock, the atomic downgrade, reconcile, gate preview
 
 Shapes stored on a request (for pages and commands):
 - `destructive`: list of {"revision", "kind" (DROP TABLE | DROP COLUMN |
@@ -26,14 +26,15 @@ import sys
 from django.db import transaction
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, RollbackStatus, Snapshot, SnapshotStatus
-from opsapp.services import catalog, planner
 from opsapp.services.actors import Actor
-from opsapp.services.audit import append_event, request_context
+from opsapp.services.audit.log import append_event, request_context
+from opsapp.services.catalog import planner
+from opsapp.services.catalog import sync as catalog
 from opsapp.services.errors import OpsError
-from opsapp.services.rollback_codes import NoApprover, issue_code
-from opsapp.services.rollback_execute import ExecutionResult, execute_request, gate_status, reconcile
-from opsapp.services.rollback_gate import GATES, GateCheck
-from opsapp.services.rollback_plan import analyze, compute_plan_hash, render_preview
+from opsapp.services.rollback.codes import NoApprover, issue_code
+from opsapp.services.rollback.execute import ExecutionResult, execute_request, gate_status, reconcile
+from opsapp.services.rollback.gate import GATES, GateCheck
+from opsapp.services.rollback.plan import analyze, compute_plan_hash, render_preview
 from opsapp.targets import get_target
 
 __all__ = [

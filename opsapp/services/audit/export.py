@@ -21,7 +21,8 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit import EXPORT_FIELDS, append_event, iso_utc
+from opsapp.services.audit.chain import EXPORT_FIELDS, iso_utc
+from opsapp.services.audit.log import append_event
 
 FORMATS = ("csv", "jsonl")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}

@@ -17,10 +17,10 @@ from urllib.parse import quote
 from sqlalchemy.engine import make_url
 
 from opsapp.services.alembic_api import connect
-from opsapp.services.catalog import read_current_heads
+from opsapp.services.catalog.sync import read_current_heads
 from opsapp.services.errors import SnapshotError
-from opsapp.services.snapshot_files import create_private_file, fsync_dir, fsync_file, sha256_file
-from opsapp.services.snapshot_pg import DumpResult
+from opsapp.services.snapshots.files import create_private_file, fsync_dir, fsync_file, sha256_file
+from opsapp.services.snapshots.postgres import DumpResult
 from opsapp.targets import TargetConfig, mask_url
 
 

@@ -20,69 +20,22 @@ the log never holds an event that its own verifier would flag.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
+from opsapp.services.audit.chain import GENESIS_HASH, compute_hash, stored_row_hashes
 from opsapp.services.errors import AuditError
 from opsapp.targets import mask_url
 
-GENESIS_HASH = "0" * 64
 # Arbitrary constant: the advisory-lock key that serializes audit appends.
 AUDIT_LOCK_KEY = 0x0A0D17
-HASHED_FIELDS = (
-    "seq",
-    "created_at",
-    "actor_user_id",
-    "actor",
-    "action",
-    "outcome",
-    "target_name",
-    "request_id",
-    "snapshot_id",
-    "from_revision",
-    "to_revision",
-    "message",
-    "detail",
-    "client_ip",
-    "user_agent",
-    "prev_hash",
-)
-# What an export carries per event: the hashed fields plus the hash itself.
-EXPORT_FIELDS = (*HASHED_FIELDS, "hash")
-
-# One reusable encoder: json.dumps builds a new one per call when given options.
-canonical_encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_encode = canonical_encoder
-
-
-def iso_utc(value: datetime | str) -> str:
-    """`created_at` as hashed and exported: UTC, ISO 8601, microseconds."""
-    if isinstance(value, str):
-        return value
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def canonical_payload(fields: dict[str, Any]) -> bytes:
-    """Canonical serialization: JSON with sorted keys, no whitespace, UTF-8, UTC ISO times."""
-    data = {name: fields.get(name) for name in HASHED_FIELDS}
-    data["created_at"] = iso_utc(data["created_at"])
-    return _encode(data).encode()
-
-
-def compute_hash(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_payload(fields)).hexdigest()
-
-
-def event_fields(event: AuditEvent) -> dict[str, Any]:
-    return {name: getattr(event, name) for name in HASHED_FIELDS}
 
 
 def _db_now() -> datetime:
@@ -212,8 +165,6 @@ def append_event(
 
 def _check_stored(event: AuditEvent) -> None:
     """Re-read the row the way the verifier does; refuse to commit a row that would not verify."""
-    from opsapp.services.audit_verify import stored_row_hashes
-
     stored = stored_row_hashes(event.seq)
     if stored is None or stored[0] != stored[1] or stored[1] != event.hash:
         raise AuditError(f"audit event #{event.seq} does not hash back after writing; nothing was recorded")

@@ -28,9 +28,9 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import make_url
 
 from opsapp.services.alembic_api import connect
-from opsapp.services.catalog import read_current_heads
+from opsapp.services.catalog.sync import read_current_heads
 from opsapp.services.errors import SnapshotError
-from opsapp.services.snapshot_files import create_private_file
+from opsapp.services.snapshots.files import create_private_file
 from opsapp.targets import TargetConfig, mask_url
 
 CHUNK = 1 << 20

@@ -1,0 +1,1 @@
+"""The revision catalog: sync, load, graph, downgrade planner, drift."""

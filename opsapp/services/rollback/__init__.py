@@ -1,0 +1,1 @@
+"""The guarded downgrade: requests, plan, gate, codes, execution."""

@@ -1,0 +1,1 @@
+"""Snapshots of targets: take, verify, restore, prune; PostgreSQL and SQLite."""
