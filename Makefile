@@ -40,8 +40,10 @@ run: setup
 	$(PY) manage.py runserver 127.0.0.1:8000
 
 ## Run the whole test suite (needs PostgreSQL at 127.0.0.1:5432 and /usr/bin/chromium).
+## Two processes (pytest-xdist): each worker gets its own test database (test_<name>_gw0, _gw1) and its
+## throwaway target databases have random names, so the workers never share a database.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 lint: install
 	$(VENV)/bin/ruff check .
