@@ -86,4 +86,3 @@ def test_a_headless_enrollment_stores_nothing_in_clear_either(capsys, operator):
     text = database_text()
     assert [form for form in forms_of_secret(secret) if form in text] == []
     assert [code for code in out["backup_codes"] if any(form in text for form in forms_of_code(code))] == []
-
