@@ -289,7 +289,74 @@ def verify(actor: Actor, user, token: str) -> Verified:
     return Verified(device=device, backup_code_used=kind == "backup code", backup_codes_left=left)
 
 
+@dataclass(frozen=True)
+class RekeyReport:
+    """What `rekey` found (and, unless checking, did). Usernames only, never a secret."""
+
+    resealed: int  # authenticator keys moved (or, when checking, to move) to the current SECRET_KEY
+    current: int  # already under the current key
+    unreadable: list[str]  # whose authenticator no configured key opens: reset them
+    backup_codes_on_old_key: list[str]  # hashed under a fallback: they work while it stays configured
+    backup_codes_unusable: list[str]  # hashed under a key no longer configured: they no longer work
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.resealed or self.unreadable or self.backup_codes_on_old_key or self.backup_codes_unusable)
+
+
+def rekey(actor: Actor, *, check: bool = False) -> RekeyReport:
+    """Re-encrypt every authenticator key under the current SECRET_KEY (after a rotation). Audited.
+
+    Keys sealed under a SECRET_KEY_FALLBACKS entry are opened and sealed again;
+    each device is locked while it is rewritten, so two runs at once (or a
+    sign-in meanwhile) never lose an update. Backup codes are only hashes and
+    cannot be re-hashed: the report names whose codes still depend on a
+    fallback (or on a key that is gone) so they can be issued new ones by a
+    reset. With `check=True` nothing is written and nothing is audited.
+    """
+    resealed, current, unreadable = 0, 0, []
+    for pk in AuthenticatorDevice.objects.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            device = AuthenticatorDevice.objects.select_for_update().select_related("user").filter(pk=pk).first()
+            if device is None:  # reset meanwhile
+                continue
+            if sealing.is_current(device.sealed_key, sealing.TOTP_KEY):
+                current += 1
+                continue
+            try:
+                sealed = sealing.reseal(device.sealed_key, sealing.TOTP_KEY)
+            except sealing.SealError:
+                unreadable.append(device.user.get_username())
+                continue
+            resealed += 1
+            if not check:
+                AuthenticatorDevice.objects.filter(pk=pk).update(sealed_key=sealed)
+    on_old, unusable = [], []
+    current_id = sealing.key_id(sealing.BACKUP_CODE)
+    for backup in BackupCodeDevice.objects.exclude(key_id=current_id).select_related("user").order_by("pk"):
+        known = sealing.digest_key(backup.key_id, sealing.BACKUP_CODE) is not None
+        (on_old if known else unusable).append(backup.user.get_username())
+    report = RekeyReport(resealed, current, unreadable, on_old, unusable)
+    if not check:
+        append_event(
+            action=AuditAction.OTP_REKEYED,
+            outcome=AuditOutcome.FAILURE if unreadable else AuditOutcome.SUCCESS,
+            actor=actor,
+            message=f"2FA keys re-encrypted under the current SECRET_KEY: {resealed} moved, {current} already current"
+            + (f", {len(unreadable)} unreadable" if unreadable else ""),
+            detail={
+                "resealed": resealed,
+                "current": current,
+                "unreadable": unreadable,
+                "backup_codes_on_old_key": on_old,
+                "backup_codes_unusable": unusable,
+            },
+        )
+    return report
+
+
 __all__ = [
+    "RekeyReport",
     "TwoFactorError",
     "Verified",
     "confirm_enrollment",
@@ -299,6 +366,7 @@ __all__ = [
     "new_secret",
     "provisioning_uri",
     "qr_svg",
+    "rekey",
     "reset_devices",
     "seal_pending",
     "secret_base32",
