@@ -9,11 +9,14 @@ whatever a view puts in one is readable by anyone who reads the table.
 from __future__ import annotations
 
 import base64
+import json
 import re
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
+from django.core.management import CommandError
 from django.db import connection
 
 pytestmark = pytest.mark.django_db
@@ -75,9 +78,6 @@ def test_after_enrollment_neither_the_secret_nor_a_backup_code_is_in_the_databas
 
 
 def test_a_headless_enrollment_stores_nothing_in_clear_either(capsys, operator):
-    import json
-    from urllib.parse import parse_qs, urlparse
-
     from django.core.management import call_command
 
     call_command("otp_enroll", "olga", "--json")
@@ -157,3 +157,116 @@ def test_django_otps_clear_text_models_refuse_to_store_anything(operator):
     with pytest.raises(RuntimeError, match="in clear"):
         StaticToken.objects.create(device=device, token="abcdefgh")
     assert not TOTPDevice.objects.exists() and not StaticToken.objects.exists()
+
+
+# ------------------------------------------------------------------ key rotation
+OLD_KEY = "old-secret-key-for-the-rotation-tests-0123456789"
+NEW_KEY = "new-secret-key-for-the-rotation-tests-9876543210"
+
+
+@pytest.fixture
+def enrolled_under_old_key(settings, capsys, operator):
+    """olga enrolled (authenticator + backup codes) while SECRET_KEY was OLD_KEY."""
+    from django.core.management import call_command
+
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = OLD_KEY, []
+    call_command("otp_enroll", "olga", "--json")
+    out = json.loads(capsys.readouterr().out)
+
+    secret = base64.b32decode(parse_qs(urlparse(out["uri"]).query)["secret"][0])
+    return secret, out["backup_codes"]
+
+
+def test_after_a_rotation_the_fallback_key_still_opens_secrets_and_otp_rekey_moves_them(
+    settings, capsys, operator, enrolled_under_old_key
+):
+    from django.core.management import call_command
+
+    from opsapp.models import AuditEvent, AuthenticatorDevice
+    from opsapp.services import sealing, two_factor
+    from opsapp.services.actors import Actor
+    from tests.two_factor_support import totp
+
+    secret, codes = enrolled_under_old_key
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = NEW_KEY, [OLD_KEY]
+    device = AuthenticatorDevice.objects.get(user=operator)
+    sealed_before = device.sealed_key
+    assert device.bin_key == secret and not sealing.is_current(sealed_before, sealing.TOTP_KEY)
+    actor = Actor.from_user(operator)
+    assert two_factor.verify(actor, operator, codes[0]).backup_code_used  # hashed under the fallback: still works
+
+    with pytest.raises(CommandError, match="run otp_rekey"):
+        call_command("otp_rekey", "--check")
+    assert "1 to re-encrypt" in capsys.readouterr().out
+    assert AuthenticatorDevice.objects.get(pk=device.pk).sealed_key == sealed_before  # --check writes nothing
+    assert not AuditEvent.objects.filter(action="otp_rekeyed").exists()
+
+    call_command("otp_rekey", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["resealed"] == 1 and report["unreadable"] == [] and report["backup_codes_on_old_key"] == ["olga"]
+    (event,) = AuditEvent.objects.filter(action="otp_rekeyed")
+    assert event.outcome == "success" and event.detail["resealed"] == 1
+    assert secret.hex() not in json_of(event) and sealed_before not in json_of(event)
+
+    # The old key can go: the authenticator opens with the new one alone (and signs in).
+    settings.SECRET_KEY_FALLBACKS = []
+    device.refresh_from_db()
+    assert device.sealed_key != sealed_before and device.bin_key == secret
+    assert two_factor.verify(actor, operator, totp(secret)).device == device
+    call_command("otp_rekey")
+    assert "0 re-encrypted, 1 already current" in capsys.readouterr().out
+
+
+def json_of(event) -> str:
+    return json.dumps([event.message, event.detail])
+
+
+def test_a_key_sealed_under_a_forgotten_secret_key_is_refused_clearly_and_otp_rekey_names_the_user(
+    settings, client, capsys, operator, enrolled_under_old_key
+):
+    from django.core.management import call_command
+
+    from opsapp.models import AuditEvent, AuthenticatorDevice
+    from tests.two_factor_support import totp
+
+    secret, codes = enrolled_under_old_key
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = NEW_KEY, []  # OLD_KEY lost
+    sealed_before = AuthenticatorDevice.objects.get(user=operator).sealed_key
+    client.force_login(operator)
+    response = client.post("/admin/2fa/verify/", {"token": totp(secret)})
+    assert response.status_code == 200 and "Ask a superuser to reset" in response.content.decode()
+    event = AuditEvent.objects.filter(action="otp_token_rejected").get()
+    assert event.outcome == "refused" and "no configured SECRET_KEY" in event.message
+    response = client.post("/admin/2fa/verify/", {"token": codes[1]})
+    assert response.status_code == 200 and "not valid" in response.content.decode()
+    assert client.get("/admin/").status_code == 302
+
+    with pytest.raises(CommandError, match="otp_reset"):
+        call_command("otp_rekey")
+    out = capsys.readouterr().out
+    assert "no longer work" in out and "olga" in out
+    assert AuthenticatorDevice.objects.get(user=operator).sealed_key == sealed_before
+    assert AuditEvent.objects.get(action="otp_rekeyed").detail["unreadable"] == ["olga"]
+
+
+def test_backup_codes_are_stored_as_keyed_hashes_and_work_once(operator, capsys):
+    import hashlib
+
+    from django.core.management import call_command
+
+    from opsapp.models import BackupCode, BackupCodeDevice
+    from opsapp.services import two_factor
+    from opsapp.services.actors import Actor
+
+    call_command("otp_enroll", "olga", "--json")
+    codes = json.loads(capsys.readouterr().out)["backup_codes"]
+    digests = set(BackupCode.objects.values_list("digest", flat=True))
+    plain = {c.replace("-", "") for c in codes}
+    assert len(digests) == 10 and not digests & plain
+    # Keyed: not a bare SHA-256 someone could brute-force from a copy of the table.
+    assert not digests & {hashlib.sha256(c.encode()).hexdigest() for c in plain}
+    actor = Actor.from_user(operator)
+    assert two_factor.verify(actor, operator, codes[3]).backup_codes_left == 9
+    with pytest.raises(two_factor.TwoFactorError):
+        two_factor.verify(actor, operator, codes[3])
+    assert BackupCodeDevice.objects.get(user=operator).codes.count() == 9
