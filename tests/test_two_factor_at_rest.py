@@ -270,3 +270,27 @@ def test_backup_codes_are_stored_as_keyed_hashes_and_work_once(operator, capsys)
     with pytest.raises(two_factor.TwoFactorError):
         two_factor.verify(actor, operator, codes[3])
     assert BackupCodeDevice.objects.get(user=operator).codes.count() == 9
+
+
+# ------------------------------------------------------------------ sealing itself
+def test_a_sealed_value_opens_only_for_its_purpose_and_refuses_tampering(settings):
+    from opsapp.services import sealing
+
+    sealed = sealing.seal(b"twenty bytes secret!", sealing.TOTP_KEY)
+    assert b"twenty" not in sealed.encode() and sealing.unseal(sealed, sealing.TOTP_KEY) == b"twenty bytes secret!"
+    with pytest.raises(sealing.SealError, match="SECRET_KEY_FALLBACKS"):
+        sealing.unseal(sealed, sealing.ENROLLMENT)  # another derived key
+    tampered = sealed[:-6] + ("A" if sealed[-6] != "A" else "B") + sealed[-5:]
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(tampered, sealing.TOTP_KEY)
+    settings.SECRET_KEY = NEW_KEY
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(sealed, sealing.TOTP_KEY)
+
+
+def test_neither_device_model_has_an_admin_page():
+    from django.contrib import admin
+
+    from opsapp.models import AuthenticatorDevice, BackupCode, BackupCodeDevice
+
+    assert not any(admin.site.is_registered(m) for m in (AuthenticatorDevice, BackupCodeDevice, BackupCode))
