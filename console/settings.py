@@ -35,6 +35,13 @@ if not SECRET_KEY:
             "a development default is only used when DEBUG=1."
         )
     SECRET_KEY = _DEV_SECRET_KEY
+# Earlier SECRET_KEYs during a rotation: they still open sessions, signed values and the 2FA secrets
+# sealed under them (opsapp.services.sealing); `manage.py otp_rekey` moves those to SECRET_KEY.
+# Comma-separated, or SECRET_KEY_FALLBACKS_FILE with one key per line.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+if not SECRET_KEY_FALLBACKS and os.environ.get("SECRET_KEY_FALLBACKS_FILE"):
+    _lines = Path(os.environ["SECRET_KEY_FALLBACKS_FILE"]).read_text().splitlines()
+    SECRET_KEY_FALLBACKS = [line.strip() for line in _lines if line.strip()]
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

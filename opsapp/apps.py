@@ -9,4 +9,13 @@ class OpsappConfig(AppConfig):
     verbose_name = "Migration operations"
 
     def ready(self) -> None:
+        from django.db.models.signals import pre_save
+        from django_otp.plugins.otp_static.models import StaticToken
+        from django_otp.plugins.otp_totp.models import TOTPDevice
+
         from opsapp import checks  # noqa: F401  (registers the system checks)
+        from opsapp.models.two_factor import refuse_clear_secrets
+
+        # django-otp's plugins stay installed (their tables hold what migration 0010 moved) but unused.
+        for model in (TOTPDevice, StaticToken):
+            pre_save.connect(refuse_clear_secrets, sender=model, dispatch_uid=f"opsapp-refuse-{model.__name__}")

@@ -2,7 +2,8 @@
 
 Against pytest-django's live server on PostgreSQL with the demo target `shop`
 (its real 12-revision history on a throwaway database, seeded with data).
-An operator logs in, looks at the target and its graph, takes a snapshot,
+Two-factor sign-in is on, as in production. An operator logs in (password,
+then a token computed from their authenticator's secret), looks at the target and its graph, takes a snapshot,
 requests a downgrade to the merge 9c4f1e7b5d7a, reads what it would destroy,
 is refused with a wrong code and succeeds with the one the approver was
 mailed; an auditor reads the log, cannot change anything, and exports it.
@@ -33,6 +34,7 @@ from django.core import mail
 from django.urls import reverse
 
 from opsapp.models import AuditEvent, RollbackRequest, RollbackStatus, Snapshot
+from tests.two_factor_support import make_device
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -80,7 +82,8 @@ def shop(pg_url, configure_target):
 
 
 @pytest.fixture
-def browser(live_server):
+def browser(live_server, settings):
+    settings.OPS_REQUIRE_2FA = True  # as in production: every persona signs in with a token too
     with chromium_browser() as browser:
         yield browser
 
@@ -116,7 +119,7 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
     # Log in through the form.
     log_in(page, "olga", "pw-olga")
     screenshot(page, "01-login")
-    submit_login(page)
+    submit_login(page, make_device(operator))
     assert "shop" in page.locator("#content").inner_text()
     screenshot(page, "02-dashboard")
 
@@ -258,7 +261,7 @@ def test_an_auditor_reads_the_audit_log_cannot_change_anything_and_downloads_the
 
     page = new_page(browser, live_server.url)
     log_in(page, "aude", "pw-aude")
-    submit_login(page)
+    submit_login(page, make_device(auditor))
 
     # The list, read-only: no add link, no bulk actions; export buttons are there.
     page.goto(reverse("admin:opsapp_auditevent_changelist"))

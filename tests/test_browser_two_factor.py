@@ -16,7 +16,7 @@ import time
 import pytest
 from browser_support import chromium_browser, navigate, new_page, screenshot
 
-from opsapp.models import AuditEvent
+from opsapp.models import AuditEvent, AuthenticatorDevice
 from tests.two_factor_support import fresh_token, secret_from_text, totp
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -50,8 +50,6 @@ def log_out(page) -> None:
 
 
 def test_an_operator_enrolls_signs_in_with_a_token_and_uses_a_backup_code_once(live_server, browser, operator):
-    from django_otp.plugins.otp_totp.models import TOTPDevice
-
     page = new_page(browser, live_server.url)
 
     # 1. The password, then enrollment instead of the console.
@@ -80,7 +78,7 @@ def test_an_operator_enrolls_signs_in_with_a_token_and_uses_a_backup_code_once(l
     assert "not valid" in page.locator(".errornote").inner_text()
     shots(page, "04-token-refused")
     time.sleep(1.1)  # django-otp's back-off: after one failure the device waits a second
-    page.get_by_role("textbox", name="Code").fill(fresh_token(TOTPDevice.objects.get(user=operator)))
+    page.get_by_role("textbox", name="Code").fill(fresh_token(AuthenticatorDevice.objects.get(user=operator)))
     navigate(page, page.get_by_role("button", name="Verify"))
     assert page.url.endswith("/admin/")
 

@@ -13,11 +13,11 @@ import pytest
 from django.contrib import admin
 from django.core.management import CommandError, call_command
 from django.urls import reverse
-from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from opsapp.checks import check_two_factor
-from opsapp.models import AuditEvent
+from opsapp.models import AuditEvent, AuthenticatorDevice, BackupCode, BackupCodeDevice
 from tests.two_factor_support import fresh_token, make_device, secret_from_text, totp, verified_login
 
 pytestmark = pytest.mark.django_db
@@ -98,21 +98,21 @@ def test_enrollment_shows_a_server_rendered_qr_code_and_the_secret(client, opera
     assert len(secret_on_page(response)) == 20
     # The same pending secret on reload (the phone may have scanned it already); nothing stored yet.
     assert secret_on_page(client.get(ENROLL)) == secret_on_page(response)
-    assert not TOTPDevice.objects.exists()
+    assert not AuthenticatorDevice.objects.exists()
 
 
 def test_enrollment_confirms_one_token_then_shows_ten_backup_codes_once(client, operator):
     password_login(client, "olga")
     secret, codes = enroll(client, operator)
     assert len(codes) == 10 and len(set(codes)) == 10
-    device = TOTPDevice.objects.get(user=operator)
+    device = AuthenticatorDevice.objects.get(user=operator)
     assert device.confirmed and device.bin_key == secret
-    assert StaticToken.objects.filter(device__user=operator).count() == 10
+    assert BackupCode.objects.filter(device__user=operator).count() == 10
     assert client.get("/admin/").status_code == 200  # verified by the enrollment itself
     (event,) = events("otp_enrolled")
     assert event.actor == "olga" and event.detail["backup_codes_issued"] == 10
     text = all_audit_text()
-    assert secret.hex() not in text and device.key not in text
+    assert secret.hex() not in text and device.bin_key.hex() not in text
     assert not any(code.replace("-", "") in text or code in text for code in codes)
     # Backup codes are not shown again: the page now sends the user on.
     assert client.get(ENROLL).status_code == 302
@@ -124,7 +124,7 @@ def test_a_wrong_enrollment_token_is_refused_audited_and_stores_nothing(client, 
     wrong = f"{(int(totp(secret)) + 500_000) % 1_000_000:06d}"
     response = client.post(ENROLL, {"token": wrong})
     assert response.status_code == 200 and "does not match" in response.content.decode()
-    assert not TOTPDevice.objects.exists() and not StaticDevice.objects.exists()
+    assert not AuthenticatorDevice.objects.exists() and not BackupCodeDevice.objects.exists()
     (event,) = events("otp_token_rejected")
     assert event.outcome == "refused" and event.detail["stage"] == "enrollment"
     assert wrong not in all_audit_text()
@@ -177,7 +177,7 @@ def test_a_backup_code_works_once_and_its_use_is_audited(client, operator):
     response = client.post(VERIFY, {"token": codes[0]})
     assert response.status_code == 200 and "not valid" in response.content.decode()
     assert events("otp_token_rejected")[-1].detail["kind"] == "backup code"
-    assert StaticToken.objects.filter(device__user=operator).count() == 9
+    assert BackupCode.objects.filter(device__user=operator).count() == 9
 
 
 def test_failed_tokens_count_towards_the_axes_lockout(client, settings, operator):
@@ -201,7 +201,7 @@ def test_failed_tokens_count_towards_the_axes_lockout(client, settings, operator
 # ------------------------------------------------------------------ reset
 def test_a_superuser_resets_a_users_devices_audited_without_the_secret(client, admin_user, operator):
     device = make_device(operator)
-    key = device.key
+    key = device.bin_key.hex()
     verified_login(client, admin_user)
     url = reverse("opsapp_2fa_reset", args=[operator.pk])
     page = client.get(url)
@@ -209,7 +209,7 @@ def test_a_superuser_resets_a_users_devices_audited_without_the_secret(client, a
     assert url in client.get(reverse("admin:auth_user_change", args=[operator.pk])).content.decode()
     response = client.post(url)
     assert response.status_code == 302
-    assert not TOTPDevice.objects.filter(user=operator).exists()
+    assert not AuthenticatorDevice.objects.filter(user=operator).exists()
     (event,) = events("otp_reset")
     assert event.actor == "admin" and event.detail["user"] == "olga"
     assert key not in all_audit_text()
@@ -219,7 +219,7 @@ def test_only_a_superuser_may_reset(client, operator, approver):
     make_device(approver)
     verified_login(client, operator)
     assert client.post(reverse("opsapp_2fa_reset", args=[approver.pk])).status_code == 403
-    assert TOTPDevice.objects.filter(user=approver).exists() and not events("otp_reset")
+    assert AuthenticatorDevice.objects.filter(user=approver).exists() and not events("otp_reset")
 
 
 def test_django_otps_own_device_pages_are_not_in_the_admin():
@@ -230,12 +230,12 @@ def test_django_otps_own_device_pages_are_not_in_the_admin():
 def test_otp_enroll_prints_a_provisioning_uri_and_backup_codes_and_is_audited(capsys, operator):
     call_command("otp_enroll", "olga", "--json")
     out = json.loads(capsys.readouterr().out)
-    device = TOTPDevice.objects.get(user=operator)
+    device = AuthenticatorDevice.objects.get(user=operator)
     assert out["uri"].startswith("otpauth://totp/") and out["uri"] == device.config_url
     assert len(out["backup_codes"]) == 10
     (event,) = events("otp_enrolled")
     assert event.detail["via"] == "command" and event.actor.startswith("cli:")
-    assert device.key not in all_audit_text()
+    assert device.bin_key.hex() not in all_audit_text()
     with pytest.raises(CommandError, match="otp_reset"):
         call_command("otp_enroll", "olga")
     assert len(events("otp_enrolled")) == 1
@@ -246,8 +246,8 @@ def test_otp_reset_removes_the_devices_and_is_audited(capsys, operator):
     capsys.readouterr()
     call_command("otp_reset", "olga")
     assert "Removed 2" in capsys.readouterr().out
-    assert not TOTPDevice.objects.exists() and not StaticDevice.objects.exists()
-    assert events("otp_reset")[0].detail["devices"] == ["TOTPDevice", "StaticDevice"]
+    assert not AuthenticatorDevice.objects.exists() and not BackupCodeDevice.objects.exists()
+    assert events("otp_reset")[0].detail["devices"] == ["AuthenticatorDevice", "BackupCodeDevice"]
     with pytest.raises(CommandError):
         call_command("otp_reset", "nobody")
 

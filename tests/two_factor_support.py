@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import struct
 import time
 
 from django_otp import DEVICE_ID_SESSION_KEY
-from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from opsapp.models import AuthenticatorDevice
 
 STEP = 30
 
@@ -33,7 +35,7 @@ def secret_from_text(text: str) -> bytes:
     return base64.b32decode(text.replace(" ", "").upper())
 
 
-def fresh_token(device: TOTPDevice) -> str:
+def fresh_token(device: AuthenticatorDevice) -> str:
     """A token the device accepts now: a step after the last one it verified (replays are refused)."""
     device.refresh_from_db()
     now_step = int(time.time() // STEP)
@@ -44,13 +46,17 @@ def fresh_token(device: TOTPDevice) -> str:
     return totp(device.bin_key, offset)
 
 
-def make_device(user) -> TOTPDevice:
-    return TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+def make_device(user) -> AuthenticatorDevice:
+    """A confirmed authenticator with a fresh random key (sealed like an enrolled one)."""
+    device = AuthenticatorDevice(user=user, name="authenticator", confirmed=True)
+    device.set_key(secrets.token_bytes(20))
+    device.save()
+    return device
 
 
-def verified_login(client, user) -> TOTPDevice:
+def verified_login(client, user) -> AuthenticatorDevice:
     """Log `user` in with a session that has passed the second factor (like force_login for 2FA)."""
-    device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or make_device(user)
+    device = AuthenticatorDevice.objects.filter(user=user, confirmed=True).first() or make_device(user)
     client.force_login(user)
     session = client.session
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id

@@ -29,14 +29,16 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from opsapp.models.two_factor import AuthenticatorDevice
 from opsapp.services import two_factor
 from opsapp.services.actors import Actor
 
-# django-otp's own admin pages show the TOTP key and backup codes: nobody needs them here.
+# django-otp's own admin pages show the TOTP key and backup codes (and the console uses neither model).
 for _model in (TOTPDevice, StaticDevice):
     if admin.site.is_registered(_model):
         admin.site.unregister(_model)
 
+# The pending secret, sealed (services.two_factor.seal_pending): sessions are stored in the console DB.
 PENDING_KEY = "opsapp_2fa_pending_key"
 
 
@@ -140,9 +142,10 @@ def enroll_view(request: HttpRequest) -> HttpResponse:
         return response
     if two_factor.has_device(request.user):
         return redirect(_with_next("opsapp_2fa_verify", _next_url(request)))
-    key = request.session.get(PENDING_KEY)
-    if not key:
-        key = request.session[PENDING_KEY] = two_factor.new_secret()
+    key = two_factor.unseal_pending(request.session.get(PENDING_KEY))
+    if key is None:
+        key = two_factor.new_secret()
+        request.session[PENDING_KEY] = two_factor.seal_pending(key)
     error = ""
     if request.method == "POST":
         if _locked_out(request):
@@ -195,7 +198,7 @@ def reset_view(request: HttpRequest, user_id: int) -> HttpResponse:
         )
         return redirect(change_url)
     devices = [
-        {"kind": "authenticator" if isinstance(d, TOTPDevice) else "backup codes", "name": d.name}
+        {"kind": "authenticator" if isinstance(d, AuthenticatorDevice) else "backup codes", "name": d.name}
         for d in django_otp.devices_for_user(user, confirmed=None)
     ]
     return TemplateResponse(

@@ -5,8 +5,12 @@ from opsapp.models.revision import Revision
 from opsapp.models.rollback import RollbackRequest, RollbackStatus
 from opsapp.models.snapshot import Snapshot, SnapshotStatus
 from opsapp.models.target import Target, TargetState
+from opsapp.models.two_factor import AuthenticatorDevice, BackupCode, BackupCodeDevice
 
 __all__ = [
+    "AuthenticatorDevice",
+    "BackupCode",
+    "BackupCodeDevice",
     "AuditAction",
     "AuditEvent",
     "AuditOutcome",

@@ -7,7 +7,10 @@ it without a restart.
 
 Secrets never leave this module except to the edge that must show them once:
 the TOTP secret (enrollment page, `otp_enroll`) and freshly generated backup
-codes. Neither goes into an audit event, a log line or an exception message.
+codes. Neither goes into an audit event, a log line or an exception message,
+nor into the database in clear: the TOTP key is sealed (encrypted), backup
+codes are kept as keyed hashes (opsapp.models.two_factor, services.sealing),
+and the enrollment page keeps its pending secret sealed in the session.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import re
 import secrets
 from base64 import b32encode
-from binascii import unhexlify
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -23,11 +25,10 @@ from django.conf import settings
 from django.db import transaction
 from django_otp import devices_for_user
 from django_otp.oath import TOTP
-from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
-from django_otp.util import random_hex
 
 from opsapp.models import AuditAction, AuditOutcome
+from opsapp.models.two_factor import AuthenticatorDevice, BackupCode, BackupCodeDevice, normalize_token
+from opsapp.services import sealing
 from opsapp.services.actors import Actor
 from opsapp.services.audit.log import append_event
 from opsapp.services.errors import OpsError
@@ -39,6 +40,17 @@ _TOTP_RE = re.compile(r"^\d{6}$")
 _BACKUP_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read from paper
 
 
+_REFUSAL_TEXT = {
+    "token": "That code is not valid.",
+    "throttled": "Too many wrong codes in a row: wait a little and try again.",
+    "unreadable": "Your authenticator cannot be checked (the server's key changed). Ask a superuser to reset your 2FA.",
+}
+_REFUSAL_NOTES = {
+    "throttled": " (too many failures, waiting)",
+    "unreadable": " (the stored key opens with no configured SECRET_KEY)",
+}
+
+
 class TwoFactorError(OpsError):
     """A token was refused or an enrollment/reset is not possible; `.reason` says why."""
 
@@ -47,7 +59,7 @@ class TwoFactorError(OpsError):
 class Verified:
     """A successful token check: the device that accepted it, and backup codes left."""
 
-    device: TOTPDevice | StaticDevice
+    device: AuthenticatorDevice | BackupCodeDevice
     backup_code_used: bool
     backup_codes_left: int
 
@@ -61,23 +73,40 @@ def is_required(user) -> bool:
 
 def has_device(user) -> bool:
     """True when `user` has a confirmed TOTP device (backup codes alone do not count as enrolled)."""
-    return TOTPDevice.objects.devices_for_user(user, confirmed=True).exists()
+    return AuthenticatorDevice.objects.devices_for_user(user, confirmed=True).exists()
 
 
-def new_secret() -> str:
-    """A fresh TOTP secret, hex-encoded (20 random bytes, as django-otp's default)."""
-    return random_hex(20)
+def new_secret() -> bytes:
+    """A fresh TOTP secret: 20 random bytes (django-otp's default length)."""
+    return secrets.token_bytes(20)
 
 
-def secret_base32(key_hex: str) -> str:
+def seal_pending(secret: bytes) -> str:
+    """The pending enrollment secret as the session may keep it (sealed: sessions live in the DB)."""
+    return sealing.seal(secret, sealing.ENROLLMENT)
+
+
+def unseal_pending(sealed: str | None) -> bytes | None:
+    """The pending secret back from the session; None when absent or sealed under a retired key."""
+    if not sealed:
+        return None
+    try:
+        return sealing.unseal(sealed, sealing.ENROLLMENT)
+    except sealing.SealError:
+        return None
+
+
+def secret_base32(secret: bytes) -> str:
     """The secret as a person types it into an authenticator app (base32, groups of four)."""
-    text = b32encode(unhexlify(key_hex)).decode()
+    text = b32encode(secret).decode()
     return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
 
 
-def provisioning_uri(user, key_hex: str) -> str:
+def provisioning_uri(user, secret: bytes) -> str:
     """The otpauth:// URI an authenticator app reads from the QR code."""
-    return TOTPDevice(user=user, key=key_hex, name=TOTP_DEVICE_NAME).config_url
+    device = AuthenticatorDevice(user=user, name=TOTP_DEVICE_NAME)
+    device.set_key(secret)
+    return device.config_url
 
 
 def qr_svg(uri: str) -> str:
@@ -100,17 +129,28 @@ def format_backup_code(code: str) -> str:
     return f"{code[:5]}-{code[5:]}"
 
 
-def _normalize(token: str) -> str:
-    return re.sub(r"[\s-]", "", token or "").lower()
-
-
 def _issue_backup_codes(user) -> list[str]:
-    """Replace the user's backup codes with OPS_BACKUP_CODE_COUNT new ones; return them (shown once)."""
-    StaticDevice.objects.filter(user=user).delete()
-    device = StaticDevice.objects.create(user=user, name=BACKUP_DEVICE_NAME, confirmed=True)
+    """Replace the user's backup codes with OPS_BACKUP_CODE_COUNT new ones; return them (shown once).
+
+    Only their keyed hashes are stored.
+    """
+    BackupCodeDevice.objects.filter(user=user).delete()
+    device = BackupCodeDevice.objects.create(
+        user=user, name=BACKUP_DEVICE_NAME, confirmed=True, key_id=sealing.key_id(sealing.BACKUP_CODE)
+    )
     codes = [_new_backup_code() for _ in range(settings.OPS_BACKUP_CODE_COUNT)]
-    StaticToken.objects.bulk_create([StaticToken(device=device, token=code) for code in codes])
+    BackupCode.objects.bulk_create(
+        [BackupCode(device=device, digest=sealing.keyed_digest(code, sealing.BACKUP_CODE)) for code in codes]
+    )
     return [format_backup_code(code) for code in codes]
+
+
+def _store_authenticator(user, secret: bytes, last_t: int = -1) -> AuthenticatorDevice:
+    AuthenticatorDevice.objects.filter(user=user).delete()
+    device = AuthenticatorDevice(user=user, name=TOTP_DEVICE_NAME, confirmed=True, last_t=last_t)
+    device.set_key(secret)
+    device.save()
+    return device
 
 
 def _audit(action: AuditAction, outcome: AuditOutcome, actor: Actor, user, message: str, **detail) -> None:
@@ -123,7 +163,7 @@ def _audit(action: AuditAction, outcome: AuditOutcome, actor: Actor, user, messa
     )
 
 
-def confirm_enrollment(actor: Actor, user, key_hex: str, token: str) -> tuple[TOTPDevice, list[str]]:
+def confirm_enrollment(actor: Actor, user, secret: bytes, token: str) -> tuple[AuthenticatorDevice, list[str]]:
     """Confirm a pending secret with one token: store the device, issue backup codes.
 
     Returns the new device and the backup codes (the only time they exist in
@@ -132,8 +172,8 @@ def confirm_enrollment(actor: Actor, user, key_hex: str, token: str) -> tuple[TO
     """
     if has_device(user):
         raise TwoFactorError(f"{user.get_username()} already has an authenticator; reset it first.", reason="enrolled")
-    totp = TOTP(unhexlify(key_hex), step=30, digits=6)
-    token = _normalize(token)
+    totp = TOTP(secret, step=30, digits=6)
+    token = normalize_token(token)
     if not (_TOTP_RE.match(token) and totp.verify(int(token), tolerance=1)):
         _audit(
             AuditAction.OTP_TOKEN_REJECTED,
@@ -145,10 +185,7 @@ def confirm_enrollment(actor: Actor, user, key_hex: str, token: str) -> tuple[TO
         )
         raise TwoFactorError("That code does not match. Check the time on your phone and try again.", reason="token")
     with transaction.atomic():
-        TOTPDevice.objects.filter(user=user).delete()
-        device = TOTPDevice.objects.create(
-            user=user, name=TOTP_DEVICE_NAME, key=key_hex, confirmed=True, last_t=totp.t()
-        )
+        device = _store_authenticator(user, secret, last_t=totp.t())
         codes = _issue_backup_codes(user)
         _audit(
             AuditAction.OTP_ENROLLED,
@@ -162,7 +199,7 @@ def confirm_enrollment(actor: Actor, user, key_hex: str, token: str) -> tuple[TO
     return device, codes
 
 
-def enroll_headless(actor: Actor, user) -> tuple[TOTPDevice, list[str]]:
+def enroll_headless(actor: Actor, user) -> tuple[AuthenticatorDevice, list[str]]:
     """Create a confirmed TOTP device and backup codes without a token (`otp_enroll`).
 
     Whoever runs the command holds the server; the URI they pass on is the
@@ -173,8 +210,7 @@ def enroll_headless(actor: Actor, user) -> tuple[TOTPDevice, list[str]]:
             f"{user.get_username()} already has an authenticator; run otp_reset first.", reason="enrolled"
         )
     with transaction.atomic():
-        TOTPDevice.objects.filter(user=user).delete()
-        device = TOTPDevice.objects.create(user=user, name=TOTP_DEVICE_NAME, key=new_secret(), confirmed=True)
+        device = _store_authenticator(user, new_secret())
         codes = _issue_backup_codes(user)
         _audit(
             AuditAction.OTP_ENROLLED,
@@ -217,28 +253,30 @@ def verify(actor: Actor, user, token: str) -> Verified:
     authenticator's own throttle. Raises TwoFactorError (audited) when refused,
     including while django-otp's per-device back-off is in force.
     """
-    token = _normalize(token)
+    token = normalize_token(token)
     kind = "totp" if _TOTP_RE.match(token) else "backup code"
-    model = TOTPDevice if kind == "totp" else StaticDevice
+    model = AuthenticatorDevice if kind == "totp" else BackupCodeDevice
+    unreadable = False
     with transaction.atomic():
         device = model.objects.devices_for_user(user, confirmed=True).select_for_update().first()
         allowed = device is not None and device.verify_is_allowed()[0]
-        ok = bool(allowed and token and device.verify_token(token))
+        try:
+            ok = bool(allowed and token and device.verify_token(token))
+        except sealing.SealError:  # sealed under a key no longer configured
+            ok, unreadable = False, True
     if not ok:
-        reason = "throttled" if device is not None and not allowed else "token"
+        reason = "unreadable" if unreadable else "throttled" if device is not None and not allowed else "token"
         _audit(
             AuditAction.OTP_TOKEN_REJECTED,
             AuditOutcome.REFUSED,
             actor,
             user,
-            f"{kind} refused" + (" (too many failures, waiting)" if reason == "throttled" else ""),
+            f"{kind} refused" + _REFUSAL_NOTES.get(reason, ""),
             stage="sign-in",
             kind=kind,
         )
-        if reason == "throttled":
-            raise TwoFactorError("Too many wrong codes in a row: wait a little and try again.", reason=reason)
-        raise TwoFactorError("That code is not valid.", reason=reason)
-    left = StaticToken.objects.filter(device__user=user).count()
+        raise TwoFactorError(_REFUSAL_TEXT[reason], reason=reason)
+    left = BackupCode.objects.filter(device__user=user).count()
     if kind == "backup code":
         _audit(
             AuditAction.OTP_BACKUP_CODE_USED,
@@ -251,7 +289,74 @@ def verify(actor: Actor, user, token: str) -> Verified:
     return Verified(device=device, backup_code_used=kind == "backup code", backup_codes_left=left)
 
 
+@dataclass(frozen=True)
+class RekeyReport:
+    """What `rekey` found (and, unless checking, did). Usernames only, never a secret."""
+
+    resealed: int  # authenticator keys moved (or, when checking, to move) to the current SECRET_KEY
+    current: int  # already under the current key
+    unreadable: list[str]  # whose authenticator no configured key opens: reset them
+    backup_codes_on_old_key: list[str]  # hashed under a fallback: they work while it stays configured
+    backup_codes_unusable: list[str]  # hashed under a key no longer configured: they no longer work
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.resealed or self.unreadable or self.backup_codes_on_old_key or self.backup_codes_unusable)
+
+
+def rekey(actor: Actor, *, check: bool = False) -> RekeyReport:
+    """Re-encrypt every authenticator key under the current SECRET_KEY (after a rotation). Audited.
+
+    Keys sealed under a SECRET_KEY_FALLBACKS entry are opened and sealed again;
+    each device is locked while it is rewritten, so two runs at once (or a
+    sign-in meanwhile) never lose an update. Backup codes are only hashes and
+    cannot be re-hashed: the report names whose codes still depend on a
+    fallback (or on a key that is gone) so they can be issued new ones by a
+    reset. With `check=True` nothing is written and nothing is audited.
+    """
+    resealed, current, unreadable = 0, 0, []
+    for pk in AuthenticatorDevice.objects.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            device = AuthenticatorDevice.objects.select_for_update().select_related("user").filter(pk=pk).first()
+            if device is None:  # reset meanwhile
+                continue
+            if sealing.is_current(device.sealed_key, sealing.TOTP_KEY):
+                current += 1
+                continue
+            try:
+                sealed = sealing.reseal(device.sealed_key, sealing.TOTP_KEY)
+            except sealing.SealError:
+                unreadable.append(device.user.get_username())
+                continue
+            resealed += 1
+            if not check:
+                AuthenticatorDevice.objects.filter(pk=pk).update(sealed_key=sealed)
+    on_old, unusable = [], []
+    current_id = sealing.key_id(sealing.BACKUP_CODE)
+    for backup in BackupCodeDevice.objects.exclude(key_id=current_id).select_related("user").order_by("pk"):
+        known = sealing.digest_key(backup.key_id, sealing.BACKUP_CODE) is not None
+        (on_old if known else unusable).append(backup.user.get_username())
+    report = RekeyReport(resealed, current, unreadable, on_old, unusable)
+    if not check:
+        append_event(
+            action=AuditAction.OTP_REKEYED,
+            outcome=AuditOutcome.FAILURE if unreadable else AuditOutcome.SUCCESS,
+            actor=actor,
+            message=f"2FA keys re-encrypted under the current SECRET_KEY: {resealed} moved, {current} already current"
+            + (f", {len(unreadable)} unreadable" if unreadable else ""),
+            detail={
+                "resealed": resealed,
+                "current": current,
+                "unreadable": unreadable,
+                "backup_codes_on_old_key": on_old,
+                "backup_codes_unusable": unusable,
+            },
+        )
+    return report
+
+
 __all__ = [
+    "RekeyReport",
     "TwoFactorError",
     "Verified",
     "confirm_enrollment",
@@ -261,7 +366,10 @@ __all__ = [
     "new_secret",
     "provisioning_uri",
     "qr_svg",
+    "rekey",
     "reset_devices",
+    "seal_pending",
     "secret_base32",
+    "unseal_pending",
     "verify",
 ]
