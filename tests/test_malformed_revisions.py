@@ -31,6 +31,7 @@ MALFORMED = {
     "a@b@c": "more than one '@'",
     "r1 r2": "a space or a control character",
     "r\x001": "a space or a control character",
+    "r1\u202e": "a space or a control character",
     "r1\t": None,  # stripped like any surrounding space: a valid r1
     "x" * 300: "longer than 255 characters",
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ from opsapp.services.errors import RevisionResolutionError
 
 # One optional `branch@` before a revision, symbol or relative step; nothing blank around the `@`.
 _WELL_FORMED = re.compile(r"^(?:[^@]+@)?[^@]+$")
-_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 MAX_EXPRESSION_LENGTH = 255  # RollbackRequest.to_revision_input
 _RELATIVE = re.compile(r"^(?:(?P<branch>.+?)@)?(?P<symbol>\w+)?(?P<steps>[+-]\d+)$")
 
@@ -122,7 +122,8 @@ def check_expression(name: str, to: str) -> None:
             name,
             revision=to,
         )
-    if _CONTROL_OR_SPACE.search(to):
+    # Spaces, control and format characters (NUL, tabs, a right-to-left override) are in no revision id.
+    if any(unicodedata.category(char)[0] in "CZ" for char in to):
         raise _refuse(
             f"Malformed revision {_shown(to)}: it contains a space or a control character. {hint}", name, revision=to
         )
