@@ -1,4 +1,11 @@
-"""No admin page without a second factor while OPS_REQUIRE_2FA is on.
+"""Request guards: no NUL byte in a query string; no admin page without a second factor.
+
+NulQueryMiddleware answers 400 to a query string (or path) holding a NUL
+byte. PostgreSQL text cannot hold NUL, so every changelist filter, search
+and export parameter that reached a query with one raised DataError (a 500);
+one check here covers every page, present and future.
+
+TwoFactorMiddleware: no admin page without a second factor while OPS_REQUIRE_2FA is on.
 
 After the password, a staff user's session is authenticated but not verified.
 Until it is, every view except the 2FA pages, login and logout answers with a
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect
 from django.urls import reverse
 
@@ -25,6 +33,21 @@ OPEN_VIEWS = {
     "admin:logout",
     "admin:jsi18n",
 }
+
+
+NUL_REFUSAL = "Bad request: a parameter holds a NUL byte (%00), which no filter, search or export accepts."
+
+
+class NulQueryMiddleware:
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if "\x00" in request.path or any(
+            "\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()
+        ):
+            return HttpResponseBadRequest(NUL_REFUSAL, content_type="text/plain; charset=utf-8")
+        return self.get_response(request)
 
 
 class TwoFactorMiddleware:

@@ -89,7 +89,7 @@ def test_a_headless_enrollment_stores_nothing_in_clear_either(capsys, operator):
 
 
 # ------------------------------------------------------------------ the data migration
-def migration_0010():
+def migration_0007():
     """The migration module and the historical apps it runs with (django-otp's models as they were)."""
     from importlib import import_module
 
@@ -107,7 +107,7 @@ def test_the_migration_moves_django_otps_clear_devices_and_nobody_loses_theirs(o
     from opsapp.services.actors import Actor
     from tests.two_factor_support import totp
 
-    migration, apps = migration_0010()
+    migration, apps = migration_0007()
     TOTPDevice = apps.get_model("otp_totp", "TOTPDevice")
     StaticDevice = apps.get_model("otp_static", "StaticDevice")
     StaticToken = apps.get_model("otp_static", "StaticToken")
@@ -142,7 +142,7 @@ def test_the_migration_reversed_gives_the_authenticator_back_to_django_otp(opera
     from tests.two_factor_support import make_device
 
     device = make_device(operator)
-    migration, apps = migration_0010()
+    migration, apps = migration_0007()
     migration.unseal_back(apps, None)
     assert apps.get_model("otp_totp", "TOTPDevice").objects.get(user_id=operator.pk).key == device.bin_key.hex()
 

@@ -202,6 +202,7 @@ class TargetAdmin(admin.ModelAdmin):
             "drift_state": target.state
             in (
                 TargetState.UNKNOWN_REVISION,
+                TargetState.OVERLAPPING_VERSIONS,
                 TargetState.MULTIPLE_HEADS,
                 TargetState.SCRIPT_ERROR,
                 TargetState.UNREACHABLE,

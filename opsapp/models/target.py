@@ -7,6 +7,8 @@ class TargetState(models.TextChoices):
     AT_HEAD = "at_head", "at head"
     BEHIND = "behind", "behind"
     UNKNOWN_REVISION = "unknown_revision", "unknown revision"
+    # alembic_version holds a revision together with one of its own ancestors.
+    OVERLAPPING_VERSIONS = "overlapping_versions", "overlapping alembic_version rows"
     MULTIPLE_HEADS = "multiple_heads", "multiple heads in scripts"
     EMPTY = "empty", "empty"
     UNREACHABLE = "unreachable", "unreachable"

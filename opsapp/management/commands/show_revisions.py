@@ -17,7 +17,12 @@ from opsapp.services.catalog.sync import ensure_target_row, sync_target
 
 # States whose detail (the broken file and its error, the driver's masked
 # error, the unknown revision) must be shown, not just named.
-EXPLAINED_STATES = (TargetState.SCRIPT_ERROR, TargetState.UNREACHABLE, TargetState.UNKNOWN_REVISION)
+EXPLAINED_STATES = (
+    TargetState.SCRIPT_ERROR,
+    TargetState.UNREACHABLE,
+    TargetState.UNKNOWN_REVISION,
+    TargetState.OVERLAPPING_VERSIONS,
+)
 
 
 def _marks(rev: dict) -> str:

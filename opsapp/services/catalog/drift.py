@@ -52,6 +52,33 @@ def explain_unknown_revision(
     return "\n".join(lines)
 
 
+def purge_command(keep: list[str]) -> str:
+    """The Alembic command that leaves exactly `keep` in alembic_version (runs no migration)."""
+    return f"alembic stamp --purge {' '.join(keep)}"
+
+
+def explain_overlapping_versions(target_name: str, covered: dict[str, list[str]], keep: list[str]) -> str:
+    """alembic_version holds a revision together with one of its own ancestors (overlapping rows).
+
+    `covered` maps each redundant row to the held revision(s) that already
+    include it; `keep` is what alembic_version should hold instead.
+    """
+    pairs = "; ".join(f"{rev} is an ancestor of {', '.join(newer)}" for rev, newer in sorted(covered.items()))
+    first = sorted(covered)[0]
+    lines = [
+        f"Target {target_name!r}: alembic_version holds overlapping rows: {pairs}. A revision's row already "
+        "implies every revision below it, so Alembic refuses this table: `alembic upgrade` fails with "
+        f'"Requested revision {covered[first][0]} overlaps with other requested revisions {first}", '
+        "and downgrades plan from the wrong revisions. The console refuses to plan a downgrade from it.",
+        "What it means: a row was inserted by hand, or a stamp or a migration tool wrote alembic_version "
+        "without removing the older row.",
+        "How to resolve: check that the schema really is at "
+        f"{', '.join(keep)}, then run `{purge_command(keep)}`. It empties alembic_version and records "
+        f"{', '.join(keep)} alone; it runs no migration and changes no other table. Then run sync_revisions again.",
+    ]
+    return "\n".join(lines)
+
+
 def merge_command(heads: list[str]) -> str:
     return f'alembic merge -m "merge heads" {" ".join(heads)}'
 
@@ -71,7 +98,7 @@ def explain_multiple_heads(target_name: str, script_heads: list[str], db_heads: 
 
 @dataclass(frozen=True)
 class DriftProblem:
-    code: str  # unknown_revision | unreachable | script_error | not_at_head | multiple_heads
+    code: str  # unknown_revision | overlapping_versions | unreachable | script_error | not_at_head | multiple_heads
     message: str
 
 
@@ -91,9 +118,12 @@ def drift_problems(target: Target, *, require_head: bool = False, single_head: b
         problems.append(DriftProblem("script_error", target.state_detail))
     elif target.state == TargetState.UNKNOWN_REVISION:
         problems.append(DriftProblem("unknown_revision", target.state_detail))
+    elif target.state == TargetState.OVERLAPPING_VERSIONS:
+        problems.append(DriftProblem("overlapping_versions", target.state_detail))
     if target.state not in (TargetState.UNREACHABLE, TargetState.SCRIPT_ERROR):
-        # With an unknown revision, "upgrade" would fail: the advice above comes first.
-        if require_head and set(current) != set(heads) and target.state != TargetState.UNKNOWN_REVISION:
+        # With an unknown revision or overlapping rows, "upgrade" would fail: the advice above comes first.
+        blocked = target.state in (TargetState.UNKNOWN_REVISION, TargetState.OVERLAPPING_VERSIONS)
+        if require_head and set(current) != set(heads) and not blocked:
             if not current:
                 message = f"Target {target.name!r} has no alembic_version: run `alembic upgrade {'heads' if len(heads) > 1 else 'head'}`."
             else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,8 +28,12 @@ from alembic.script.revision import (
 
 from opsapp.models import Revision as RevisionRow
 from opsapp.models import Target
+from opsapp.services.catalog import drift
 from opsapp.services.errors import RevisionResolutionError
 
+# One optional `branch@` before a revision, symbol or relative step; nothing blank around the `@`.
+_WELL_FORMED = re.compile(r"^(?:[^@]+@)?[^@]+$")
+MAX_EXPRESSION_LENGTH = 255  # RollbackRequest.to_revision_input
 _RELATIVE = re.compile(r"^(?:(?P<branch>.+?)@)?(?P<symbol>\w+)?(?P<steps>[+-]\d+)$")
 
 
@@ -97,6 +102,49 @@ def _prefix_candidates(rmap: RevisionMap, prefix: str) -> list[str]:
 def _ancestors(rmap: RevisionMap, heads: list[str]) -> set[str]:
     revs = [rmap.get_revision(rev) for rev in heads]
     return {rev.revision for rev in rmap._get_ancestor_nodes(revs, include_dependencies=True)}
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:60] + "...")
+
+
+def check_expression(name: str, to: str) -> None:
+    """Refuse (RevisionResolutionError) a revision expression Alembic cannot even parse.
+
+    Alembic answers `@`, `@@`, `payments@` and the like with an
+    AssertionError, and reads `@abc` as "every branch": refuse them here,
+    naming what is wrong, before anything resolves them.
+    """
+    hint = "Write a revision id, a unique prefix, branch@rev, base or -N."
+    if len(to) > MAX_EXPRESSION_LENGTH:
+        raise _refuse(
+            f"Malformed revision {_shown(to)}: longer than {MAX_EXPRESSION_LENGTH} characters. {hint}",
+            name,
+            revision=to,
+        )
+    # Spaces, control and format characters (NUL, tabs, a right-to-left override) are in no revision id.
+    if any(unicodedata.category(char)[0] in "CZ" for char in to):
+        raise _refuse(
+            f"Malformed revision {_shown(to)}: it contains a space or a control character. {hint}", name, revision=to
+        )
+    if not _WELL_FORMED.match(to):
+        if to.count("@") > 1:
+            why = "more than one '@'"
+        elif to.startswith("@"):
+            why = "no branch name before '@'"
+        else:
+            why = "nothing after '@' (e.g. <branch>@head, <branch>@-1)"
+        raise _refuse(f"Malformed revision {_shown(to)}: {why}. {hint}", name, revision=to)
+
+
+def overlapping_rows(rmap: RevisionMap, heads: list[str]) -> dict[str, list[str]]:
+    """Each of `heads` that is an ancestor (dependencies included) of another one -> those it is below."""
+    covered: dict[str, list[str]] = {}
+    for newer in sorted(set(heads)):
+        below = _ancestors(rmap, [newer]) - {newer}
+        for rev in below & set(heads):
+            covered.setdefault(rev, []).append(newer)
+    return covered
 
 
 def _resolve(rmap: RevisionMap, name: str, to: str, heads: list[str]) -> tuple[str, list[str]]:
@@ -172,8 +220,10 @@ def plan_downgrade(
 ) -> DowngradePlan:
     """Plan a downgrade of `target_name` from `current_heads` to `to`.
 
-    Raises RevisionResolutionError (with `.revision`) for: no synced catalog,
-    an empty database, current heads the scripts do not know, an unknown
+    Raises RevisionResolutionError (with `.revision`) for: a malformed
+    expression (`@`, `payments@`, a control character), no synced catalog,
+    an empty database, current heads the scripts do not know, current heads
+    that overlap (a row together with its own ancestor), an unknown
     revision, an ambiguous prefix (listing the candidates), a relative step
     that is ambiguous at a merge point or from several heads, a target that
     is not below the current heads, and nothing to downgrade.
@@ -184,6 +234,7 @@ def plan_downgrade(
         raise _refuse(
             "No downgrade target given: name a revision, a unique prefix, branch@rev, base or -N.", target_name
         )
+    check_expression(target_name, to)
     if revision_map is None:
         target = Target.objects.filter(name=target_name).first()
         if target is None or target.last_synced_at is None:
@@ -204,6 +255,18 @@ def plan_downgrade(
             target_name,
             revision=unknown[0],
             heads=heads,
+        )
+    covered = overlapping_rows(revision_map, heads)
+    if covered:
+        keep = sorted(set(heads) - set(covered))
+        raise _refuse(
+            drift.explain_overlapping_versions(target_name, covered, keep).split("\n")[0]
+            + f" Fix alembic_version first: check the schema is at {', '.join(keep)}, then run "
+            f"`{drift.purge_command(keep)}`.",
+            target_name,
+            revision=sorted(covered)[0],
+            heads=heads,
+            reason="overlapping_versions",
         )
     to_revision, steps = _resolve(revision_map, target_name, to, heads)
     if to_revision != "base" and to_revision not in _ancestors(revision_map, heads):

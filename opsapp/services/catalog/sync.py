@@ -133,6 +133,17 @@ class _Graph:
             todo.extend(p for p in self.parents.get(rev, ()) if p not in seen)
         return seen
 
+    def covered_rows(self, revisions: list[str]) -> dict[str, list[str]]:
+        """Each of `revisions` that is an ancestor of another one of them -> those it is below.
+
+        Dependencies count: Alembic collapses a `depends_on` revision into its dependant's row too.
+        """
+        covered: dict[str, list[str]] = {}
+        for newer in sorted(set(revisions)):
+            for rev in (self.ancestors([newer]) - {newer}) & set(revisions):
+                covered.setdefault(rev, []).append(newer)
+        return covered
+
 
 @dataclass
 class StateResult:
@@ -169,6 +180,11 @@ def compute_state(target: Target, graph: _Graph, db: DbRead) -> StateResult:
         if len(graph.heads) > 1:
             detail += " " + drift.explain_multiple_heads(target.name, graph.heads, db.heads)
         return StateResult(TargetState.EMPTY, detail, pending, applied, current)
+    covered = graph.covered_rows(db.heads)
+    if covered:
+        keep = sorted(current - set(covered))
+        detail = drift.explain_overlapping_versions(target.name, covered, keep)
+        return StateResult(TargetState.OVERLAPPING_VERSIONS, detail, pending, applied, current)
     if len(graph.heads) > 1 and current != set(graph.heads):
         detail = drift.explain_multiple_heads(target.name, graph.heads, db.heads)
         return StateResult(TargetState.MULTIPLE_HEADS, detail, pending, applied, current)
@@ -311,6 +327,7 @@ _STEADY_STATES = (
     TargetState.BEHIND,
     TargetState.MULTIPLE_HEADS,
     TargetState.UNKNOWN_REVISION,
+    TargetState.OVERLAPPING_VERSIONS,
     TargetState.EMPTY,
 )
 
