@@ -235,3 +235,80 @@ def test_the_command_refuses_bad_usage_with_exit_2(ready_request, operator, sett
     proc = ready_request.env.manage(settings, "rehearse_rollback", "999999", "--actor", operator.username)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "does not exist" in err
+
+
+def test_a_sqlite_target_is_rehearsed_on_a_file_copy(
+    script_dir_factory, configure_target, snapshot_dir, people, tmp_path
+):
+    from rollback_fixtures import R1_UP, R2_UP, R3_UP, RollbackEnv
+
+    operator, _ = people
+    db = tmp_path / "shop.sqlite3"
+    url = f"sqlite:///{db}"
+    scripts = script_dir_factory(url)
+    scripts.add("r1", None, message="create customers", upgrade=R1_UP, downgrade="op.drop_table('customers')")
+    scripts.add("r2", "r1", message="add email", upgrade=R2_UP, downgrade="op.drop_column('customers', 'email')")
+    scripts.add("r3", "r2", message="create notes", upgrade=R3_UP, downgrade="op.drop_table('notes')")
+    configure_target("lite", url, scripts.ini)
+    env = RollbackEnv("lite", url, scripts)
+    import sqlite3
+
+    sqlite3.connect(db).close()
+    env.upgrade()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO customers (id, name, email) VALUES (1, 'Ada', 'a@x.test'), (2, 'Bo', NULL)")
+        conn.execute("INSERT INTO notes (id, body) VALUES (1, 'n')")
+    env.sync()
+    snap = take_verified_snapshot(env, operator)
+    request = make_request(env, operator, to="r1", snapshot=snap)
+    before = db.read_bytes()
+
+    rehearsal = run_rehearsal(request.pk, actor=operator_actor(operator))
+
+    assert rehearsal.status == "succeeded", rehearsal.error
+    assert rehearsal.server == "file copy"
+    assert rehearsal.destroyed["rows"] == {"notes": 1}
+    assert rehearsal.destroyed["values"] == {"customers.email": 1}
+    assert db.read_bytes() == before  # the target file was not written
+    assert not list((settings_var_dir() / "rehearsals").glob("ops_rehearsal_*"))
+
+
+def settings_var_dir():
+    from pathlib import Path
+
+    from django.conf import settings
+
+    return Path(settings.VAR_DIR)
+
+
+def test_without_a_server_that_may_create_databases_rehearsal_is_unavailable(ready_request, operator, settings):
+    import uuid
+
+    from conftest import PG_SERVER
+
+    r = ready_request
+    role = f"ops_rehearse_nocreate_{uuid.uuid4().hex[:8]}"
+    pg_query(f"{PG_SERVER}/postgres", f'CREATE ROLE "{role}" LOGIN NOCREATEDB')
+    try:
+        limited = r.env.url.replace("postgres@", f"{role}@")
+        settings.OPS_TARGETS = {
+            **settings.OPS_TARGETS,
+            r.env.name: {**settings.OPS_TARGETS[r.env.name], "URL": limited},
+        }
+        settings.OPS_REHEARSAL_URL = ""
+        with pytest.raises(RehearsalRefused) as caught:
+            run_rehearsal(r.request.pk, actor=operator_actor(operator))
+        assert "Rehearsal is unavailable" in str(caught.value) and "OPS_REHEARSAL_URL" in str(caught.value)
+        assert not Rehearsal.objects.exists()
+        assert "rehearsal_failed" in audit_actions(r.request.pk)
+    finally:
+        pg_query(f"{PG_SERVER}/postgres", f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_rehearsal_server_from_ops_rehearsal_url_holds_the_copy(ready_request, operator, settings):
+    from conftest import PG_SERVER
+
+    settings.OPS_REHEARSAL_URL = f"{PG_SERVER}/postgres"
+    rehearsal = run_rehearsal(ready_request.request.pk, actor=operator_actor(operator))
+    assert rehearsal.status == "succeeded" and rehearsal.server == "OPS_REHEARSAL_URL"
+    assert scratch_databases(ready_request.request.pk) == []

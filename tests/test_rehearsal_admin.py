@@ -67,3 +67,20 @@ def test_get_on_rehearse_changes_nothing(client, ready_request, operator):
     client.force_login(operator)
     assert client.get(url("rehearse", ready_request.request.pk)).status_code == 405
     assert not Rehearsal.objects.exists()
+
+
+# ------------------------------------------------------------------ settings checks
+def test_a_rehearsal_url_that_is_not_postgresql_fails_check_e070(settings):
+    from opsapp.checks import check_rehearsal_settings
+
+    settings.OPS_REHEARSAL_URL = "mysql://ops:secret@db/ops"
+    errors = check_rehearsal_settings()
+    assert [e.id for e in errors] == ["opsapp.E070"]
+    assert "secret" not in errors[0].msg
+
+
+def test_zero_restore_jobs_fail_check_e071(settings):
+    from opsapp.checks import check_rehearsal_settings
+
+    settings.OPS_REHEARSAL_RESTORE_JOBS = 0
+    assert [e.id for e in check_rehearsal_settings()] == ["opsapp.E071"]
