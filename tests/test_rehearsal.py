@@ -40,13 +40,17 @@ R4_NOT_NULL_DOWN = "op.alter_column('customers', 'name', existing_type=sa.String
 R4_LEAVES_INDEX_DOWN = "op.create_index('ix_customers_name', 'customers', ['name'])"
 
 
-def scratch_databases(request_id: int) -> list[str]:
-    rows = pg_query(
-        "postgresql://postgres@127.0.0.1:5432/postgres",
-        "SELECT datname FROM pg_database WHERE datname LIKE %s",
-        (f"ops\\_rehearsal\\_r{request_id}\\_%",),
+def database_exists(name: str) -> bool:
+    """Scratch names are checked one by one: under xdist another worker's request may have the same id."""
+    return bool(
+        pg_query(
+            "postgresql://postgres@127.0.0.1:5432/postgres", "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+        )
     )
-    return [r[0] for r in rows]
+
+
+def no_scratch_left(rehearsal) -> bool:
+    return bool(rehearsal.scratch_name) and not database_exists(rehearsal.scratch_name)
 
 
 @pytest.fixture
@@ -78,7 +82,7 @@ def test_a_downgrade_that_fails_only_on_the_data_fails_its_rehearsal_and_executi
     assert "ALTER TABLE customers ALTER COLUMN name SET NOT NULL" in rehearsal.failed_statement
     assert rehearsal.snapshot_id == snap.pk and rehearsal.plan_fingerprint == request.plan_fingerprint
     assert rollback_env.state() == before
-    assert scratch_databases(request.pk) == []
+    assert no_scratch_left(rehearsal)
     assert "rehearsal_failed" in audit_actions(request.pk)
     # The approver's email was sent again, carrying the failure.
     body = mail.outbox[-1].body
@@ -117,7 +121,7 @@ def test_the_destroyed_counts_of_a_rehearsal_equal_what_the_real_downgrade_remov
 
     assert rehearsal.status == "succeeded", rehearsal.error
     assert r.env.state() == before  # the production target was not touched
-    assert scratch_databases(r.request.pk) == []
+    assert no_scratch_left(rehearsal)
     assert [s["revisions"] for s in rehearsal.steps] == [["r3"], ["r2"]]
     assert rehearsal.duration_ms >= rehearsal.downgrade_ms >= 0 and rehearsal.restore_ms >= 0
     assert set(rehearsal.schema_after) == {"customers"}
@@ -154,8 +158,7 @@ def test_a_rehearsal_is_refused_when_the_plan_no_longer_matches(ready_request, o
     with pytest.raises(RehearsalRefused) as caught:
         run_rehearsal(r.request.pk, actor=operator_actor(operator))
     assert "changed" in str(caught.value)
-    assert not Rehearsal.objects.filter(request=r.request).exists()
-    assert scratch_databases(r.request.pk) == []
+    assert not Rehearsal.objects.filter(request=r.request).exists()  # refused before any copy was made
     assert "rehearsal_failed" in audit_actions(r.request.pk)
 
 
@@ -174,7 +177,7 @@ def test_the_round_trip_reports_a_migration_whose_down_up_changes_the_schema_and
     assert report["values"]["customers.email"] == 3
     assert "ix_customers_name" in report["schema_diff"]
     assert "\\restrict" not in report["schema_diff"]
-    assert scratch_databases(request.pk) == []
+    assert no_scratch_left(rehearsal)
 
 
 def test_a_killed_rehearsal_leaves_no_scratch_database_after_reconcile(rollback_env, people, settings):
@@ -182,12 +185,15 @@ def test_a_killed_rehearsal_leaves_no_scratch_database_after_reconcile(rollback_
     request, _snap = _request_over_r4(rollback_env, operator, "op.execute('SELECT pg_sleep(60)')")
     proc = rollback_env.manage(settings, "rehearse_rollback", str(request.pk), "--actor", operator.username)
     try:
-        wait_for(lambda: scratch_databases(request.pk), timeout=60, what="the scratch database", proc=proc)
+        rehearsal = wait_for(
+            lambda: Rehearsal.objects.filter(request=request).first(), timeout=60, what="the rehearsal", proc=proc
+        )
+        name = rehearsal.scratch_name
         wait_for(
             lambda: pg_query(
                 rollback_env.url.rsplit("/", 1)[0] + "/postgres",
-                "SELECT pid FROM pg_stat_activity WHERE datname LIKE %s AND query LIKE %s",
-                (f"ops\\_rehearsal\\_r{request.pk}\\_%", "%pg_sleep(60)%"),
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
+                (name, "%pg_sleep(60)%"),
             ),
             timeout=60,
             what="the rehearsal's downgrade",
@@ -199,11 +205,11 @@ def test_a_killed_rehearsal_leaves_no_scratch_database_after_reconcile(rollback_
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-    assert scratch_databases(request.pk)  # the killed process left its copy behind
+    assert database_exists(name)  # the killed process left its copy behind
 
     def reconciled():
-        dropped, interrupted = reconcile(actor=operator_actor(operator))
-        return not scratch_databases(request.pk) and Rehearsal.objects.get(request=request).status == "interrupted"
+        reconcile(actor=operator_actor(operator))
+        return not database_exists(name) and Rehearsal.objects.get(request=request).status == "interrupted"
 
     wait_for(reconciled, timeout=30, what="reconcile to drop the scratch copy")
     assert "rehearsal_interrupted" in audit_actions(request.pk)
@@ -215,8 +221,8 @@ def test_reconcile_leaves_a_live_rehearsals_copy_alone(ready_request, operator):
     server = scratch.choose_server(ready_request.env.config)
     with scratch.postgres_scratch(server, ready_request.request.pk) as copy:
         dropped, _ = reconcile(actor=operator_actor(operator))
-        assert copy.name not in dropped and scratch_databases(ready_request.request.pk) == [copy.name]
-    assert scratch_databases(ready_request.request.pk) == []
+        assert copy.name not in dropped and database_exists(copy.name)
+    assert not database_exists(copy.name)
 
 
 def test_the_command_prints_the_rehearsal_as_json(ready_request, operator, settings):
@@ -311,4 +317,4 @@ def test_a_rehearsal_server_from_ops_rehearsal_url_holds_the_copy(ready_request,
     settings.OPS_REHEARSAL_URL = f"{PG_SERVER}/postgres"
     rehearsal = run_rehearsal(ready_request.request.pk, actor=operator_actor(operator))
     assert rehearsal.status == "succeeded" and rehearsal.server == "OPS_REHEARSAL_URL"
-    assert scratch_databases(ready_request.request.pk) == []
+    assert no_scratch_left(rehearsal)

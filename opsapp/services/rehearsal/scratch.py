@@ -24,7 +24,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,12 +99,30 @@ def _may_create_databases(url: str) -> bool:
         engine.dispose()
 
 
+def _maintenance_url(target_url: str) -> str:
+    """The server's `postgres` database when the role may connect to it, else the target's own database.
+
+    CREATE/DROP DATABASE and the scratch copies' liveness locks then live
+    outside the target database; the choice is the same in every process,
+    so reconcile finds the locks where the rehearsals take them.
+    """
+    candidate = make_url(_sa_url(target_url)).set(database="postgres").render_as_string(hide_password=False)
+    engine = _engine(candidate)
+    try:
+        with engine.connect():
+            return candidate
+    except sa.exc.SQLAlchemyError:
+        return target_url
+    finally:
+        engine.dispose()
+
+
 def choose_server(config: TargetConfig) -> Server:
     """OPS_REHEARSAL_URL, else the target's own server when its role may CREATEDB; else RehearsalUnavailable."""
     if settings.OPS_REHEARSAL_URL:
         return Server(SERVER_REHEARSAL_URL, settings.OPS_REHEARSAL_URL)
     if _may_create_databases(config.url):
-        return Server(SERVER_TARGET, config.url)
+        return Server(SERVER_TARGET, _maintenance_url(config.url))
     raise RehearsalUnavailable(
         f"Rehearsal is unavailable for target {config.name!r}: OPS_REHEARSAL_URL is not set and the console's role "
         f"on the target's server ({mask_url(config.url)}) may not create databases. Set OPS_REHEARSAL_URL to a "
@@ -188,20 +205,27 @@ def _sqlite_root() -> Path:
 
 @contextmanager
 def sqlite_scratch(snapshot_file: Path, request_id: int) -> Iterator[Scratch]:
-    """Copy the snapshot file into a private prefixed directory, hold its lock file, always remove it."""
+    """Copy the snapshot file into a private prefixed directory under its held lock file; always remove both.
+
+    The lock file is created and locked before the directory exists, so a
+    directory without a held lock always belongs to a dead process.
+    """
     root = _sqlite_root()
     root.mkdir(parents=True, exist_ok=True)
     name = scratch_name(request_id)
-    directory = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=root))
-    lock_fd = os.open(directory / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+    lock_path = root / f"{name}.lock"
+    lock_fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    directory = root / name
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        directory.mkdir(mode=0o700)
         copy = directory / "copy.sqlite3"
         shutil.copyfile(snapshot_file, copy)
         os.chmod(copy, 0o600)
         yield Scratch(name, f"sqlite:///{copy}", SERVER_FILE)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        lock_path.unlink(missing_ok=True)
         os.close(lock_fd)
 
 
@@ -217,7 +241,7 @@ def known_servers() -> list[Server]:
         except OpsError:
             continue
         if config.is_postgresql:
-            servers.append(Server(SERVER_TARGET, config.url))
+            servers.append(Server(SERVER_TARGET, _maintenance_url(config.url)))
     return servers
 
 
@@ -254,27 +278,44 @@ def drop_leftovers() -> list[str]:
         finally:
             admin.close()
             engine.dispose()
-    root = _sqlite_root()
-    if root.is_dir():
-        for directory in sorted(root.glob(f"{PREFIX}*")):
-            if _sqlite_dir_free(directory):
-                shutil.rmtree(directory, ignore_errors=True)
-                dropped.append(directory.name.split(".", 1)[0])
+    for directory in _sqlite_dirs():
+        lock_path = directory.with_name(f"{directory.name}.lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            fd = None  # the owner removes its lock file only after its directory: it is gone
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: a live rehearsal
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            dropped.append(directory.name)
+        finally:
+            if fd is not None:
+                os.close(fd)
     return dropped
 
 
-def _sqlite_dir_free(directory: Path) -> bool:
+def _sqlite_dirs() -> list[Path]:
+    root = _sqlite_root()
+    return sorted(d for d in root.glob(f"{PREFIX}*") if d.is_dir()) if root.is_dir() else []
+
+
+def _sqlite_dir_held(directory: Path) -> bool:
     try:
-        fd = os.open(directory / "lock", os.O_RDWR)
-    except OSError:
-        return True  # no lock file: the owner died before taking it
+        fd = os.open(directory.with_name(f"{directory.name}.lock"), os.O_RDWR)
+    except FileNotFoundError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return False
+        return True
     finally:
         os.close(fd)
-    return True
+    return False
 
 
 def live_names() -> set[str] | None:
@@ -301,7 +342,5 @@ def live_names() -> set[str] | None:
         finally:
             admin.close()
             engine.dispose()
-    root = _sqlite_root()
-    if root.is_dir():
-        live |= {d.name.split(".", 1)[0] for d in root.glob(f"{PREFIX}*") if not _sqlite_dir_free(d)}
+    live |= {d.name for d in _sqlite_dirs() if _sqlite_dir_held(d)}
     return live
