@@ -124,10 +124,6 @@ def run_rehearsal(
     say = progress or (lambda _text: None)
     request = _load(request_id)
     config = get_target(request.target.name)
-    try:
-        scratch.drop_leftovers()
-    except Exception:  # noqa: BLE001 - a failing clean-up must not block a rehearsal
-        log.exception("dropping leftover scratch copies failed")
     say("checking the snapshot and re-generating the plan")
     preview = _precheck(request, config, actor)
     snap = request.snapshot
@@ -135,6 +131,7 @@ def run_rehearsal(
         try:
             if config.is_postgresql:
                 server = scratch.choose_server(config)
+                _drop_leftovers(server)
                 copy = stack.enter_context(scratch.postgres_scratch(server, request.pk))
             else:
                 copy = stack.enter_context(scratch.sqlite_scratch(snapshot_path(snap), request.pk))
@@ -164,6 +161,14 @@ def run_rehearsal(
     rehearsal.refresh_from_db()
     _notify(request, rehearsal, actor)
     return rehearsal
+
+
+def _drop_leftovers(server: scratch.Server) -> None:
+    """Copies left on this server by dead rehearsals go first (reconcile does every server)."""
+    try:
+        scratch.drop_leftovers([server])
+    except Exception:  # noqa: BLE001 - a failing clean-up must not block a rehearsal
+        log.exception("dropping leftover scratch copies failed")
 
 
 class _Run:

@@ -245,14 +245,15 @@ def known_servers() -> list[Server]:
     return servers
 
 
-def drop_leftovers() -> list[str]:
+def drop_leftovers(servers: list[Server] | None = None) -> list[str]:
     """Drop every prefixed scratch copy whose owner is gone (its lock is free); return their names.
 
-    A copy still locked belongs to a running rehearsal and is left alone.
+    `servers` defaults to every known server (and the SQLite copies). A copy
+    still locked belongs to a running rehearsal and is left alone.
     Unreachable servers are skipped.
     """
     dropped: list[str] = []
-    for server in known_servers():
+    for server in known_servers() if servers is None else servers:
         try:
             engine, admin = _autocommit(server.admin_url)
         except RehearsalUnavailable:
