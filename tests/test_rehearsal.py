@@ -318,3 +318,21 @@ def test_a_rehearsal_server_from_ops_rehearsal_url_holds_the_copy(ready_request,
     rehearsal = run_rehearsal(ready_request.request.pk, actor=operator_actor(operator))
     assert rehearsal.status == "succeeded" and rehearsal.server == "OPS_REHEARSAL_URL"
     assert no_scratch_left(rehearsal)
+
+
+def test_the_command_exits_1_when_the_round_trip_loses_data(ready_request, operator, settings):
+    proc = ready_request.env.manage(
+        settings,
+        "rehearse_rollback",
+        str(ready_request.request.pk),
+        "--actor",
+        operator.username,
+        "--round-trip",
+        "--json",
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    payload = json.loads(out)
+    assert payload["status"] == "succeeded" and payload["round_trip"]["ok"] is False
+    assert payload["round_trip"]["rows"] == {"notes": 2}
+    assert "round trip found problems" in err
