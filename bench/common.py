@@ -32,6 +32,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "bench_cat_large": ("ops_bench_cat", "catalog_large"),
     "bench_snap": ("ops_bench_snap", "snap_scripts"),
     "bench_down": ("ops_bench_down", "down_scripts"),
+    "bench_reh": ("ops_bench_reh", "reh_scripts"),
 }
 
 

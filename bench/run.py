@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-SECTIONS = ("catalog", "audit", "snapshot", "downgrade")
+SECTIONS = ("catalog", "audit", "snapshot", "downgrade", "rehearsal")
 
 FULL = {
     "catalog_sizes": (1_000, 10_000),
@@ -34,6 +34,8 @@ FULL = {
     "snapshot_mb": 1024,
     "downgrade_revisions": 50,
     "downgrade_runs": 5,
+    "rehearsal_mb": 1024,
+    "rehearsal_runs": 2,
 }
 QUICK = {
     "catalog_sizes": (200, 1_000),
@@ -44,6 +46,8 @@ QUICK = {
     "snapshot_mb": 50,
     "downgrade_revisions": 50,
     "downgrade_runs": 3,
+    "rehearsal_mb": 50,
+    "rehearsal_runs": 2,
 }
 
 
@@ -137,9 +141,16 @@ def main(argv: list[str]) -> int:
     import bench_audit
     import bench_catalog
     import bench_downgrade
+    import bench_rehearsal
     import bench_snapshot
 
-    modules = {"catalog": bench_catalog, "audit": bench_audit, "snapshot": bench_snapshot, "downgrade": bench_downgrade}
+    modules = {
+        "catalog": bench_catalog,
+        "audit": bench_audit,
+        "snapshot": bench_snapshot,
+        "downgrade": bench_downgrade,
+        "rehearsal": bench_rehearsal,
+    }
     results: list[common.Result] = []
     failures: dict[str, str] = {}
     for section in args.sections:

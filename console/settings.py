@@ -233,6 +233,13 @@ OPS_SERIALIZATION_RETRIES = env.int("OPS_SERIALIZATION_RETRIES", default=3)
 OPS_CONNECT_TIMEOUT_SECONDS = env.int("OPS_CONNECT_TIMEOUT_SECONDS", default=5)
 OPS_PG_DUMP = env.str("OPS_PG_DUMP", default="pg_dump")
 OPS_PG_RESTORE = env.str("OPS_PG_RESTORE", default="pg_restore")
+# Rehearsals (issue 14): a PostgreSQL server where the console may create and drop
+# scratch databases (any database on it to connect to, e.g. .../postgres); without
+# it the target's own server is used when the console's role may CREATEDB there.
+OPS_REHEARSAL_URL = env.str("OPS_REHEARSAL_URL", default="")
+# Gate "rehearsal": unset means on for PostgreSQL targets when DEBUG is off.
+OPS_REQUIRE_REHEARSAL = env.bool("OPS_REQUIRE_REHEARSAL", default=None)
+OPS_REHEARSAL_RESTORE_JOBS = env.int("OPS_REHEARSAL_RESTORE_JOBS", default=min(4, os.cpu_count() or 1))
 
 LOGGING = {
     "version": 1,

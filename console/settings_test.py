@@ -24,3 +24,6 @@ AXES_ENABLED = False
 
 # whitenoise warns on every request when STATIC_ROOT is missing.
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
+
+# Gate "rehearsal" off except in the tests that turn it on (tests/test_rehearsal*.py).
+OPS_REQUIRE_REHEARSAL = False

@@ -7,6 +7,7 @@ E008 verification codes would stay on this machine with DEBUG off · E009
 EMAIL_URL=filemail:// names a relative directory · W001 (check --deploy)
 verification codes would not be e-mailed (DEBUG on).
 E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
+E070 OPS_REHEARSAL_URL is not a PostgreSQL URL · E071 OPS_REHEARSAL_RESTORE_JOBS below 1.
 """
 
 from __future__ import annotations
@@ -126,3 +127,36 @@ def check_two_factor(app_configs=None, **kwargs) -> list[Error]:
             id="opsapp.E020",
         )
     ]
+
+
+@register(Tags.compatibility)
+def check_rehearsal_settings(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E070: OPS_REHEARSAL_URL must be a PostgreSQL URL; E071: restore jobs must be 1 or more."""
+    from opsapp.targets import mask_url
+
+    errors: list[Error] = []
+    url = (settings.OPS_REHEARSAL_URL or "").strip()
+    if url:
+        from sqlalchemy.engine import make_url
+
+        try:
+            backend = make_url(url.replace("postgres://", "postgresql://", 1)).get_backend_name()
+        except Exception:  # noqa: BLE001 - any parse failure is a configuration problem
+            backend = ""
+        if backend != "postgresql":
+            errors.append(
+                Error(
+                    f"OPS_REHEARSAL_URL {mask_url(url)!r} is not a PostgreSQL URL.",
+                    hint="Point it at a PostgreSQL server where the console may create and drop databases, "
+                    "e.g. postgresql://ops@rehearsal-host/postgres.",
+                    id="opsapp.E070",
+                )
+            )
+    if settings.OPS_REHEARSAL_RESTORE_JOBS < 1:
+        errors.append(
+            Error(
+                f"OPS_REHEARSAL_RESTORE_JOBS is {settings.OPS_REHEARSAL_RESTORE_JOBS}; pg_restore needs 1 or more jobs.",
+                id="opsapp.E071",
+            )
+        )
+    return errors

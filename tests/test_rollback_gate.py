@@ -199,8 +199,8 @@ def test_gate_status_previews_every_gate_without_changing_anything(ready_request
     r = ready_request
     events = AuditEvent.objects.count()
     checks = gate_status(r.request)
-    assert [c.gate for c in checks] == ["request", "snapshot", "plan", "lock", "code"]
-    assert [c.ok for c in checks] == [True, True, True, True, None]
+    assert [c.gate for c in checks] == ["request", "snapshot", "rehearsal", "plan", "lock", "code"]
+    assert [c.ok for c in checks] == [True, True, True, True, True, None]
     Snapshot.objects.filter(pk=r.snapshot.pk).update(status=SnapshotStatus.COMPLETE)
     r.request.refresh_from_db()
     checks = gate_status(r.request)

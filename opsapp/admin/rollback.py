@@ -69,6 +69,42 @@ def safe_gate_status(obj: RollbackRequest) -> list:
         return [rollback.GateCheck(gate="request", ok=False, message=str(exc))]
 
 
+def rehearsal_context(obj: RollbackRequest) -> dict:
+    """The latest rehearsal of the request (any snapshot or plan), whether it counts, and where it disagrees."""
+    from opsapp.services.rehearsal.summary import rehearsal_required, result_line, static_differences
+
+    rehearsal = obj.rehearsals.order_by("-started_at", "-id").first()
+    context: dict = {"rehearsal": rehearsal, "rehearsal_required": rehearsal_required(_is_pg(obj))}
+    if rehearsal is None:
+        return context
+    before, after = rehearsal.rows_before or {}, rehearsal.rows_after or {}
+    context.update(
+        rehearsal_line=result_line(rehearsal),
+        rehearsal_counts=rehearsal.snapshot_id == obj.snapshot_id
+        and rehearsal.plan_fingerprint == obj.plan_fingerprint,
+        rehearsal_diffs=static_differences(obj, rehearsal),
+        rehearsal_rows=[
+            {
+                "table": t,
+                "before": n,
+                "after": after.get(t),
+                "lost": (rehearsal.destroyed or {}).get("rows", {}).get(t, 0),
+            }
+            for t, n in sorted(before.items())
+        ],
+    )
+    return context
+
+
+def _is_pg(obj: RollbackRequest) -> bool:
+    from opsapp.targets import get_target
+
+    try:
+        return get_target(obj.target.name).is_postgresql
+    except OpsError:
+        return False
+
+
 def may_reconcile(user) -> bool:
     """Users who may act on requests may mark a dead executor's request interrupted (cron does it too)."""
     return user.has_perm(PERM_CHANGE) or user.has_perm(PERM_EXECUTE)
@@ -179,6 +215,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             path("<path:object_id>/reissue/", wrap(self.reissue_view), name="opsapp_rollbackrequest_reissue"),
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="opsapp_rollbackrequest_cancel"),
             path("<path:object_id>/execute/", wrap(self.execute_view), name="opsapp_rollbackrequest_execute"),
+            path("<path:object_id>/rehearse/", wrap(self.rehearse_view), name="opsapp_rollbackrequest_rehearse"),
             path("reconcile/", wrap(self.reconcile_view), name="opsapp_rollbackrequest_reconcile"),
         ]
         return custom + super().get_urls()
@@ -215,6 +252,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "can_take_snapshot": user.has_perm(PERM_TAKE_SNAPSHOT) and user.has_perm(PERM_CHANGE),
             "is_running": obj.status == RollbackStatus.RUNNING,
             "can_reconcile": may_reconcile(user),
+            **rehearsal_context(obj),
         }
 
     # ------------------------------------------------------------------ views
@@ -334,6 +372,33 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             messages.error(request, f"Not cancelled: {exc}")
         else:
             messages.success(request, f"Rollback request #{obj.pk} cancelled.")
+        return self._back(obj)
+
+    def rehearse_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST only: rehearse the request's plan on a scratch copy of its snapshot (in process for now)."""
+        _require(request, PERM_CHANGE)
+        if request.method != "POST":
+            return _method_not_allowed()
+        obj = self._get(request, object_id)
+        from opsapp.services.rehearsal.run import run_rehearsal
+        from opsapp.services.rehearsal.summary import result_line
+
+        steps: list[str] = []
+        try:
+            rehearsal = run_rehearsal(
+                obj.pk,
+                actor=Actor.from_request(request),
+                round_trip=request.POST.get("round_trip") == "1",
+                progress=steps.append,
+            )
+        except OpsError as exc:
+            messages.error(request, f"Rehearsal refused: {exc}")
+        else:
+            line = f"Rehearsal #{rehearsal.pk}: {result_line(rehearsal)}."
+            if rehearsal.status == "succeeded":
+                messages.success(request, line)
+            else:
+                messages.error(request, line)
         return self._back(obj)
 
     def reconcile_view(self, request: HttpRequest) -> HttpResponse:

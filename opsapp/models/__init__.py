@@ -1,6 +1,7 @@
 """The console's own tables. Model names are part of the interface (DESIGN.md)."""
 
 from opsapp.models.audit import AuditAction, AuditEvent, AuditOutcome
+from opsapp.models.rehearsal import Rehearsal, RehearsalStatus
 from opsapp.models.revision import Revision
 from opsapp.models.rollback import RollbackRequest, RollbackStatus
 from opsapp.models.snapshot import Snapshot, SnapshotStatus
@@ -14,6 +15,8 @@ __all__ = [
     "AuditAction",
     "AuditEvent",
     "AuditOutcome",
+    "Rehearsal",
+    "RehearsalStatus",
     "Revision",
     "RollbackRequest",
     "RollbackStatus",

@@ -34,6 +34,10 @@ class AuditAction(models.TextChoices):
     OTP_TOKEN_REJECTED = "otp_token_rejected", "2FA token rejected"
     OTP_BACKUP_CODE_USED = "otp_backup_code_used", "2FA backup code used"
     OTP_REKEYED = "otp_rekeyed", "2FA secrets re-encrypted"
+    REHEARSAL_STARTED = "rehearsal_started", "rehearsal started"
+    REHEARSAL_SUCCEEDED = "rehearsal_succeeded", "rehearsal succeeded"
+    REHEARSAL_FAILED = "rehearsal_failed", "rehearsal failed"
+    REHEARSAL_INTERRUPTED = "rehearsal_interrupted", "rehearsal interrupted"
 
 
 class AuditOutcome(models.TextChoices):

@@ -132,6 +132,7 @@ def _email_body(request: RollbackRequest, code: str) -> str:
             lines.append(f"  - {_affected(item)}")
             # The statement exactly as it will run, WHERE clause included.
             lines.extend(f"      {line}" for line in item["statement"].splitlines())
+    lines.extend(_rehearsal_lines(request))
     if request.non_transactional:
         lines.append("Cannot run in one transaction (execution will be refused):")
         lines.extend(f"  - {reason}" for reason in request.non_transactional)
@@ -144,6 +145,18 @@ def _email_body(request: RollbackRequest, code: str) -> str:
         "Give it to the operator only if you approve this downgrade.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rehearsal_lines(request: RollbackRequest) -> list[str]:
+    """The latest rehearsal's result, measured on a copy of the snapshot, and where it disagrees with the analysis."""
+    from opsapp.services.rehearsal.summary import latest_rehearsal, result_line, static_differences
+
+    rehearsal = latest_rehearsal(request)
+    if rehearsal is None:
+        return ["Rehearsal:  not rehearsed yet"]
+    lines = [f"Rehearsal:  {result_line(rehearsal)}"]
+    lines += [f"  ! differs from the analysis above: {diff}" for diff in static_differences(request, rehearsal)]
+    return lines
 
 
 def _write_code_state(request: RollbackRequest, **fields) -> None:

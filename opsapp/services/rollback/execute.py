@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -52,6 +52,7 @@ from opsapp.services.rollback.gate import (
     GateCheck,
     check_code,
     check_plan,
+    check_rehearsal,
     check_request,
     check_snapshot,
     refuse,
@@ -145,6 +146,9 @@ def _check_gates_1_to_3(
     message = check_snapshot(request, heads, problem)
     if message:
         raise refuse(request, "snapshot", message, actor, {"current_heads": heads})
+    message = check_rehearsal(request, config)
+    if message:
+        raise refuse(request, "rehearsal", message, actor)
     message, preview = check_plan(request, config, heads, regenerate=regenerate, heads_problem=problem)
     if message:
         raise refuse(request, "plan", message, actor, {"current_heads": heads})
@@ -166,7 +170,7 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
     ran = False
     with ExitStack() as stack:
         try:
-            conn = stack.enter_context(_execution_connection(config))
+            conn = stack.enter_context(execution_connection(config))
             lock = stack.enter_context(
                 target_lock(config, holder=holder, wait_seconds=settings.OPS_LOCK_WAIT_SECONDS, conn=conn)
             )
@@ -239,7 +243,7 @@ def _start_and_audit(request: RollbackRequest, actor: Actor) -> None:
 
 
 @contextmanager
-def _execution_connection(config: TargetConfig) -> Iterator[sa.Connection]:
+def execution_connection(config: TargetConfig) -> Iterator[sa.Connection]:
     """A connection whose transactions are real database transactions, DDL included."""
     if config.is_sqlite:
         # pysqlite does not BEGIN before DDL; emit BEGIN ourselves (SQLAlchemy's
@@ -276,17 +280,26 @@ def _execution_connection(config: TargetConfig) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
-def _downgrade(alembic_config: Config, to_revision: str, completed: list[str]) -> None:
+def _downgrade(
+    alembic_config: Config,
+    to_revision: str,
+    completed: list[str],
+    on_step: Callable[[list[str], sa.Connection], None] | None = None,
+) -> None:
     """`alembic.command.downgrade(alembic_config, to_revision)`, appending each finished step's revision to `completed`.
 
     The same work function as `command.downgrade`, run through Alembic's
     EnvironmentContext so an on_version_apply callback can be added (env.py's
     configure() resets the callbacks, so it is appended when the work runs).
+    `on_step(revisions, connection)` is called after each step, inside the
+    transaction (the rehearsal times and inspects each step there).
     """
     script = ScriptDirectory.from_config(alembic_config)
 
     def record(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
         completed.extend(step.up_revision_ids)
+        if on_step is not None:
+            on_step(list(step.up_revision_ids), ctx.connection)
 
     def downgrade_fn(rev: Any, context: Any) -> Any:
         context.on_version_apply_callbacks = (*tuple(context.on_version_apply_callbacks or ()), record)
@@ -294,6 +307,49 @@ def _downgrade(alembic_config: Config, to_revision: str, completed: list[str]) -
 
     with EnvironmentContext(alembic_config, script, fn=downgrade_fn, destination_rev=to_revision):
         script.run_env()
+
+
+def downgrade_in_transaction(
+    conn: sa.Connection,
+    config: TargetConfig,
+    preview: Preview,
+    to_revision: str,
+    completed: list[str],
+    *,
+    before_commit: Callable[[], None] | None = None,
+    on_step: Callable[[list[str], sa.Connection], None] | None = None,
+) -> list[str]:
+    """Run the planned downgrade on `conn`, inside the transaction the caller began; return the heads after it.
+
+    The one downgrade machinery of the console, shared by the executor and the
+    rehearsal (services/rehearsal): `lock_timeout` on PostgreSQL, Alembic on
+    this connection with `transaction_per_migration=False`, no COMMIT or
+    ROLLBACK allowed from env.py, `alembic_version` read back and compared
+    with the plan's heads. `before_commit` runs last (the executor re-checks
+    its lock there). Raises whatever the downgrade raised, TransactionEscape
+    or HeadsMismatch; the caller rolls back.
+    """
+    expected = sorted(preview.expected_heads)
+    txid = None
+    if config.is_postgresql:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(settings.OPS_LOCK_TIMEOUT_MS)}")
+        txid = conn.exec_driver_sql("SELECT txid_current()").scalar()
+    with _no_foreign_transaction_end(conn):
+        _downgrade(
+            make_config(config, connection=conn, transaction_per_migration=False), to_revision, completed, on_step
+        )
+    if txid is not None and conn.exec_driver_sql("SELECT txid_current()").scalar() != txid:
+        # Ended behind SQLAlchemy's back (e.g. on the raw DBAPI connection).
+        raise TransactionEscape(f"The transaction of the downgrade was ended by someone else; {_ESCAPE_HINT}")
+    context = MigrationContext.configure(conn, opts={"version_table": preview.version_table})
+    heads = sorted(context.get_current_heads())
+    if heads != expected:
+        raise HeadsMismatch(
+            f"After the downgrade alembic_version holds {heads}, not the planned {expected}; rolled back."
+        )
+    if before_commit is not None:
+        before_commit()
+    return heads
 
 
 @dataclass
@@ -306,7 +362,7 @@ class FailedStep:
     of: int = 0
 
 
-def _failed_step(exc: BaseException, steps: list[str], completed: list[str]) -> FailedStep:
+def failed_step(exc: BaseException, steps: list[str], completed: list[str]) -> FailedStep:
     """The step after the last completed one (none when every step finished) and the failing SQL statement."""
     remaining = [rev for rev in steps if rev not in completed]
     failed = FailedStep(of=len(steps))
@@ -331,34 +387,17 @@ def _run_downgrade(
     conn: sa.Connection,
     lock: HeldLock,
 ) -> ExecutionResult:
-    expected = sorted(preview.expected_heads)
     attempts = [0]
     completed: list[str] = []  # revisions whose step finished in the current attempt
 
     def attempt(conn: sa.Connection) -> list[str]:
         attempts[0] += 1
         completed.clear()
-        txid = None
-        if config.is_postgresql:
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(settings.OPS_LOCK_TIMEOUT_MS)}")
-            txid = conn.exec_driver_sql("SELECT txid_current()").scalar()
-        with _no_foreign_transaction_end(conn):
-            _downgrade(
-                make_config(config, connection=conn, transaction_per_migration=False), request.to_revision, completed
-            )
-        if txid is not None and conn.exec_driver_sql("SELECT txid_current()").scalar() != txid:
-            # Ended behind SQLAlchemy's back (e.g. on the raw DBAPI connection).
-            raise TransactionEscape(f"The transaction of the downgrade was ended by someone else; {_ESCAPE_HINT}")
-        context = MigrationContext.configure(conn, opts={"version_table": preview.version_table})
-        heads = sorted(context.get_current_heads())
-        if heads != expected:
-            raise HeadsMismatch(
-                f"After the downgrade alembic_version holds {heads}, not the planned {expected}; rolled back."
-            )
         # Last statement before COMMIT: the lock is still ours on this very
         # connection, or nothing commits.
-        lock.verify()
-        return heads
+        return downgrade_in_transaction(
+            conn, config, preview, request.to_revision, completed, before_commit=lock.verify
+        )
 
     def on_retry(number: int, exc: BaseException) -> None:
         RollbackRequest.objects.filter(pk=request.pk).update(attempts=number)
@@ -377,7 +416,7 @@ def _run_downgrade(
             lambda: nullcontext(conn), attempt, retries=settings.OPS_SERIALIZATION_RETRIES, on_retry=on_retry
         )
     except Exception as exc:
-        _record_failure(request, config, actor, exc, started, attempts[0], _failed_step(exc, preview.steps, completed))
+        _record_failure(request, config, actor, exc, started, attempts[0], failed_step(exc, preview.steps, completed))
     duration_ms = int((time.monotonic() - started) * 1000)
     recorded = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
         status=RollbackStatus.SUCCEEDED,
@@ -556,12 +595,13 @@ def gate_status(request: RollbackRequest) -> list[GateCheck]:
     try:
         config = get_target(request.target.name)
     except OpsError as exc:
-        checks += [GateCheck(g, False, str(exc)) for g in ("snapshot", "plan", "lock")]
+        checks += [GateCheck(g, False, str(exc)) for g in ("snapshot", "rehearsal", "plan", "lock")]
         checks.append(GateCheck("code", None, "entered at execution"))
         return checks
     heads, problem = _heads(config)
     message = check_snapshot(request, heads, problem)
     checks.append(GateCheck("snapshot", message is None, message or f"snapshot #{request.snapshot_id} verified"))
+    checks.append(_rehearsal_preview(request, config))
     message, _ = check_plan(request, config, heads, regenerate=False, heads_problem=problem)
     checks.append(
         GateCheck(
@@ -581,6 +621,19 @@ def gate_status(request: RollbackRequest) -> list[GateCheck]:
             checks.append(GateCheck("lock", False, f"held by {holder.describe()}"))
     checks.append(_code_preview(request))
     return checks
+
+
+def _rehearsal_preview(request: RollbackRequest, config: TargetConfig) -> GateCheck:
+    from opsapp.services.rehearsal.summary import latest_rehearsal, rehearsal_required, result_line
+
+    message = check_rehearsal(request, config)
+    if message:
+        return GateCheck("rehearsal", False, message)
+    rehearsal = latest_rehearsal(request)
+    if rehearsal is None:
+        return GateCheck("rehearsal", True, "not required (OPS_REQUIRE_REHEARSAL)")
+    required = "" if rehearsal_required(config.is_postgresql) else " (not required)"
+    return GateCheck("rehearsal", True, result_line(rehearsal) + required)
 
 
 def _code_preview(request: RollbackRequest) -> GateCheck:

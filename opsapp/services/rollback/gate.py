@@ -1,4 +1,4 @@
-"""The downgrade gate (DESIGN.md): request, snapshot, plan, lock, code.
+"""The downgrade gate (DESIGN.md): request, snapshot, rehearsal, plan, lock, code.
 
 Each check returns None when its gate passes or the refusal message. `refuse`
 records a refusal on the request and in the audit log and returns the
@@ -28,7 +28,7 @@ from opsapp.services.rollback.plan import Preview, render_preview
 from opsapp.services.snapshots.lifecycle import snapshot_file_problem
 from opsapp.targets import TargetConfig
 
-GATES = ("request", "snapshot", "plan", "lock", "code")
+GATES = ("request", "snapshot", "rehearsal", "plan", "lock", "code")
 
 
 @dataclass
@@ -114,6 +114,31 @@ def check_snapshot(request: RollbackRequest, current_heads: list[str] | None, he
     problem = snapshot_file_problem(snap)
     if problem:
         return f"Snapshot file check failed: {problem}"
+    return None
+
+
+# ------------------------------------------------------------------ gate 2b
+def check_rehearsal(request: RollbackRequest, config: TargetConfig) -> str | None:
+    """When rehearsals are required: the latest rehearsal of this plan on this snapshot succeeded.
+
+    A failed (or interrupted) latest rehearsal refuses with its reason; a
+    rehearsal of another snapshot or plan does not count.
+    """
+    from opsapp.services.rehearsal.summary import failure_text, latest_rehearsal, rehearsal_required
+
+    if not rehearsal_required(config.is_postgresql):
+        return None
+    rehearsal = latest_rehearsal(request)
+    if rehearsal is None:
+        return (
+            f"Request #{request.pk} has no rehearsal of its plan on snapshot #{request.snapshot_id} "
+            f"(OPS_REQUIRE_REHEARSAL); rehearse it first: rehearse_rollback {request.pk}."
+        )
+    if rehearsal.status != "succeeded":
+        return (
+            f"Rehearsal #{rehearsal.pk} of this plan on a copy of snapshot #{rehearsal.snapshot_id} "
+            f"{rehearsal.status}: {failure_text(rehearsal)}"
+        )
     return None
 
 

@@ -1,0 +1,111 @@
+"""rehearse_rollback ID --actor USERNAME [--round-trip] [--json]  |  rehearse_rollback --reconcile [--json]
+
+Restores the request's attached snapshot into a scratch copy, runs the stored
+plan there in one transaction, records what it measured (success or the
+failing revision, statement and SQLSTATE; durations; rows and values
+destroyed; the schema after) and drops the copy. `--round-trip` then upgrades
+the copy back and reports migrations whose down/up does not restore the
+schema and data that does not come back. Progress goes to stderr with -v 1+.
+
+Exit 0: the rehearsal succeeded (and the round trip, if asked, found nothing);
+1: it failed, was refused or is unavailable; 2: bad usage.
+--reconcile drops scratch copies left by a killed rehearsal and marks its
+record interrupted; exit 0.
+"""
+
+from __future__ import annotations
+
+from django.core.management.base import CommandError
+
+from opsapp.management.base import OpsCommand
+from opsapp.management.commands._rollback_cli import emit, named_actor
+from opsapp.models import Rehearsal, RollbackRequest
+from opsapp.services.actors import Actor
+from opsapp.services.errors import OpsError, TargetNotConfigured
+from opsapp.services.rehearsal.run import reconcile, run_rehearsal
+from opsapp.services.rehearsal.summary import result_line
+
+PERMISSION = "opsapp.change_rollbackrequest"
+
+
+def rehearsal_json(rehearsal: Rehearsal) -> dict:
+    return {
+        "id": rehearsal.pk,
+        "request": rehearsal.request_id,
+        "snapshot": rehearsal.snapshot_id,
+        "status": rehearsal.status,
+        "message": result_line(rehearsal),
+        "server": rehearsal.server,
+        "plan_fingerprint": rehearsal.plan_fingerprint,
+        "restore_ms": rehearsal.restore_ms,
+        "downgrade_ms": rehearsal.downgrade_ms,
+        "duration_ms": rehearsal.duration_ms,
+        "steps": rehearsal.steps,
+        "failed_revision": rehearsal.failed_revision,
+        "failed_statement": rehearsal.failed_statement,
+        "sqlstate": rehearsal.sqlstate,
+        "error": rehearsal.error,
+        "rows_before": rehearsal.rows_before,
+        "rows_after": rehearsal.rows_after,
+        "destroyed": rehearsal.destroyed,
+        "schema_after": rehearsal.schema_after,
+        "round_trip": rehearsal.round_trip_report if rehearsal.round_trip else None,
+    }
+
+
+class Command(OpsCommand):
+    help = (
+        "Rehearse a rollback request's downgrade on a scratch copy restored from its snapshot, or --reconcile "
+        "scratch copies left by a rehearsal that died."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("request_id", nargs="?", type=int, metavar="ID", help="the rollback request to rehearse")
+        parser.add_argument("--actor", metavar="USERNAME", help="the console user rehearsing (an operator)")
+        parser.add_argument("--round-trip", action="store_true", help="upgrade the copy back and compare")
+        parser.add_argument("--reconcile", action="store_true", help="drop scratch copies of dead rehearsals")
+        parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
+
+    def handle(self, *args, **options) -> None:
+        if options["reconcile"]:
+            if options["request_id"] is not None or options["round_trip"]:
+                raise CommandError("--reconcile takes no request ID and no --round-trip.", returncode=2)
+            return self._reconcile(options)
+        request_id = options["request_id"]
+        if request_id is None:
+            raise CommandError("Give a request ID (or --reconcile).", returncode=2)
+        actor = named_actor(options["actor"], permission=PERMISSION, command="rehearse_rollback")
+        if not RollbackRequest.objects.filter(pk=request_id).exists():
+            raise CommandError(f"Rollback request #{request_id} does not exist.", returncode=2)
+
+        def progress(text: str) -> None:
+            if options["verbosity"] >= 1:
+                self.stderr.write(f"rehearsal of request #{request_id}: {text}")
+
+        try:
+            rehearsal = run_rehearsal(request_id, actor=actor, round_trip=options["round_trip"], progress=progress)
+        except TargetNotConfigured as exc:
+            raise CommandError(str(exc), returncode=2) from exc
+        except OpsError as exc:
+            emit(self, options, {"id": None, "request": request_id, "status": "refused", "message": str(exc)}, "")
+            raise CommandError(f"Rehearsal refused: {exc}") from exc
+        line = f"Request #{request_id}: {result_line(rehearsal)}."
+        emit(self, options, rehearsal_json(rehearsal), line)
+        if rehearsal.status != "succeeded":
+            raise CommandError(f"Rehearsal #{rehearsal.pk} failed.")
+        if rehearsal.round_trip and not (rehearsal.round_trip_report or {}).get("ok"):
+            raise CommandError(f"Rehearsal #{rehearsal.pk}: the round trip found problems.")
+
+    def _reconcile(self, options) -> None:
+        actor = (
+            named_actor(options["actor"], permission=PERMISSION, command="rehearse_rollback")
+            if options["actor"]
+            else Actor.cron()
+        )
+        dropped, interrupted = reconcile(actor=actor)
+        payload = {"dropped": dropped, "interrupted": [r.pk for r in interrupted]}
+        human = (
+            "\n".join([f"Dropped scratch copy {name}." for name in dropped] + [r.error for r in interrupted])
+            or "No leftover scratch copy found."
+        )
+        emit(self, options, payload, human)
