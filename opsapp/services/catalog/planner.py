@@ -150,7 +150,9 @@ def overlapping_rows(rmap: RevisionMap, heads: list[str]) -> dict[str, list[str]
 def _resolve(rmap: RevisionMap, name: str, to: str, heads: list[str]) -> tuple[str, list[str]]:
     """(resolved id or "base", Alembic's downgrade steps). Raises RevisionResolutionError."""
     relative = _RELATIVE.match(to)
-    if relative and relative["steps"].startswith("+"):
+    # `+N` alone counts from the current heads, so it can only move up; `a1+1` is a revision (a1 and one
+    # step up) that Alembic accepts as a downgrade target, checked below like any other target.
+    if relative and relative["steps"].startswith("+") and relative["symbol"] is None:
         raise _refuse(
             f"{to!r} moves up the history: a downgrade target must be below the current heads.", name, revision=to
         )
