@@ -207,3 +207,16 @@ def test_a_revision_plus_steps_below_the_heads_resolves_as_alembic_does(
 def test_a_revision_plus_steps_above_the_heads_is_refused(branchy):
     with pytest.raises(RevisionResolutionError, match="Revision .c3\\+1. is not below the current heads \\(c3\\)"):
         plan_downgrade(branchy, "c3+1", ["c3"])
+
+
+@pytest.mark.parametrize(
+    ("to", "message"),
+    [
+        ("b2+1", "The relative step 'b2+1' is ambiguous: walking up from b2 reaches a merge point"),
+        ("h8+1", "The relative step 'h8+1' goes above the top of the history from h8."),
+    ],
+)
+def test_a_revision_plus_steps_that_cannot_walk_up_says_so(branchy, to, message):
+    with pytest.raises(RevisionResolutionError) as exc:
+        plan_downgrade(branchy, to, ["h8"])
+    assert message in str(exc.value)

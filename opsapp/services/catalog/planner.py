@@ -202,11 +202,16 @@ def _resolve(rmap: RevisionMap, name: str, to: str, heads: list[str]) -> tuple[s
         ) from exc
     except RevisionError as exc:
         text = str(exc)
+        up = bool(relative and relative["steps"].startswith("+"))
+        start = relative["symbol"] if up else ", ".join(heads)
         if text == "Ambiguous walk":
             message = (
-                f"The relative step {to!r} is ambiguous: walking down from {', '.join(heads)} reaches a merge point "
-                "with several parents (or a branch point with several children). Name the revision to downgrade to."
+                f"The relative step {to!r} is ambiguous: walking {'up' if up else 'down'} from {start} reaches a "
+                "merge point with several parents (or a branch point with several children). "
+                "Name the revision to downgrade to."
             )
+        elif up and ("didn't produce" in text or text == "Walked too far"):
+            message = f"The relative step {to!r} goes above the top of the history from {start}."
         elif "didn't produce" in text or text == "Walked too far":
             message = f"The relative step {to!r} goes below the base of the history from {', '.join(heads)}."
         else:
