@@ -143,7 +143,7 @@ class BackupCode(models.Model):
 def refuse_clear_secrets(sender, instance, **kwargs) -> None:
     """pre_save of django-otp's TOTPDevice and StaticToken: they would store a secret in clear.
 
-    Their tables stay (migration 0010 emptied them) but nothing may write
+    Their tables stay (migration 0007 emptied them) but nothing may write
     there again, e.g. django-otp's own `addstatictoken` command.
     """
     raise RuntimeError(
