@@ -16,6 +16,6 @@ class OpsappConfig(AppConfig):
         from opsapp import checks  # noqa: F401  (registers the system checks)
         from opsapp.models.two_factor import refuse_clear_secrets
 
-        # django-otp's plugins stay installed (their tables hold what migration 0010 moved) but unused.
+        # django-otp's plugins stay installed (migration 0007 moved their rows into opsapp's sealed devices) but unused.
         for model in (TOTPDevice, StaticToken):
             pre_save.connect(refuse_clear_secrets, sender=model, dispatch_uid=f"opsapp-refuse-{model.__name__}")

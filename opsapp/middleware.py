@@ -1,9 +1,12 @@
-"""Request guards: no NUL byte in a query string; no admin page without a second factor.
+"""Request guards: no NUL byte in a query string or a cookie; no admin page without a second factor.
 
 NulQueryMiddleware answers 400 to a query string (or path) holding a NUL
 byte. PostgreSQL text cannot hold NUL, so every changelist filter, search
 and export parameter that reached a query with one raised DataError (a 500);
-one check here covers every page, present and future.
+one check here covers every page, present and future. Cookies too: a quoted
+cookie value decodes `\\000` to NUL, and the session lookup then failed on
+every page, login included. POSTed form fields are left to the forms
+(Django's fields refuse NUL with a form error).
 
 TwoFactorMiddleware: no admin page without a second factor while OPS_REQUIRE_2FA is on.
 
@@ -36,6 +39,7 @@ OPEN_VIEWS = {
 
 
 NUL_REFUSAL = "Bad request: a parameter holds a NUL byte (%00), which no filter, search or export accepts."
+NUL_COOKIE_REFUSAL = "Bad request: a cookie holds a NUL byte; clear this site's cookies and sign in again."
 
 
 class NulQueryMiddleware:
@@ -47,6 +51,8 @@ class NulQueryMiddleware:
             "\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()
         ):
             return HttpResponseBadRequest(NUL_REFUSAL, content_type="text/plain; charset=utf-8")
+        if any("\x00" in name or "\x00" in value for name, value in request.COOKIES.items()):
+            return HttpResponseBadRequest(NUL_COOKIE_REFUSAL, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
 
 

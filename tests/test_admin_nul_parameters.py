@@ -13,7 +13,7 @@ from django.contrib.admin import FieldListFilter, SimpleListFilter
 from django.db import models
 from django.urls import reverse
 
-from opsapp.middleware import NUL_REFUSAL
+from opsapp.middleware import NUL_COOKIE_REFUSAL, NUL_REFUSAL
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome, Target
 
 pytestmark = pytest.mark.django_db
@@ -118,3 +118,17 @@ def test_a_nul_byte_in_the_request_form_prefill_answers_400(client, admin_user):
 def test_a_nul_byte_never_reaches_a_view_even_for_an_anonymous_visitor(client):
     response = client.get(reverse("admin:login"), {"next": "/admin/\x00"})
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize("cookie", ["sessionid", "csrftoken", "anything"])
+def test_a_nul_byte_in_a_cookie_answers_400_not_a_500(client, cookie):
+    """A quoted cookie value decodes `\\000` to NUL; the session lookup then raised DataError on every page."""
+    client.raise_request_exception = True
+    response = client.get(reverse("admin:login"), HTTP_COOKIE=f'{cookie}="\\000abcdefghijk"')
+    assert response.status_code == 400
+    assert response.content.decode() == NUL_COOKIE_REFUSAL
+
+
+def test_an_ordinary_cookie_still_passes(client, admin_user):
+    client.force_login(admin_user)
+    assert client.get(reverse("admin:index")).status_code == 200

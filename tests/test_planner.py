@@ -188,3 +188,35 @@ def test_the_revision_map_is_reused_until_a_sync_changes_the_catalog(script_dir_
     fresh = revision_map_from_rows(target)
     assert fresh is not first and fresh.get_revision("p3").down_revision == "p2"
     assert plan_downgrade(name, "p1", ["p3"]).steps == ["p3", "p2"]
+
+
+# ------------------------------------------------ a revision plus N steps (review of issue 11 item 5)
+@pytest.mark.parametrize(
+    ("db_at", "to", "expected_to"), [("d4", "a1+1", "b2"), ("h8", "c3+1", "d4"), ("d4", "b2+0", "b2")]
+)
+def test_a_revision_plus_steps_below_the_heads_resolves_as_alembic_does(
+    branchy, branchy_scripts, pg_url, db_at, to, expected_to
+):
+    """`alembic downgrade a1+1` is valid: a1 and one step up, i.e. b2. Only a bare `+N` (from the heads) moves up."""
+    plan = plan_downgrade(branchy, to, [db_at])
+
+    assert plan.to_revision == expected_to
+    assert plan.steps == offline_downgrade_order(branchy_scripts.ini, pg_url, f"{db_at}:{to}")
+
+
+def test_a_revision_plus_steps_above_the_heads_is_refused(branchy):
+    with pytest.raises(RevisionResolutionError, match="Revision .c3\\+1. is not below the current heads \\(c3\\)"):
+        plan_downgrade(branchy, "c3+1", ["c3"])
+
+
+@pytest.mark.parametrize(
+    ("to", "message"),
+    [
+        ("b2+1", "The relative step 'b2+1' is ambiguous: walking up from b2 reaches a merge point"),
+        ("h8+1", "The relative step 'h8+1' goes above the top of the history from h8."),
+    ],
+)
+def test_a_revision_plus_steps_that_cannot_walk_up_says_so(branchy, to, message):
+    with pytest.raises(RevisionResolutionError) as exc:
+        plan_downgrade(branchy, to, ["h8"])
+    assert message in str(exc.value)

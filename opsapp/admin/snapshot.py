@@ -7,8 +7,9 @@ changes them (take, verify, prune), and it audits every change.
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils import timezone
@@ -60,6 +61,15 @@ class SnapshotAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Snapshot | None = None) -> bool:
         return False
+
+    def response_action(self, request: HttpRequest, queryset):
+        # The checkboxes send snapshot ids; anything else (a hand-made POST) would be a ValueError, a 500.
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
+        if not all(value.isascii() and value.isdigit() for value in selected):
+            return HttpResponseBadRequest(
+                "Bad request: the selected snapshots must be snapshot ids.", content_type="text/plain; charset=utf-8"
+            )
+        return super().response_action(request, queryset)
 
     def has_take_snapshot_permission(self, request: HttpRequest) -> bool:
         # Django allows an action when ANY of its permissions holds, so both are checked here.

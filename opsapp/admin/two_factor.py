@@ -25,7 +25,7 @@ from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
-from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -98,6 +98,7 @@ def _gate(request: HttpRequest) -> HttpResponse | None:
 @sensitive_post_parameters("token")
 @csrf_protect
 @never_cache
+@sensitive_variables()
 def verify_view(request: HttpRequest) -> HttpResponse:
     """The token page after the password: a TOTP token or one backup code."""
     if (response := _gate(request)) is not None:
@@ -136,6 +137,7 @@ def verify_view(request: HttpRequest) -> HttpResponse:
 @sensitive_post_parameters("token")
 @csrf_protect
 @never_cache
+@sensitive_variables()
 def enroll_view(request: HttpRequest) -> HttpResponse:
     """Enrollment: scan the QR code (or type the secret), confirm one token, save the backup codes."""
     if (response := _gate(request)) is not None:

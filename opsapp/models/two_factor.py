@@ -21,12 +21,14 @@ from urllib.parse import quote, urlencode
 
 from django.conf import settings
 from django.db import models
+from django.views.decorators.debug import sensitive_variables
 from django_otp.models import Device, ThrottlingMixin, TimestampMixin
 from django_otp.oath import TOTP
 
 from opsapp.services import sealing
 
 
+@sensitive_variables()
 def normalize_token(token: str) -> str:
     """What a person typed, as stored: no spaces or dashes, lower case."""
     return "".join(ch for ch in (token or "") if ch not in " \t\r\n-").lower()
@@ -47,21 +49,25 @@ class AuthenticatorDevice(TimestampMixin, ThrottlingMixin, Device):
         verbose_name = "authenticator"
 
     @property
+    @sensitive_variables()
     def bin_key(self) -> bytes:
         """The TOTP key in clear (raises SealError when no configured key opens it)."""
         return sealing.unseal(self.sealed_key, sealing.TOTP_KEY)
 
+    @sensitive_variables()
     def set_key(self, key: bytes) -> None:
         self.sealed_key = sealing.seal(key, sealing.TOTP_KEY)
 
     def get_throttle_factor(self) -> int:
         return getattr(settings, "OTP_TOTP_THROTTLE_FACTOR", 1)
 
+    @sensitive_variables()
     def totp(self) -> TOTP:
         totp = TOTP(self.bin_key, self.step, self.t0, self.digits, self.drift)
         totp.time = time.time()
         return totp
 
+    @sensitive_variables()
     def verify_token(self, token) -> bool:
         """django-otp's TOTPDevice.verify_token, reading the sealed key."""
         if not self.verify_is_allowed()[0]:
@@ -85,6 +91,7 @@ class AuthenticatorDevice(TimestampMixin, ThrottlingMixin, Device):
         return verified
 
     @property
+    @sensitive_variables()
     def config_url(self) -> str:
         """The otpauth:// URI an authenticator app reads (the format of django-otp's TOTPDevice)."""
         label = self.user.get_username()
@@ -111,6 +118,7 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
     def get_throttle_factor(self) -> int:
         return getattr(settings, "OTP_STATIC_THROTTLE_FACTOR", 1)
 
+    @sensitive_variables()
     def verify_token(self, token) -> bool:
         """True, and the code deleted, when `token` is one of the unused codes. Throttled like django-otp's."""
         if not self.verify_is_allowed()[0]:
@@ -143,7 +151,7 @@ class BackupCode(models.Model):
 def refuse_clear_secrets(sender, instance, **kwargs) -> None:
     """pre_save of django-otp's TOTPDevice and StaticToken: they would store a secret in clear.
 
-    Their tables stay (migration 0010 emptied them) but nothing may write
+    Their tables stay (migration 0007 emptied them) but nothing may write
     there again, e.g. django-otp's own `addstatictoken` command.
     """
     raise RuntimeError(

@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 from opsapp.services.errors import OpsError
 
@@ -39,24 +40,29 @@ class SealError(OpsError):
     """No configured key (SECRET_KEY or a fallback) opens this value."""
 
 
+@sensitive_variables()
 def _secret_keys() -> list[str]:
     """SECRET_KEY first (it seals), then SECRET_KEY_FALLBACKS (they only open)."""
     return [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
 
 
+@sensitive_variables()
 def _derive(secret_key: str, purpose: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=_SALT, info=purpose.encode()).derive(secret_key.encode())
 
 
+@sensitive_variables()
 def _fernets(purpose: str) -> list[Fernet]:
     return [Fernet(base64.urlsafe_b64encode(_derive(key, purpose))) for key in _secret_keys()]
 
 
+@sensitive_variables()
 def seal(value: bytes, purpose: str) -> str:
     """`value` encrypted under the current key for `purpose`, as ASCII text."""
     return _fernets(purpose)[0].encrypt(value).decode()
 
 
+@sensitive_variables()
 def unseal(token: str, purpose: str) -> bytes:
     """The value `seal` sealed, opened with the current key or a fallback. Raises SealError."""
     try:
@@ -69,6 +75,7 @@ def unseal(token: str, purpose: str) -> bytes:
         ) from exc
 
 
+@sensitive_variables()
 def is_current(token: str, purpose: str) -> bool:
     """True when `token` is sealed under the current SECRET_KEY (nothing for otp_rekey to do)."""
     try:
@@ -78,22 +85,26 @@ def is_current(token: str, purpose: str) -> bool:
     return True
 
 
+@sensitive_variables()
 def reseal(token: str, purpose: str) -> str:
     """`token` sealed again under the current key. Raises SealError when no key opens it."""
     return seal(unseal(token, purpose), purpose)
 
 
+@sensitive_variables()
 def key_id(purpose: str, secret_key: str | None = None) -> str:
     """A short public name of the derived key (which key hashed a value), not the key itself."""
     derived = _derive(secret_key or settings.SECRET_KEY, purpose)
     return hmac.new(derived, b"key id", hashlib.sha256).hexdigest()[:16]
 
 
+@sensitive_variables()
 def keyed_digest(value: str, purpose: str) -> str:
     """HMAC-SHA256 of `value` under the current key for `purpose`, hex."""
     return hmac.new(_derive(settings.SECRET_KEY, purpose), value.encode(), hashlib.sha256).hexdigest()
 
 
+@sensitive_variables()
 def digest_key(key_name: str, purpose: str) -> bytes | None:
     """The derived key whose `key_id` is `key_name` (current or a fallback), or None if retired."""
     for secret_key in _secret_keys():
@@ -102,6 +113,7 @@ def digest_key(key_name: str, purpose: str) -> bytes | None:
     return None
 
 
+@sensitive_variables()
 def digest_matches(value: str, digests: list[str], key: bytes) -> int | None:
     """Index of the digest in `digests` that is HMAC(key, value), or None.
 

@@ -23,6 +23,7 @@ from io import BytesIO
 
 from django.conf import settings
 from django.db import transaction
+from django.views.decorators.debug import sensitive_variables
 from django_otp import devices_for_user
 from django_otp.oath import TOTP
 
@@ -81,11 +82,13 @@ def new_secret() -> bytes:
     return secrets.token_bytes(20)
 
 
+@sensitive_variables()
 def seal_pending(secret: bytes) -> str:
     """The pending enrollment secret as the session may keep it (sealed: sessions live in the DB)."""
     return sealing.seal(secret, sealing.ENROLLMENT)
 
 
+@sensitive_variables()
 def unseal_pending(sealed: str | None) -> bytes | None:
     """The pending secret back from the session; None when absent or sealed under a retired key."""
     if not sealed:
@@ -96,12 +99,14 @@ def unseal_pending(sealed: str | None) -> bytes | None:
         return None
 
 
+@sensitive_variables()
 def secret_base32(secret: bytes) -> str:
     """The secret as a person types it into an authenticator app (base32, groups of four)."""
     text = b32encode(secret).decode()
     return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
 
 
+@sensitive_variables()
 def provisioning_uri(user, secret: bytes) -> str:
     """The otpauth:// URI an authenticator app reads from the QR code."""
     device = AuthenticatorDevice(user=user, name=TOTP_DEVICE_NAME)
@@ -109,6 +114,7 @@ def provisioning_uri(user, secret: bytes) -> str:
     return device.config_url
 
 
+@sensitive_variables()
 def qr_svg(uri: str) -> str:
     """The QR code of `uri` as inline SVG, rendered here (no CDN, no external service).
 
@@ -121,14 +127,17 @@ def qr_svg(uri: str) -> str:
     return out.getvalue().decode()
 
 
+@sensitive_variables()
 def _new_backup_code() -> str:
     return "".join(secrets.choice(_BACKUP_ALPHABET) for _ in range(10))
 
 
+@sensitive_variables()
 def format_backup_code(code: str) -> str:
     return f"{code[:5]}-{code[5:]}"
 
 
+@sensitive_variables()
 def _issue_backup_codes(user) -> list[str]:
     """Replace the user's backup codes with OPS_BACKUP_CODE_COUNT new ones; return them (shown once).
 
@@ -145,6 +154,7 @@ def _issue_backup_codes(user) -> list[str]:
     return [format_backup_code(code) for code in codes]
 
 
+@sensitive_variables()
 def _store_authenticator(user, secret: bytes, last_t: int = -1) -> AuthenticatorDevice:
     AuthenticatorDevice.objects.filter(user=user).delete()
     device = AuthenticatorDevice(user=user, name=TOTP_DEVICE_NAME, confirmed=True, last_t=last_t)
@@ -163,6 +173,7 @@ def _audit(action: AuditAction, outcome: AuditOutcome, actor: Actor, user, messa
     )
 
 
+@sensitive_variables()
 def confirm_enrollment(actor: Actor, user, secret: bytes, token: str) -> tuple[AuthenticatorDevice, list[str]]:
     """Confirm a pending secret with one token: store the device, issue backup codes.
 
@@ -199,6 +210,7 @@ def confirm_enrollment(actor: Actor, user, secret: bytes, token: str) -> tuple[A
     return device, codes
 
 
+@sensitive_variables()
 def enroll_headless(actor: Actor, user) -> tuple[AuthenticatorDevice, list[str]]:
     """Create a confirmed TOTP device and backup codes without a token (`otp_enroll`).
 
@@ -245,6 +257,7 @@ def reset_devices(actor: Actor, user) -> int:
     return len(devices)
 
 
+@sensitive_variables()
 def verify(actor: Actor, user, token: str) -> Verified:
     """Check a TOTP token or a backup code for `user`; a backup code is used up.
 

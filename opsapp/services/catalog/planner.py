@@ -150,7 +150,9 @@ def overlapping_rows(rmap: RevisionMap, heads: list[str]) -> dict[str, list[str]
 def _resolve(rmap: RevisionMap, name: str, to: str, heads: list[str]) -> tuple[str, list[str]]:
     """(resolved id or "base", Alembic's downgrade steps). Raises RevisionResolutionError."""
     relative = _RELATIVE.match(to)
-    if relative and relative["steps"].startswith("+"):
+    # `+N` alone counts from the current heads, so it can only move up; `a1+1` is a revision (a1 and one
+    # step up) that Alembic accepts as a downgrade target, checked below like any other target.
+    if relative and relative["steps"].startswith("+") and relative["symbol"] is None:
         raise _refuse(
             f"{to!r} moves up the history: a downgrade target must be below the current heads.", name, revision=to
         )
@@ -200,11 +202,16 @@ def _resolve(rmap: RevisionMap, name: str, to: str, heads: list[str]) -> tuple[s
         ) from exc
     except RevisionError as exc:
         text = str(exc)
+        up = bool(relative and relative["steps"].startswith("+"))
+        start = relative["symbol"] if up else ", ".join(heads)
         if text == "Ambiguous walk":
             message = (
-                f"The relative step {to!r} is ambiguous: walking down from {', '.join(heads)} reaches a merge point "
-                "with several parents (or a branch point with several children). Name the revision to downgrade to."
+                f"The relative step {to!r} is ambiguous: walking {'up' if up else 'down'} from {start} reaches a "
+                "merge point with several parents (or a branch point with several children). "
+                "Name the revision to downgrade to."
             )
+        elif up and ("didn't produce" in text or text == "Walked too far"):
+            message = f"The relative step {to!r} goes above the top of the history from {start}."
         elif "didn't produce" in text or text == "Walked too far":
             message = f"The relative step {to!r} goes below the base of the history from {', '.join(heads)}."
         else:
