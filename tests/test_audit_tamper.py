@@ -87,7 +87,9 @@ def test_a_forged_append_with_a_correct_hash_does_not_verify():
     add_events(3)
     last = AuditEvent.objects.order_by("-seq").first()
     fields = event_fields(last)
-    fields.update(seq=last.seq + 1, action=AuditAction.ROLLBACK_SUCCEEDED, message="rollback succeeded", prev_hash=last.hash)
+    fields.update(
+        seq=last.seq + 1, action=AuditAction.ROLLBACK_SUCCEEDED, message="rollback succeeded", prev_hash=last.hash
+    )
     AuditEvent.objects.create(**fields, hash=compute_hash(fields))
     _, error = cron_verify()
     assert_caught(error, 4, "")
