@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"cannot use {args.public_key} as the public key: {exc}", file=sys.stderr)
         return 2
-    if args.file.suffix == ".zip":
+    if args.file.suffix == ".zip" or zipfile.is_zipfile(args.file):
         findings, notes = verify_bundle(args.file, key)
     elif args.checkpoints is None:
         print("an export needs --checkpoints DIR (the published checkpoint directory)", file=sys.stderr)
