@@ -249,3 +249,45 @@ def test_with_debug_on_a_development_key_is_derived_from_the_secret_key(settings
     assert key.key_id.startswith("dev-") and settings.SECRET_KEY.encode() not in key.secret
     add_events(1)
     assert AuditEvent.objects.get().key_id == key.key_id and verify_chain().ok
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_export_verifies_offline_against_the_published_checkpoints(fmt, settings, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from opsapp.services.audit.keys import public_key, public_key_pem
+    from tests.test_audit import REPO_ROOT
+
+    add_events(4)
+    assert verify_command()[1] is None  # checkpoint of #4
+    add_events(1)
+    export = tmp_path / f"q1.{fmt}"
+    call_command("export_audit_log", "--format", fmt, "--output", str(export), stderr=StringIO())
+    published = tmp_path / "published"
+    shutil.copytree(settings.OPS_AUDIT_CHECKPOINT_DIR, published)
+    key = tmp_path / "audit-public.pem"
+    key.write_bytes(public_key_pem(public_key()))
+    script = tmp_path / "verify_audit_evidence.py"
+    shutil.copy(REPO_ROOT / "opsapp" / "services" / "audit" / "offline.py", script)
+
+    def run(path):
+        command = [sys.executable, str(script), str(path), "--checkpoints", str(published), "--public-key", str(key)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    result = run(export)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "signed checkpoint #4" in result.stdout and f"OK q1.{fmt}" in result.stdout
+
+    tampered = tmp_path / f"tampered.{fmt}"
+    tampered.write_text(export.read_text(encoding="utf-8").replace("event 2", "event 7"), encoding="utf-8")
+    result = run(tampered)
+    assert result.returncode == 1 and "event #3 was edited" in result.stdout
+
+    (checkpoint,) = published.iterdir()
+    os.chmod(checkpoint, 0o644)
+    checkpoint.write_text(checkpoint.read_text().replace('"count": 4', '"count": 3'))
+    result = run(export)
+    assert result.returncode == 1 and f"{checkpoint.name}: the signature does not verify" in result.stdout
