@@ -138,3 +138,31 @@ def test_export_evidence_refuses_an_unknown_request_and_writes_nothing(tmp_path)
     with pytest.raises(CommandError, match="no rollback request #999"):
         call_command("export_evidence", "999", "--output", str(tmp_path / "x.zip"), stderr=StringIO())
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_the_evidence_button_is_for_auditors_and_operators_only(ready_request, client, approver, auditor, settings):
+    from django.urls import reverse
+
+    url = reverse("admin:opsapp_rollbackrequest_evidence", args=[ready_request.request.pk])
+    page = reverse("admin:opsapp_rollbackrequest_change", args=[ready_request.request.pk])
+    before = AuditEvent.objects.count()
+
+    client.force_login(approver)
+    assert "Download evidence" not in client.get(page).content.decode()
+    assert client.post(url).status_code == 403
+    assert AuditEvent.objects.count() == before  # refused before anything was written
+
+    client.force_login(auditor)
+    assert "Download evidence" in client.get(page).content.decode()
+    assert client.get(url).status_code == 405
+    response = client.post(url)
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert f"evidence-request-{ready_request.request.pk}.zip" in response["Content-Disposition"]
+    assert AuditEvent.objects.order_by("-seq").first().action == AuditAction.EVIDENCE_EXPORTED
+
+    # Without the signing key there is no bundle: the page says why, nothing is exported.
+    settings.OPS_AUDIT_SIGNING_KEY_FILE = ""
+    count = AuditEvent.objects.count()
+    response = client.post(url, follow=True)
+    assert "No evidence bundle: evidence bundles are signed" in response.content.decode()
+    assert AuditEvent.objects.count() == count
