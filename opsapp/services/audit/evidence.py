@@ -162,6 +162,10 @@ def build_evidence(request_id: int, *, actor: Actor) -> tuple[str, bytes]:
         raise AuditError(f"rollback request #{request_id} has no audit events")
     checkpoint = _covering_checkpoint(seqs[-1], actor)
     events = _segment(seqs[0], checkpoint.seq)
+    if not events or events[-1]["seq"] != checkpoint.seq or events[-1]["hash"] != checkpoint.hash:
+        raise AuditError(
+            f"the audit log no longer holds the event {checkpoint.label} signed: run verify_audit_log (no bundle made)"
+        )
     made = datetime.now(UTC).isoformat(timespec="seconds")
     members = {
         "request.json": json.dumps(request_facts(request), indent=1, ensure_ascii=False).encode(),

@@ -175,7 +175,9 @@ def run_verification(
             seq=result.head_seq, event_hash=result.head_hash, mac=row[0], count=result.checked, key_id=row[1], signer=""
         )
         path = write_checkpoint(directory, private, body)
-        result = replace(result, checkpoint_written=str(path))
+        result = replace(result, checkpoint_written=str(path), message=f"{result.message}; signed {path.name}")
+    elif result.ok and checkpoint and private is None:
+        result = replace(result, message=f"{result.message}; no checkpoint signed (no OPS_AUDIT_SIGNING_KEY_FILE)")
     record_verification(result, actor=actor)
     return result
 
