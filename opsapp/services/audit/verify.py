@@ -62,7 +62,7 @@ class VerifyResult:
     ok: bool
     checked: int
     first_bad_seq: int | None
-    problem: str  # "" when ok, else EDITED / MISSING / REORDERED
+    problem: str  # "" when ok, else EDITED / MISSING / REORDERED / UNKEYED / CHECKPOINT
     message: str
     head_seq: int | None
     head_hash: str | None
