@@ -200,6 +200,18 @@ OPS_BACKUP_CODE_COUNT = 10
 OPS_ENVIRONMENT_NAME = env.str("OPS_ENVIRONMENT_NAME", default="development" if DEBUG else "")
 OPS_ENVIRONMENT_COLOUR = env.str("OPS_ENVIRONMENT_COLOUR", default="")
 OPS_SNAPSHOT_DIR = Path(env.str("OPS_SNAPSHOT_DIR", default=str(VAR_DIR / "snapshots")))
+# The audit log (docs/audit.md). Every event is MACed with OPS_AUDIT_KEY (or the file OPS_AUDIT_KEY_FILE
+# names), a secret kept out of the console's database; retired keys, one per line, in
+# OPS_AUDIT_PREVIOUS_KEYS_FILE. verify_audit_log signs checkpoints with the Ed25519 private key in
+# OPS_AUDIT_SIGNING_KEY_FILE and writes them to OPS_AUDIT_CHECKPOINT_DIR; a host that only verifies needs
+# OPS_AUDIT_PUBLIC_KEY_FILE. `manage.py audit_keys --generate` creates the keys. With DEBUG=1 and no keys,
+# development keys are derived from SECRET_KEY (opsapp.services.audit.keys).
+OPS_AUDIT_KEY = env.str("OPS_AUDIT_KEY", default="")
+OPS_AUDIT_KEY_FILE = env.str("OPS_AUDIT_KEY_FILE", default="")
+OPS_AUDIT_PREVIOUS_KEYS_FILE = env.str("OPS_AUDIT_PREVIOUS_KEYS_FILE", default="")
+OPS_AUDIT_SIGNING_KEY_FILE = env.str("OPS_AUDIT_SIGNING_KEY_FILE", default="")
+OPS_AUDIT_PUBLIC_KEY_FILE = env.str("OPS_AUDIT_PUBLIC_KEY_FILE", default="")
+OPS_AUDIT_CHECKPOINT_DIR = Path(env.str("OPS_AUDIT_CHECKPOINT_DIR", default=str(VAR_DIR / "audit-checkpoints")))
 
 # Targets: raw strings here, parsed and validated by opsapp.targets / opsapp.checks.
 OPS_TARGETS = {}

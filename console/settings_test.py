@@ -27,3 +27,23 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
 
 # Gate "rehearsal" off except in the tests that turn it on (tests/test_rehearsal*.py).
 OPS_REQUIRE_REHEARSAL = False
+# Django runs tests with DEBUG off, so the development audit keys are not derived: the suite
+# has its own (throwaway, made here, never a real secret).
+OPS_AUDIT_KEY = "test-suite-audit-mac-key-not-a-secret-0123456789"
+
+
+def _test_signing_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = VAR_DIR / "audit-signing-key.pem"  # noqa: F405
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.write_bytes(pem)
+    return str(path)
+
+
+OPS_AUDIT_SIGNING_KEY_FILE = _test_signing_key()

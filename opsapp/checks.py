@@ -7,6 +7,9 @@ E008 verification codes would stay on this machine with DEBUG off · E009
 EMAIL_URL=filemail:// names a relative directory · W001 (check --deploy)
 verification codes would not be e-mailed (DEBUG on).
 E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
+E040 (check --deploy) no audit MAC key with DEBUG off · E041 audit key unreadable or too short ·
+E042 (check --deploy) no checkpoint signing or public key with DEBUG off · E043 checkpoint key
+file unreadable or not Ed25519.
 E070 OPS_REHEARSAL_URL is not a PostgreSQL URL · E071 OPS_REHEARSAL_RESTORE_JOBS below 1.
 """
 
@@ -157,6 +160,63 @@ def check_rehearsal_settings(app_configs=None, **kwargs) -> list[Error]:
             Error(
                 f"OPS_REHEARSAL_RESTORE_JOBS is {settings.OPS_REHEARSAL_RESTORE_JOBS}; pg_restore needs 1 or more jobs.",
                 id="opsapp.E071",
+            )
+        )
+    return errors
+
+
+@register(Tags.security)
+def check_audit_keys(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E041 / E043: a configured audit key that cannot be used (never echoing the key)."""
+    from opsapp.services.audit import keys
+    from opsapp.services.errors import AuditError
+
+    errors: list[Error] = []
+    try:
+        text = keys.configured_mac_secret()
+        if text and len(text) < keys.MIN_KEY_LENGTH:
+            errors.append(
+                Error(
+                    f"The audit MAC key is shorter than {keys.MIN_KEY_LENGTH} characters.",
+                    hint="Generate one with `manage.py audit_keys --generate --dir DIR`.",
+                    id="opsapp.E041",
+                )
+            )
+    except AuditError as exc:
+        errors.append(Error(str(exc), hint="OPS_AUDIT_KEY_FILE must be readable by the console.", id="opsapp.E041"))
+    try:
+        keys.public_key()
+    except AuditError as exc:
+        errors.append(Error(str(exc), hint="Generate keys with `manage.py audit_keys --generate`.", id="opsapp.E043"))
+    return errors
+
+
+@register(Tags.security, deploy=True)
+def check_audit_keys_deploy(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E040 / E042 (deploy only): production keeps its audit keys outside the database.
+
+    Without the MAC key anyone who can write the database can append or rehash
+    events; without the checkpoint key nobody notices a cut tail or a truncate.
+    """
+    if settings.DEBUG:
+        return []
+    errors: list[Error] = []
+    if not (settings.OPS_AUDIT_KEY or settings.OPS_AUDIT_KEY_FILE):
+        errors.append(
+            Error(
+                "No audit MAC key with DEBUG off: audit events cannot be written, and the chain would not be "
+                "protected against someone who can write the console's database.",
+                hint="Set OPS_AUDIT_KEY_FILE (from `manage.py audit_keys --generate --dir DIR`).",
+                id="opsapp.E040",
+            )
+        )
+    if not (settings.OPS_AUDIT_SIGNING_KEY_FILE or settings.OPS_AUDIT_PUBLIC_KEY_FILE):
+        errors.append(
+            Error(
+                "No checkpoint key with DEBUG off: verify_audit_log cannot sign or check checkpoints, so a cut "
+                "tail or a truncated audit table would go unnoticed.",
+                hint="Set OPS_AUDIT_SIGNING_KEY_FILE on the host that runs verify_audit_log from cron.",
+                id="opsapp.E042",
             )
         )
     return errors

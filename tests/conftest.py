@@ -235,6 +235,8 @@ def outsider(django_user_model):
 def _isolated_snapshot_dir(tmp_path_factory, settings) -> None:
     """Every test gets its own snapshot directory unless it asks for `snapshot_dir`."""
     settings.OPS_SNAPSHOT_DIR = tmp_path_factory.mktemp("snapshots")
+    # Signed audit checkpoints outlive a test's database: each test publishes its own.
+    settings.OPS_AUDIT_CHECKPOINT_DIR = tmp_path_factory.mktemp("audit-checkpoints")
 
 
 def repo_path(*parts: str) -> Path:

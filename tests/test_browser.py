@@ -16,6 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+import zipfile
+from contextlib import redirect_stdout
+from pathlib import Path
 
 import pytest
 from browser_support import (
@@ -34,6 +37,8 @@ from django.core import mail
 from django.urls import reverse
 
 from opsapp.models import AuditEvent, RollbackRequest, RollbackStatus, Snapshot
+from opsapp.services.audit import offline
+from opsapp.services.audit.keys import public_key, public_key_pem
 from tests.two_factor_support import make_device
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -319,4 +324,31 @@ def test_an_auditor_reads_the_audit_log_cannot_change_anything_and_downloads_the
     actions = [r["action"] for r in records if r.get("request_id") == str(executed_rollback.pk)]
     for action in ("rollback_requested", "code_issued", "rollback_refused", "rollback_started", "rollback_succeeded"):
         assert action in actions, f"{action} not exported: {actions}"
+
+    # The request's evidence bundle, from its button; it verifies offline, and a flipped byte names the member.
+    page.goto(reverse("admin:opsapp_rollbackrequest_change", args=[executed_rollback.pk]))
+    screenshot(page, "18-auditor-request-evidence")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download evidence").click()
+    download = download_info.value
+    assert download.suggested_filename == f"evidence-request-{executed_rollback.pk}.zip"
+    bundle = Path(download.path())
+    key = bundle.with_name("public.pem")
+    key.write_bytes(public_key_pem(public_key()))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert offline.main([str(bundle), "--public-key", str(key)]) == 0, out.getvalue()
+    assert f"request #{executed_rollback.pk}" in out.getvalue()
+    with zipfile.ZipFile(bundle) as original, zipfile.ZipFile(bundle.with_name("changed.zip"), "w") as changed:
+        for info in original.infolist():
+            data = original.read(info)
+            changed.writestr(
+                info,
+                data.replace(b"rollback_succeeded", b"rollback_failed") if info.filename == "events.jsonl" else data,
+            )
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert offline.main([str(bundle.with_name("changed.zip")), "--public-key", str(key)]) == 1
+    assert "events.jsonl: changed since the bundle was signed" in out.getvalue()
+    assert AuditEvent.objects.order_by("-seq").first().action == "evidence_exported"
     page.context.close()

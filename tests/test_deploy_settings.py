@@ -17,8 +17,25 @@ from tests.conftest import REPO_ROOT, ScriptDir
 pytestmark = pytest.mark.django_db
 
 
+def audit_key_files(directory) -> dict[str, str]:
+    """A production host's audit keys, as `audit_keys --generate` writes them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    directory.mkdir(exist_ok=True)
+    mac, signing = directory / "audit-mac.key", directory / "audit-signing.pem"
+    if not mac.exists():
+        mac.write_text(secrets.token_urlsafe(48))
+        signing.write_bytes(
+            Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return {"OPS_AUDIT_KEY_FILE": str(mac), "OPS_AUDIT_SIGNING_KEY_FILE": str(signing)}
+
+
 def production_env(tmp_path, **extra: str) -> dict[str, str]:
-    """The environment of a production process: DEBUG off, real secret, one host, a valid target."""
+    """The environment of a production process: DEBUG off, real secret, one host, a valid target, audit keys."""
     scripts = ScriptDir(tmp_path / "prod-scripts")
     env = {
         key: value
@@ -38,6 +55,7 @@ def production_env(tmp_path, **extra: str) -> dict[str, str]:
             "OPS_TARGET_SHOP_ALEMBIC_INI": str(scripts.ini),
             "DJANGO_SETTINGS_MODULE": "console.settings",
             "EMAIL_URL": "smtp+tls://mailer:mail-pw@smtp.example.com:587",
+            **audit_key_files(tmp_path / "audit-keys"),
         }
     )
     env.update(extra)

@@ -44,6 +44,7 @@ PERM_ADD = "opsapp.add_rollbackrequest"
 PERM_CHANGE = "opsapp.change_rollbackrequest"
 PERM_EXECUTE = "opsapp.execute_rollbackrequest"
 PERM_TAKE_SNAPSHOT = "opsapp.take_snapshot"
+PERM_EXPORT_AUDIT = "opsapp.export_auditevent"
 
 
 def _rollback():
@@ -58,6 +59,11 @@ def _require(request: HttpRequest, *perms: str) -> None:
     """Server-side permission check; hidden buttons are not the protection."""
     if not all(request.user.has_perm(perm) for perm in perms):
         raise PermissionDenied
+
+
+def may_export_evidence(user) -> bool:
+    """Auditors (who may export the audit log) and operators (who may act on requests)."""
+    return user.has_perm(PERM_EXPORT_AUDIT) or user.has_perm(PERM_CHANGE)
 
 
 def safe_gate_status(obj: RollbackRequest) -> list:
@@ -216,6 +222,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             path("<path:object_id>/cancel/", wrap(self.cancel_view), name="opsapp_rollbackrequest_cancel"),
             path("<path:object_id>/execute/", wrap(self.execute_view), name="opsapp_rollbackrequest_execute"),
             path("<path:object_id>/rehearse/", wrap(self.rehearse_view), name="opsapp_rollbackrequest_rehearse"),
+            path("<path:object_id>/evidence/", wrap(self.evidence_view), name="opsapp_rollbackrequest_evidence"),
             path("reconcile/", wrap(self.reconcile_view), name="opsapp_rollbackrequest_reconcile"),
         ]
         return custom + super().get_urls()
@@ -253,6 +260,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "is_running": obj.status == RollbackStatus.RUNNING,
             "can_reconcile": may_reconcile(user),
             **rehearsal_context(obj),
+            "can_export_evidence": may_export_evidence(user),
         }
 
     # ------------------------------------------------------------------ views
@@ -400,6 +408,24 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             else:
                 messages.error(request, line)
         return self._back(obj)
+
+    def evidence_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: the request's evidence bundle as a download (exporting it is audited)."""
+        if not may_export_evidence(request.user):
+            raise PermissionDenied
+        if request.method != "POST":
+            return _method_not_allowed()
+        obj = self._get(request, object_id)
+        from opsapp.services.audit.evidence import build_evidence
+
+        try:
+            name, data = build_evidence(obj.pk, actor=Actor.from_request(request))
+        except OpsError as exc:
+            messages.error(request, f"No evidence bundle: {exc}")
+            return self._back(obj)
+        response = HttpResponse(data, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
 
     def reconcile_view(self, request: HttpRequest) -> HttpResponse:
         """POST only: mark `running` requests whose executor died (target lock free) as interrupted."""

@@ -29,6 +29,8 @@ class AuditAction(models.TextChoices):
     HEADS_CHANGED = "heads_changed", "heads changed"
     AUDIT_VERIFIED = "audit_verified", "audit log verified"
     AUDIT_EXPORTED = "audit_exported", "audit log exported"
+    AUDIT_KEY_CHANGED = "audit_key_changed", "audit key changed"
+    EVIDENCE_EXPORTED = "evidence_exported", "evidence exported"
     OTP_ENROLLED = "otp_enrolled", "2FA device enrolled"
     OTP_RESET = "otp_reset", "2FA devices reset"
     OTP_TOKEN_REJECTED = "otp_token_rejected", "2FA token rejected"
@@ -108,6 +110,10 @@ class AuditEvent(models.Model):
     user_agent = models.CharField(max_length=500, blank=True, editable=False)
     prev_hash = models.CharField(max_length=64, editable=False)
     hash = models.CharField(max_length=64, editable=False)
+    # Which audit key MACed the event ('' for events written before the console had one), and the MAC:
+    # HMAC-SHA256(key, hash). See opsapp.services.audit.chain.
+    key_id = models.CharField(max_length=40, blank=True, default="", editable=False)
+    mac = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     objects = AuditEventQuerySet.as_manager()
 

@@ -2,8 +2,9 @@
 
 Rows leave in `seq` order, read with keyset pagination in batches, so memory
 stays constant however many events there are (1,000,000 is fine). Every row
-carries the hashed fields exactly as hashed plus `hash`, so the file verifies
-offline with the standard-library snippet in docs/audit.md.
+carries the hashed fields exactly as hashed plus `key_id`, `hash` and `mac`,
+so the file verifies offline (docs/audit.md: the standard-library snippet, or
+offline.py against the signed checkpoints).
 """
 
 from __future__ import annotations

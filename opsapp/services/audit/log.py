@@ -8,9 +8,12 @@ audit write fails, the exception propagates and the operation being recorded
 must fail with it.
 
 The hash of event N is SHA-256 over the canonical serialization of its
-fields (HASHED_FIELDS, which include `prev_hash`, the hash of event N-1):
-JSON with sorted keys, no whitespace, UTF-8, `created_at` as a UTC ISO 8601
-string with microseconds. docs/audit.md shows how to recompute it offline.
+fields (HASHED_FIELDS, which include `prev_hash`, the hash of event N-1, and
+the key id): JSON with sorted keys, no whitespace, UTF-8, `created_at` as a
+UTC ISO 8601 string with microseconds. Its MAC is HMAC-SHA256 of that hash
+under the audit key (keys.py), which lives outside the database. When the key
+changes (the first keyed event after the plain chain, or a rotation), an
+"audit key changed" event is appended first, MACed with the new key.
 
 Values are normalized *before* hashing to exactly what the database gives
 back (PostgreSQL's jsonb rewrites numbers and drops duplicate keys, inet
@@ -30,7 +33,8 @@ from django.db import connection, transaction
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit.chain import GENESIS_HASH, compute_hash, stored_row_hashes
+from opsapp.services.audit.chain import GENESIS_HASH, compute_hash, compute_mac, stored_row_hashes
+from opsapp.services.audit.keys import MacKey, current_mac_key
 from opsapp.services.errors import AuditError
 from opsapp.targets import mask_url
 
@@ -113,7 +117,7 @@ def append_event(
     """Append one event to the chain and return it.
 
     Raises whatever the database raises (and AuditError if the stored row does
-    not hash back): callers must let it fail the operation (no unaudited
+    not hash back, or when no audit key is configured): callers must let it fail the operation (no unaudited
     rollbacks). Never put a secret in `message` or `detail`; URLs are masked
     here as a last line of defence.
     """
@@ -130,6 +134,7 @@ def append_event(
         "to_revision": _fit(to_revision or "", 500, "to_revision_full", detail),
         "user_agent": _fit(actor.user_agent or "", 500, "user_agent_full", detail),
     }
+    key = current_mac_key()
     with transaction.atomic():
         detail = _normalize_detail(detail)
         with connection.cursor() as cur:
@@ -140,11 +145,34 @@ def append_event(
                 # deferred transaction would read first and collide later).
                 # It matches no row, so the append-only trigger never fires.
                 cur.execute("UPDATE opsapp_auditevent SET seq = seq WHERE 0")
-        last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+        last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash", "key_id").first()
         seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
+        if last is not None and last[2] != key.key_id:
+            # The switch to MACs (or to a new key) is itself an audited event.
+            previous = last[2] or None
+            change = _insert(
+                {
+                    "seq": seq,
+                    "actor_user_id": actor.user_id,
+                    "action": str(AuditAction.AUDIT_KEY_CHANGED),
+                    "outcome": str(AuditOutcome.INFO),
+                    "request_id": None,
+                    "snapshot_id": None,
+                    "message": f"audit events are MACed with key {key.key_id} from #{seq} on"
+                    + (f" (was {previous})" if previous else " (events before it have plain hashes)"),
+                    "detail": {"key_id": key.key_id, "previous_key_id": previous},
+                    "client_ip": client_ip,
+                    "prev_hash": prev_hash,
+                    **columns,
+                    "target_name": "",
+                    "from_revision": "",
+                    "to_revision": "",
+                },
+                key,
+            )
+            seq, prev_hash = seq + 1, change.hash
         fields: dict[str, Any] = {
             "seq": seq,
-            "created_at": _db_now(),
             "actor_user_id": actor.user_id,
             "action": str(action),
             "outcome": str(outcome),
@@ -156,10 +184,17 @@ def append_event(
             "prev_hash": prev_hash,
             **columns,
         }
-        event = AuditEvent(**fields)
-        event.hash = compute_hash(fields)
-        event.save(force_insert=True)
-        _check_stored(event)
+        event = _insert(fields, key)
+    return event
+
+
+def _insert(fields: dict[str, Any], key: MacKey) -> AuditEvent:
+    fields = {**fields, "created_at": _db_now(), "key_id": key.key_id}
+    event = AuditEvent(**fields)
+    event.hash = compute_hash(fields)
+    event.mac = compute_mac(key.secret, event.hash)
+    event.save(force_insert=True)
+    _check_stored(event)
     return event
 
 

@@ -1,39 +1,60 @@
-"""Recompute the audit hash chain and say where it first breaks.
+"""Recompute the audit chain, check it against the signed checkpoints, and say where it first breaks.
 
 Reads the table in `seq` order with keyset pagination (`WHERE seq > last
 ORDER BY seq LIMIT n`, on the unique index), straight from a cursor: no model
 instances, and on PostgreSQL the database formats `created_at` itself, so the
-per-row cost is one JSON parse of `detail`, one encode and one SHA-256.
+per-row cost is one canonical serialization (chain.row_payload), one SHA-256
+and one HMAC.
 
 Problems, reported at the first broken sequence number:
-- ``missing``:   a sequence number is absent (an event was deleted);
-- ``edited``:    an event's fields no longer hash to its stored hash;
-- ``reordered``: an event's prev_hash is not the previous event's hash
-  (events swapped, replaced with rehashed copies, or the chain forked).
-Deleting the newest events leaves no trace inside the table: that is what the
-external anchor (`verify_audit_log --print-head`, `--anchor`) is for.
+- ``missing``:   a sequence number is absent (an event was deleted), or the
+  table ends before the newest signed checkpoint (the tail was cut, or the
+  table truncated);
+- ``edited``:    an event's fields no longer hash to its stored hash, its MAC
+  is wrong (a forged or rehashed event), or its hash is not the one a signed
+  checkpoint recorded;
+- ``reordered``: an event's prev_hash is not the previous event's hash;
+- ``unkeyed``:   an event without a MAC after keyed events (not written by
+  the console), or MACed with a key this host does not know;
+- ``checkpoint``: a checkpoint file is altered, unsigned or contradicts another.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import hmac
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from django.conf import settings
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
 from opsapp.services.audit.chain import (
     GENESIS_HASH,
     HASH,
+    KEY_ID,
+    MAC,
     PREV,
     batches,
     current_head,
-    row_hash,
+    row_payload,
 )
+from opsapp.services.audit.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_body,
+    load_checkpoints,
+    write_checkpoint,
+)
+from opsapp.services.audit.keys import public_key, signing_key, verification_keys
 from opsapp.services.audit.log import append_event
 
 EDITED = "edited"
 MISSING = "missing"
 REORDERED = "reordered"
+UNKEYED = "unkeyed"
+CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -41,26 +62,41 @@ class VerifyResult:
     ok: bool
     checked: int
     first_bad_seq: int | None
-    problem: str  # "" when ok, else EDITED / MISSING / REORDERED
+    problem: str  # "" when ok, else EDITED / MISSING / REORDERED / UNKEYED / CHECKPOINT
     message: str
     head_seq: int | None
     head_hash: str | None
+    checkpoints_checked: int = 0
+    checkpoint_written: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def verify_chain(*, batch_size: int = 5000, anchor: tuple[int, str] | None = None) -> VerifyResult:
-    """Recompute every hash and link, oldest first; stop at the first problem.
+def verify_chain(
+    *,
+    batch_size: int = 5000,
+    anchor: tuple[int, str] | None = None,
+    checkpoints: list[Checkpoint] = (),
+    keys: dict[str, bytes] | None = None,
+) -> VerifyResult:
+    """Recompute every hash, MAC and link, oldest first; stop at the first problem.
 
     `anchor` is a (seq, hash) pair recorded outside the database earlier
-    (`--print-head`): that event must still exist with that hash.
+    (`--print-head`); `checkpoints` are signed ones (already signature-checked):
+    each named event must still exist with that hash. `keys` are the MAC keys
+    by id (default: the configured ones).
     """
-    expected, prev, checked = 1, GENESIS_HASH, 0
+    keys = verification_keys() if keys is None else keys
+    pins = {c.seq: (c.hash, c.label) for c in checkpoints}
+    if anchor is not None:
+        pins.setdefault(anchor[0], (anchor[1], "the anchor"))
+    expected, prev, checked, keyed = 1, GENESIS_HASH, 0, False
+    sha256, digest = hashlib.sha256, hmac.digest
 
     def bad(seq: int, problem: str, message: str) -> VerifyResult:
         head = current_head()
-        return VerifyResult(False, checked, seq, problem, message, *(head or (None, None)))
+        return VerifyResult(False, checked, seq, problem, message, *(head or (None, None)), len(checkpoints))
 
     for rows in batches(0, batch_size):
         for row in rows:
@@ -69,8 +105,25 @@ def verify_chain(*, batch_size: int = 5000, anchor: tuple[int, str] | None = Non
                 gap = f"#{expected}" if seq == expected + 1 else f"#{expected} to #{seq - 1}"
                 return bad(expected, MISSING, f"event {gap} missing: the chain jumps from #{expected - 1} to #{seq}")
             stored = row[HASH]
-            if row_hash(row) != stored:
+            if sha256(row_payload(row)).hexdigest() != stored:
                 return bad(seq, EDITED, f"event #{seq} was edited: its fields no longer match its hash")
+            key_id = row[KEY_ID]
+            if key_id:
+                secret = keys.get(key_id)
+                if secret is None:
+                    return bad(
+                        seq,
+                        UNKEYED,
+                        f"event #{seq} is MACed with audit key {key_id}, which this host does not have "
+                        "(a retired key belongs in OPS_AUDIT_PREVIOUS_KEYS_FILE)",
+                    )
+                if digest(secret, stored.encode(), "sha256").hex() != row[MAC]:
+                    return bad(seq, EDITED, f"event #{seq} was edited or forged: its MAC does not match (key {key_id})")
+                keyed = True
+            elif keyed:
+                return bad(
+                    seq, UNKEYED, f"event #{seq} has no MAC but follows keyed events: the console did not write it"
+                )
             if row[PREV] != prev:
                 return bad(
                     seq,
@@ -78,18 +131,55 @@ def verify_chain(*, batch_size: int = 5000, anchor: tuple[int, str] | None = Non
                     f"event #{seq} does not follow #{seq - 1}: its prev_hash is not the hash of #{seq - 1} "
                     "(events reordered or replaced, or the chain forked)",
                 )
-            if anchor is not None and seq == anchor[0] and stored != anchor[1]:
-                return bad(seq, EDITED, f"event #{seq} no longer has the anchored hash {anchor[1]}")
+            pin = pins.get(seq)
+            if pin is not None and stored != pin[0]:
+                return bad(seq, EDITED, f"event #{seq} is not the event {pin[1]} signed: the log was rewritten")
             prev, expected, checked = stored, expected + 1, checked + 1
     head_seq = expected - 1 if checked else None
-    if anchor is not None and (head_seq or 0) < anchor[0]:
+    newest = max(pins, default=0)
+    if newest > (head_seq or 0):
+        what = "the table is empty" if not checked else f"the log ends at #{head_seq}"
         return bad(
             (head_seq or 0) + 1,
             MISSING,
-            f"the log ends at #{head_seq or 0} but the anchor names #{anchor[0]}: the newest events were removed",
+            f"{what} but {pins[newest][1]} names #{newest}: events #{(head_seq or 0) + 1}.. were removed",
         )
     message = f"{checked} events verified" + (f", head #{head_seq} {prev}" if checked else "")
-    return VerifyResult(True, checked, None, "", message, head_seq, prev if checked else None)
+    if checkpoints:
+        message += f", against {len(checkpoints)} signed checkpoints"
+    return VerifyResult(True, checked, None, "", message, head_seq, prev if checked else None, len(checkpoints))
+
+
+def run_verification(
+    *, actor: Actor, batch_size: int = 5000, anchor: tuple[int, str] | None = None, checkpoint: bool = True
+) -> VerifyResult:
+    """What cron runs: check the checkpoints, verify the chain, sign a new checkpoint, record the result.
+
+    A new checkpoint is written only for a chain that verified, and only when
+    this host has the signing key. Raises AuditError when it cannot write the
+    checkpoint or record the result (the command exits 1).
+    """
+    directory = settings.OPS_AUDIT_CHECKPOINT_DIR
+    try:
+        checkpoints = load_checkpoints(directory, public_key())
+    except CheckpointError as exc:
+        head = current_head()
+        result = VerifyResult(False, 0, None, CHECKPOINT, str(exc), *(head or (None, None)))
+        record_verification(result, actor=actor)
+        return result
+    result = verify_chain(batch_size=batch_size, anchor=anchor, checkpoints=checkpoints)
+    private = signing_key() if checkpoint else None
+    if result.ok and result.head_seq is not None and private is not None:
+        row = AuditEvent.objects.filter(seq=result.head_seq).values_list("mac", "key_id").get()
+        body = checkpoint_body(
+            seq=result.head_seq, event_hash=result.head_hash, mac=row[0], count=result.checked, key_id=row[1], signer=""
+        )
+        path = write_checkpoint(directory, private, body)
+        result = replace(result, checkpoint_written=str(path), message=f"{result.message}; signed {path.name}")
+    elif result.ok and checkpoint and private is None:
+        result = replace(result, message=f"{result.message}; no checkpoint signed (no OPS_AUDIT_SIGNING_KEY_FILE)")
+    record_verification(result, actor=actor)
+    return result
 
 
 def record_verification(result: VerifyResult, *, actor: Actor) -> AuditEvent:

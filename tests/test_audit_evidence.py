@@ -1,0 +1,168 @@
+"""Evidence bundles: one zip per rollback request that an auditor verifies offline (issue 12)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from opsapp.models import AuditAction, AuditEvent
+from opsapp.services.audit.keys import public_key, public_key_pem
+from tests.test_audit import REPO_ROOT
+
+pytest.register_assert_rewrite("rollback_fixtures")
+pytest_plugins = ["rollback_fixtures"]
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+MEMBERS = [
+    "request.json",
+    "events.jsonl",
+    "checkpoint.json",
+    "public_key.pem",
+    "README.txt",
+    "MANIFEST.json",
+    "MANIFEST.sig",
+]
+
+
+def offline(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The auditor's side: the one file, copied away from the project, run with no console code importable."""
+    script = tmp_path / "auditor" / "verify_audit_evidence.py"
+    if not script.exists():
+        script.parent.mkdir()
+        shutil.copy(REPO_ROOT / "opsapp" / "services" / "audit" / "offline.py", script)
+    guard = "\n".join(
+        [
+            "import runpy, sys",
+            "sys.argv = sys.argv[1:]",
+            "sys.path = [p for p in sys.path if p and 'site-packages' in p or p.startswith(sys.base_prefix)]",
+            "try:",
+            "    runpy.run_path(sys.argv[0], run_name='__main__')",
+            "finally:",
+            "    assert 'django' not in sys.modules and 'opsapp' not in sys.modules, 'console code imported'",
+        ]
+    )
+    return subprocess.run(
+        [sys.executable, "-c", guard, str(script), *args],
+        cwd=script.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def write_public_key(tmp_path: Path) -> Path:
+    path = tmp_path / "auditors-copy-of-the-key.pem"
+    path.write_bytes(public_key_pem(public_key()))
+    return path
+
+
+def rebuild(source: Path, target: Path, member: str, change) -> None:
+    """A bundle with one member changed, re-zipped properly (valid CRCs): only the signatures can tell."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            new.writestr(info, change(data) if info.filename == member else data)
+
+
+def flip(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :]
+
+
+def test_a_request_bundle_verifies_offline_and_any_changed_member_is_named(ready_request, tmp_path):
+    request = ready_request.request
+    bundle = tmp_path / "evidence.zip"
+    call_command("export_evidence", str(request.pk), "--output", str(bundle), stderr=StringIO())
+
+    with zipfile.ZipFile(bundle) as z:
+        assert sorted(z.namelist()) == sorted(MEMBERS)
+        facts = z.read("request.json").decode()
+        events = z.read("events.jsonl").decode()
+    assert request.reason in facts and request.sql_sha256 in facts and ready_request.snapshot.sha256 in facts
+    assert ready_request.code not in facts and request.code_hash not in facts  # never the code
+    seqs = list(AuditEvent.objects.filter(request_id=request.pk).values_list("seq", flat=True))
+    assert seqs and all(f'"seq":{seq},' in events for seq in seqs)
+    exported = AuditEvent.objects.order_by("-seq").first()
+    assert exported.action == AuditAction.EVIDENCE_EXPORTED and exported.detail["request"] == request.pk
+
+    key = write_public_key(tmp_path)
+    result = offline(tmp_path, str(bundle), "--public-key", str(key))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"request #{request.pk}" in result.stdout and "OK evidence.zip" in result.stdout
+    out = StringIO()
+    call_command("verify_evidence", str(bundle), "--public-key", str(key), stdout=out)
+    assert "OK evidence.zip" in out.getvalue()
+
+    for member in MEMBERS:
+        changed = tmp_path / f"changed-{member}.zip"
+        rebuild(bundle, changed, member, flip)
+        result = offline(tmp_path, str(changed), "--public-key", str(key))
+        assert result.returncode == 1, (member, result.stdout)
+        assert member in result.stdout and "OK" not in result.stdout, result.stdout
+
+    # One raw byte flipped in the zip file itself, inside request.json's data.
+    raw = bytearray(bundle.read_bytes())
+    with zipfile.ZipFile(bundle) as z:
+        info = z.getinfo("request.json")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + info.file_size // 2] ^= 0x01
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(bytes(raw))
+    result = offline(tmp_path, str(damaged), "--public-key", str(key))
+    assert result.returncode == 1 and "request.json" in result.stdout, result.stdout
+    with pytest.raises(CommandError, match="does not verify"):
+        call_command("verify_evidence", str(damaged), "--public-key", str(key), stdout=StringIO())
+
+
+def test_a_bundle_checked_with_another_key_fails(ready_request, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    bundle = tmp_path / "evidence.zip"
+    call_command("export_evidence", str(ready_request.request.pk), "--output", str(bundle), stderr=StringIO())
+    other = tmp_path / "other.pem"
+    other.write_bytes(public_key_pem(Ed25519PrivateKey.generate().public_key()))
+    result = offline(tmp_path, str(bundle), "--public-key", str(other))
+    assert result.returncode == 1 and "MANIFEST.json" in result.stdout
+
+
+def test_export_evidence_refuses_an_unknown_request_and_writes_nothing(tmp_path):
+    with pytest.raises(CommandError, match="no rollback request #999"):
+        call_command("export_evidence", "999", "--output", str(tmp_path / "x.zip"), stderr=StringIO())
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_the_evidence_button_is_for_auditors_and_operators_only(ready_request, client, approver, auditor, settings):
+    from django.urls import reverse
+
+    url = reverse("admin:opsapp_rollbackrequest_evidence", args=[ready_request.request.pk])
+    page = reverse("admin:opsapp_rollbackrequest_change", args=[ready_request.request.pk])
+    before = AuditEvent.objects.count()
+
+    client.force_login(approver)
+    assert "Download evidence" not in client.get(page).content.decode()
+    assert client.post(url).status_code == 403
+    assert AuditEvent.objects.count() == before  # refused before anything was written
+
+    client.force_login(auditor)
+    assert "Download evidence" in client.get(page).content.decode()
+    assert client.get(url).status_code == 405
+    response = client.post(url)
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert f"evidence-request-{ready_request.request.pk}.zip" in response["Content-Disposition"]
+    assert AuditEvent.objects.order_by("-seq").first().action == AuditAction.EVIDENCE_EXPORTED
+
+    # Without the signing key there is no bundle: the page says why, nothing is exported.
+    settings.OPS_AUDIT_SIGNING_KEY_FILE = ""
+    count = AuditEvent.objects.count()
+    response = client.post(url, follow=True)
+    assert "No evidence bundle: evidence bundles are signed" in response.content.decode()
+    assert AuditEvent.objects.count() == count
