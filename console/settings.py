@@ -210,7 +210,7 @@ for _name in [n.strip() for n in env.str("OPS_TARGETS", default="shop").split(",
 # Django's error pages and reports mask target passwords (OPS_TARGETS and URLs in tracebacks).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "opsapp.targets.MaskingExceptionReporterFilter"
 
-# Gate limits (DESIGN.md, "The downgrade gate").
+# Gate limits (docs/design.md, "The downgrade gate").
 OPS_CODE_TTL_SECONDS = env.int("OPS_CODE_TTL_SECONDS", default=600)
 OPS_CODE_MAX_ATTEMPTS = env.int("OPS_CODE_MAX_ATTEMPTS", default=5)
 OPS_CODE_DIGITS = max(8, env.int("OPS_CODE_DIGITS", default=8))
