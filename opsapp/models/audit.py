@@ -33,6 +33,7 @@ class AuditAction(models.TextChoices):
     OTP_RESET = "otp_reset", "2FA devices reset"
     OTP_TOKEN_REJECTED = "otp_token_rejected", "2FA token rejected"
     OTP_BACKUP_CODE_USED = "otp_backup_code_used", "2FA backup code used"
+    PASSWORD_RESET = "password_reset", "password reset"
 
 
 class AuditOutcome(models.TextChoices):
