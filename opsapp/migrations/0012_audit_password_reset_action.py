@@ -4,15 +4,45 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('opsapp', '0006_audit_two_factor_actions'),
+        ("opsapp", "0006_audit_two_factor_actions"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('rollback_requested', 'rollback requested'), ('code_issued', 'code issued'), ('code_rejected', 'code rejected'), ('request_locked', 'request locked out'), ('request_cancelled', 'request cancelled'), ('snapshot_taken', 'snapshot taken'), ('snapshot_verified', 'snapshot verified'), ('snapshot_failed', 'snapshot failed'), ('snapshot_pruned', 'snapshot pruned'), ('snapshot_restored', 'snapshot restored'), ('snapshot_attached', 'snapshot attached'), ('rollback_refused', 'rollback refused'), ('rollback_started', 'rollback started'), ('rollback_retried', 'rollback retried'), ('rollback_succeeded', 'rollback succeeded'), ('rollback_failed', 'rollback failed'), ('rollback_interrupted', 'rollback interrupted'), ('stamp', 'stamp'), ('heads_changed', 'heads changed'), ('audit_verified', 'audit log verified'), ('audit_exported', 'audit log exported'), ('otp_enrolled', '2FA device enrolled'), ('otp_reset', '2FA devices reset'), ('otp_token_rejected', '2FA token rejected'), ('otp_backup_code_used', '2FA backup code used'), ('password_reset', 'password reset')], editable=False, max_length=40),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("rollback_requested", "rollback requested"),
+                    ("code_issued", "code issued"),
+                    ("code_rejected", "code rejected"),
+                    ("request_locked", "request locked out"),
+                    ("request_cancelled", "request cancelled"),
+                    ("snapshot_taken", "snapshot taken"),
+                    ("snapshot_verified", "snapshot verified"),
+                    ("snapshot_failed", "snapshot failed"),
+                    ("snapshot_pruned", "snapshot pruned"),
+                    ("snapshot_restored", "snapshot restored"),
+                    ("snapshot_attached", "snapshot attached"),
+                    ("rollback_refused", "rollback refused"),
+                    ("rollback_started", "rollback started"),
+                    ("rollback_retried", "rollback retried"),
+                    ("rollback_succeeded", "rollback succeeded"),
+                    ("rollback_failed", "rollback failed"),
+                    ("rollback_interrupted", "rollback interrupted"),
+                    ("stamp", "stamp"),
+                    ("heads_changed", "heads changed"),
+                    ("audit_verified", "audit log verified"),
+                    ("audit_exported", "audit log exported"),
+                    ("otp_enrolled", "2FA device enrolled"),
+                    ("otp_reset", "2FA devices reset"),
+                    ("otp_token_rejected", "2FA token rejected"),
+                    ("otp_backup_code_used", "2FA backup code used"),
+                    ("password_reset", "password reset"),
+                ],
+                editable=False,
+                max_length=40,
+            ),
         ),
     ]
