@@ -3,6 +3,8 @@ refusals that offer their fix, gate 5 after a wrong code, the approver's view, t
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
@@ -144,3 +146,16 @@ def test_the_result_of_an_execution_is_at_the_top_of_the_request_page(client, wo
     assert page.index('id="result"') < page.index('id="gate-checklist"') < page.index('id="plan"')
     result = page.split('id="result"')[1].split("</div>")[0]
     assert "succeeded" in result and "olga" in result
+
+
+def test_the_request_form_marks_its_required_fields(client, world, operator):
+    client.force_login(operator)
+
+    page = client.get(url("add")).content.decode()
+
+    labels = {m[1]: m[0] for m in re.findall(r'<label([^>]*)for="id_(\w+)"[^>]*>', page)}
+    labels.update({m[0]: m[1] for m in re.findall(r'<label for="id_(\w+)"([^>]*)>', page)})
+    for field in ("target", "to", "reason"):
+        assert 'class="required"' in labels[field], field
+    assert "required" not in labels["snapshot"]
+    assert "are required" in page
