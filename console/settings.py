@@ -231,9 +231,24 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+        "not_a_404": {"()": "django.utils.log.CallbackFilter", "callback": "ext://opsapp.log_filters.not_a_404"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "mail_admins": {
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+            "class": "django.utils.log.AdminEmailHandler",
+        },
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Django's default config gives `django` its own console handler as well as the root's: every 404
+        # was printed twice. One line per event, through the root; 500s still mail ADMINS.
+        "django": {"handlers": ["mail_admins"], "level": "INFO", "propagate": True},
+        "django.server": {"filters": ["not_a_404"], "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         # Start-up chatter that would fill every cron mail.
         "alembic.runtime.plugins": {"level": "WARNING"},

@@ -119,4 +119,4 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.action} {self.outcome}"
+        return f"Event #{self.seq}: {self.get_action_display()} ({self.get_outcome_display()})"
