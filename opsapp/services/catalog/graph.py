@@ -258,7 +258,8 @@ def render_svg(
 
     out: list[str] = [
         f'<svg xmlns="{SVG_NS}" class="ops-graph" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        # "group", not "img": the nodes inside are links (an img may hold no interactive content).
+        f'viewBox="0 0 {width} {height}" role="group" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
         f"<style>{STYLE}</style>",
         '<g class="edges">',
