@@ -381,6 +381,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "execute_form": ExecuteForm() if error else form,
             "execute_error": error,
             "refused_gate": refused_gate,
+            # The fixes sit in the gate table here; after a refusal, in the box under the error instead.
+            "show_fix_forms": not refused_gate,
             "destroyed": destroyed_summary(obj.destructive or []),
         }
         return TemplateResponse(request, "admin/opsapp/rollbackrequest/execute.html", context)
