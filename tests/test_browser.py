@@ -228,7 +228,8 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
     screenshot(page, "13-target-after")
 
     # The audit log, searched for the request's number, shows its whole trail in order.
-    navigate(page, page.get_by_role("navigation", name="Sidebar").get_by_role("link", name="Audit events"))
+    navigate(page, page.get_by_role("link", name="Home"))
+    navigate(page, page.locator(".app-opsapp").get_by_role("link", name="Audit events"))
     page.locator("#searchbar").fill(str(request.pk))
     navigate(page, page.get_by_role("button", name="Search"))
     rows = page.locator("#result_list tbody tr").filter(has=page.get_by_role("link", name=f"#{request.pk}", exact=True))
