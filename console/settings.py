@@ -126,6 +126,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
+# One date form with the time zone on every page (console/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["console.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
@@ -231,7 +233,7 @@ for _name in [n.strip() for n in env.str("OPS_TARGETS", default="shop").split(",
 # Django's error pages and reports mask target passwords (OPS_TARGETS and URLs in tracebacks).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "opsapp.targets.MaskingExceptionReporterFilter"
 
-# Gate limits (DESIGN.md, "The downgrade gate").
+# Gate limits (docs/design.md, "The downgrade gate").
 OPS_CODE_TTL_SECONDS = env.int("OPS_CODE_TTL_SECONDS", default=600)
 OPS_CODE_MAX_ATTEMPTS = env.int("OPS_CODE_MAX_ATTEMPTS", default=5)
 OPS_CODE_DIGITS = max(8, env.int("OPS_CODE_DIGITS", default=8))
@@ -257,9 +259,24 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+        "not_a_404": {"()": "django.utils.log.CallbackFilter", "callback": "ext://opsapp.log_filters.not_a_404"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "mail_admins": {
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+            "class": "django.utils.log.AdminEmailHandler",
+        },
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Django's default config gives `django` its own console handler as well as the root's: every 404
+        # was printed twice. One line per event, through the root; 500s still mail ADMINS.
+        "django": {"handlers": ["mail_admins"], "level": "INFO", "propagate": True},
+        "django.server": {"filters": ["not_a_404"], "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         # Start-up chatter that would fill every cron mail.
         "alembic.runtime.plugins": {"level": "WARNING"},

@@ -4,9 +4,14 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from opsapp.views import favicon
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     # Two-factor sign-in pages (opsapp.admin.two_factor); before the admin's catch-all.
     path("admin/2fa/", include("opsapp.admin.two_factor")),
     path("admin/", admin.site.urls),
+    path("favicon.ico", favicon),
 ]
+
+handler403 = "opsapp.views.permission_denied"

@@ -6,6 +6,8 @@ pages are fetched through Django's test client.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from alembic import command
 from django.test import Client
@@ -389,3 +391,23 @@ def test_the_target_page_links_to_its_migration_history_in_the_audit_log(
     assert link in page
     listing = admin_client.get(link).content.decode()
     assert "moved" in listing and "other" not in listing
+
+
+def test_a_database_at_an_unknown_revision_says_unknown_instead_of_everything_pending(admin_client, branchy, pg_url):
+    pg_query(pg_url, "UPDATE alembic_version SET version_num = 'zz99' WHERE version_num = 'g7'")
+    admin_client.post(reverse("admin:opsapp_target_sync", args=[branchy.pk]))
+    assert Target.objects.get(pk=branchy.pk).state == TargetState.UNKNOWN_REVISION
+
+    target_page = admin_client.get(reverse("admin:opsapp_target_change", args=[branchy.pk])).content.decode()
+    dashboard = admin_client.get(reverse("admin:index")).content.decode()
+    graph = admin_client.get(reverse("admin:opsapp_target_graph", args=[branchy.pk])).content.decode()
+    revisions = admin_client.get(reverse("admin:opsapp_revision_changelist")).content.decode()
+
+    pending = target_page.split("field-pending_display")[1].split('<div class="readonly">')[1].split("</div>")[0]
+    assert pending.strip() == "unknown"
+    row = dashboard.split('id="dashboard-targets"')[1].split("</tr>")[1]
+    assert "<td>unknown</td>" in row
+    nodes = re.findall(r'<g class="node (\w+)[^"]*" data-revision="(\w+)"', graph)
+    drawn = {state for state, revision in nodes if not revision.startswith("legend")}
+    assert drawn == {"unknown"}, nodes
+    assert "applied: unknown" in revisions and 'class="ops-flag ops-flag-pending"' not in revisions

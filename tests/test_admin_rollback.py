@@ -99,7 +99,7 @@ def test_a_request_without_a_reason_is_refused(client, bare_world, operator):
 def test_a_wrong_code_is_refused_by_the_code_gate_and_changes_nothing(client, world, operator):
     client.force_login(operator)
     before = AuditEvent.objects.count()
-    response = client.post(url("execute", world.request.pk), {"code": "00000000"})
+    response = client.post(url("execute", world.request.pk), {"code": "00000000", "confirmed": "yes"})
     assert response.status_code == 200
     page = response.content.decode()
     assert "Refused by gate &#x27;code&#x27;" in page or "Refused by gate 'code'" in page
@@ -121,7 +121,9 @@ def test_without_a_snapshot_the_snapshot_gate_refuses_even_the_right_code(
         with_snapshot=False,
     )
     client.force_login(operator)
-    page = client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1]}).content.decode()
+    page = client.post(
+        url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"}
+    ).content.decode()
     assert "Refused by gate &#x27;snapshot&#x27;" in page
     unchanged(world)
     assert AuditEvent.objects.filter(request_id=world.request.pk, outcome="refused").exists()
@@ -143,7 +145,9 @@ def test_take_snapshot_now_then_the_right_code_downgrades_and_shows_the_new_head
     world.request.refresh_from_db()
     assert world.request.snapshot is not None and world.request.snapshot.status == "verified"
 
-    response = client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1]}, follow=True)
+    response = client.post(
+        url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"}, follow=True
+    )
     page = response.content.decode()
     assert "Heads now: g7, x1" in page or "Heads now: x1, g7" in page
     assert target_heads(world.url) == ["g7", "x1"]
@@ -183,7 +187,7 @@ def test_reissuing_the_code_kills_the_old_one(client, world, operator):
     assert "A new code was sent to: anton" in response.content.decode()
     new = codes_in_outbox()[-1]
     assert new != old
-    page = client.post(url("execute", world.request.pk), {"code": old}).content.decode()
+    page = client.post(url("execute", world.request.pk), {"code": old, "confirmed": "yes"}).content.decode()
     assert "Refused by gate &#x27;code&#x27;" in page
     unchanged(world)
 
@@ -195,7 +199,7 @@ def test_a_cancelled_request_cannot_be_executed(client, world, operator):
     assert world.request.status == RollbackStatus.CANCELLED
     page = client.get(url("execute", world.request.pk)).content.decode()
     assert "cannot be executed" in page and 'id="execute-form"' not in page
-    response = client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1]})
+    response = client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"})
     assert "Refused by gate &#x27;request&#x27;" in response.content.decode()
     unchanged(world)
 
@@ -255,7 +259,7 @@ def test_the_list_summary_names_the_first_blocked_gate_from_stored_fields(client
 
 def test_the_execute_form_marks_the_code_as_sensitive_for_error_reports(client, world, operator):
     client.force_login(operator)
-    response = client.post(url("execute", world.request.pk), {"code": "00000000"})
+    response = client.post(url("execute", world.request.pk), {"code": "00000000", "confirmed": "yes"})
     assert response.wsgi_request.sensitive_post_parameters == ("code",)
 
 
@@ -295,7 +299,7 @@ def test_the_demo_walk_through_works_in_the_admin_on_the_embedded_sqlite_target(
     req.refresh_from_db()
     assert req.snapshot is not None and req.snapshot.status == "verified"
 
-    response = client.post(url("execute", req.pk), {"code": codes_in_outbox()[-1]}, follow=True)
+    response = client.post(url("execute", req.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"}, follow=True)
     assert "Heads now: a7d3b8c2e18b" in response.content.decode()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("a7d3b8c2e18b",)]
@@ -351,6 +355,7 @@ def test_every_label_the_readme_walk_through_names_is_on_the_pages_it_visits(cli
         reverse("admin:opsapp_target_change", args=[world.target.pk]),
         reverse("admin:opsapp_revision_change", args=[revision.pk]),
         url("change", world.request.pk),
+        url("execute", world.request.pk),
     ]
     seen = ""
     for path in pages:

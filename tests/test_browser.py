@@ -198,12 +198,22 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
     (code,) = codes_mailed_to(mail.outbox, approver.email)
     assert code not in page.content()
 
+    # Executing is two steps: the confirmation page restates what will happen, then takes the code.
+    navigate(page, page.get_by_role("link", name="Execute the downgrade…"))
+    facts = page.locator("#confirmation-facts").inner_text()
+    assert "shop" in facts and HEAD in facts and MERGE in facts, facts
+    assert "DROP TABLE refunds: 8 rows" in facts and "orders.note: 33 non-null values" in facts, facts
+    screenshot(page, "10b-execute-confirmation")
+
     # A wrong code: refused by the gate 'code'; nothing changed on the target.
     wrong = "00000000" if code != "00000000" else "11111111"
     page.get_by_role("textbox", name="Verification code").fill(wrong)
-    navigate(page, page.get_by_role("button", name="Confirm and execute downgrade"))
+    navigate(page, page.get_by_role("button", name="Yes, downgrade shop"))
     refusal = page.locator("#execute-error").inner_text()
     assert "Refused by gate 'code'" in refusal, refusal
+    code_gate = page.locator('#gate-checklist tr[data-gate="code"]').inner_text()
+    assert "refuses" in code_gate and "at execution" not in code_gate, code_gate
+    assert page.locator("#refusal-fix").get_by_role("button", name="Re-issue code").count() == 1
     assert heads(pg_url) == [HEAD] and table_exists(pg_url, "refunds")
     request.refresh_from_db()
     assert request.status == RollbackStatus.PENDING and request.code_attempts == 1
@@ -211,7 +221,7 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
 
     # The right code: success, and the target is at the merge.
     page.get_by_role("textbox", name="Verification code").fill(code)
-    navigate(page, page.get_by_role("button", name="Confirm and execute downgrade"))
+    navigate(page, page.get_by_role("button", name="Yes, downgrade shop"))
     done = messages_text(page)
     assert "Downgraded 'shop' to" in done and f"Heads now: {MERGE}." in done, done
     assert heads(pg_url) == [MERGE] and not table_exists(pg_url, "refunds")
@@ -226,7 +236,8 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
     screenshot(page, "13-target-after")
 
     # The audit log, searched for the request's number, shows its whole trail in order.
-    navigate(page, page.get_by_role("navigation", name="Sidebar").get_by_role("link", name="Audit events"))
+    navigate(page, page.get_by_role("link", name="Home"))
+    navigate(page, page.locator(".app-opsapp").get_by_role("link", name="Audit events"))
     page.locator("#searchbar").fill(str(request.pk))
     navigate(page, page.get_by_role("button", name="Search"))
     rows = page.locator("#result_list tbody tr").filter(has=page.get_by_role("link", name=f"#{request.pk}", exact=True))

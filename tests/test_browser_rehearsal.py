@@ -86,8 +86,10 @@ def test_an_operator_rehearses_then_executes_with_the_code_from_the_email_carryi
         assert re.search(rf"rehearsed on a copy of snapshot #{snap.pk}: OK in [\d.]+ s; destroys ", body), body
         code = codes_mailed_to(mail.outbox, approver.email)[-1]
 
+        # Executing is two steps: the confirmation page, then the code.
+        navigate(page, page.get_by_role("link", name="Execute the downgrade…"))
         page.get_by_role("textbox", name="Verification code").fill(code)
-        navigate(page, page.get_by_role("button", name="Confirm and execute downgrade"))
+        navigate(page, page.get_by_role("button", name="Yes, downgrade shop"))
         done = messages_text(page)
         assert f"Heads now: {MERGE}." in done, done
         page.context.close()

@@ -302,11 +302,17 @@ def test_no_page_audit_event_or_log_line_shows_a_target_password_or_a_verificati
     )
     client.force_login(operator)
     first_code = codes_in_outbox()[-1]
-    client.post(reverse("admin:opsapp_rollbackrequest_execute", args=[world.request.pk]), {"code": "12345678"})
+    client.post(
+        reverse("admin:opsapp_rollbackrequest_execute", args=[world.request.pk]),
+        {"code": "12345678", "confirmed": "yes"},
+    )
     client.post(reverse("admin:opsapp_rollbackrequest_reissue", args=[world.request.pk]))
     codes = codes_in_outbox()
     assert len(codes) == 2 and first_code in codes
-    client.post(reverse("admin:opsapp_rollbackrequest_execute", args=[world.request.pk]), {"code": codes[-1]})
+    client.post(
+        reverse("admin:opsapp_rollbackrequest_execute", args=[world.request.pk]),
+        {"code": codes[-1], "confirmed": "yes"},
+    )
     world.request.refresh_from_db()
     assert world.request.status == "succeeded"
 

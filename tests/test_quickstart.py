@@ -19,6 +19,7 @@ import environ
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from tests.conftest import REPO_ROOT
 
@@ -330,3 +331,40 @@ def test_the_readme_command_lines_work_as_printed_after_make_run(checkout):
     assert executed.returncode == 0, executed.stderr
     assert json.loads(executed.stdout)["status"] == "succeeded"
     assert json.loads(executed.stdout)["heads"] == [request[request.index("--to") + 1]]
+
+
+@pytest.mark.django_db
+def test_a_second_bootstrap_asks_nobody_to_write_down_passwords_it_did_not_print(no_password_env):
+    bootstrap()
+
+    second = bootstrap()
+
+    assert "Write the passwords above down" not in second
+    assert "--reset-password USER" in second
+
+
+@pytest.mark.django_db
+def test_reset_password_prints_a_new_password_once_and_audits_the_reset(no_password_env):
+    from opsapp.models import AuditAction, AuditEvent
+
+    bootstrap()
+    out = io.StringIO()
+
+    call_command("bootstrap_console", "--reset-password", "approver", stdout=out)
+
+    password = re.search(r"New password for 'approver': (\S+)", out.getvalue()).group(1)
+    assert get_user_model().objects.get(username="approver").check_password(password)
+    event = AuditEvent.objects.get(action=AuditAction.PASSWORD_RESET)
+    assert event.actor.startswith("cli:") and event.detail["user"] == "approver"
+    assert password not in event.message and password not in json.dumps(event.detail)
+
+
+@pytest.mark.django_db
+def test_reset_password_refuses_an_unknown_account_as_bad_usage(no_password_env):
+    from opsapp.models import AuditEvent
+
+    with pytest.raises(CommandError) as excinfo:
+        call_command("bootstrap_console", "--reset-password", "nobody", stdout=io.StringIO())
+
+    assert excinfo.value.returncode == 2 and "No account 'nobody'" in str(excinfo.value)
+    assert not AuditEvent.objects.exists()

@@ -66,12 +66,44 @@ def test_seed_demo_is_idempotent(shop):
     assert scalar(shop, "SELECT SUM(balance) FROM accounts") == balances
 
 
-def test_seed_demo_refills_the_data_a_downgrade_destroyed(shop):
+def test_seed_demo_never_moves_a_database_the_user_downgraded(shop):
     seed_demo(shop)
     target = get_target(shop)
     with connect(target) as conn, conn.begin():
         command.downgrade(make_config(target, connection=conn), "9c4f1e7b5d7a")
+    orders = scalar(shop, "SELECT count(*) FROM orders")
+
+    result = seed_demo(shop)
+
+    assert result["left_alone"] is True and result["upgraded"] is False
+    assert result["heads"] == ["9c4f1e7b5d7a"] and result["script_heads"] == [HEAD]
+    assert scalar(shop, "SELECT version_num FROM alembic_version") == "9c4f1e7b5d7a"
     assert "email" not in {c["name"] for c in _columns(shop, "accounts")}
+    assert scalar(shop, "SELECT count(*) FROM orders") == orders
+    assert result["inserted"] == dict.fromkeys(EXPECTED_COUNTS, 0)
+
+
+def test_the_command_says_it_left_a_downgraded_database_alone(shop):
+    seed_demo(shop)
+    target = get_target(shop)
+    with connect(target) as conn, conn.begin():
+        command.downgrade(make_config(target, connection=conn), "9c4f1e7b5d7a")
+    out = io.StringIO()
+
+    call_command("seed_demo", "--target", shop, stdout=out)
+
+    assert "is at 9c4f1e7b5d7a, not at its heads c8a1d5f3b7ad: left as it is" in out.getvalue()
+    assert scalar(shop, "SELECT version_num FROM alembic_version") == "9c4f1e7b5d7a"
+
+
+def test_seed_demo_refills_the_data_a_downgrade_destroyed_once_the_user_upgrades_again(shop):
+    seed_demo(shop)
+    target = get_target(shop)
+    with connect(target) as conn, conn.begin():
+        command.downgrade(make_config(target, connection=conn), "9c4f1e7b5d7a")
+    with connect(target) as conn, conn.begin():
+        command.upgrade(make_config(target, connection=conn), "heads")
+    assert scalar(shop, "SELECT count(*) FROM accounts WHERE email IS NOT NULL") == 0
 
     result = seed_demo(shop)
 

@@ -216,7 +216,9 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="detail")
     def detail_pretty(self, obj: AuditEvent) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.detail, indent=2, sort_keys=True, ensure_ascii=False))
+        return format_html(
+            '<pre class="ops-json">{}</pre>', json.dumps(obj.detail, indent=2, sort_keys=True, ensure_ascii=False)
+        )
 
     # --------------------------------------------------------------- search
     def get_search_results(self, request: HttpRequest, queryset, search_term: str):

@@ -12,9 +12,11 @@ from django.db import connection
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils.html import format_html_join
 from django.utils.http import urlencode
 
 from opsapp.models import Revision, Target
+from opsapp.models.target import TargetState
 from opsapp.services.errors import OpsError, RevisionResolutionError
 
 
@@ -75,6 +77,10 @@ def titled(title: str) -> type[admin.BooleanFieldListFilter]:
     return TitledBooleanFilter
 
 
+# States in which alembic_version does not say which revisions are applied.
+UNKNOWN_STATES = (TargetState.UNKNOWN_REVISION, TargetState.UNREACHABLE, TargetState.SCRIPT_ERROR)
+
+
 def revision_change_url(pk: int) -> str:
     return reverse("admin:opsapp_revision_change", args=[pk])
 
@@ -104,12 +110,7 @@ class RevisionAdmin(admin.ModelAdmin):
         "target",
         "branch_labels_display",
         "message",
-        "head",
-        "base",
-        "branch_point",
-        "merge_point",
-        "applied_flag",
-        "current",
+        "flags",
     )
     list_display_links = ("short_id",)
     list_filter = (
@@ -179,29 +180,32 @@ class RevisionAdmin(admin.ModelAdmin):
         return ", ".join(obj.branch_labels or []) or "—"
 
     # Short column titles keep the changelist narrow enough to read next to the filters.
-    @admin.display(description="head", boolean=True, ordering="is_head")
-    def head(self, obj: Revision) -> bool:
-        return obj.is_head
-
-    @admin.display(description="base", boolean=True, ordering="is_base")
-    def base(self, obj: Revision) -> bool:
-        return obj.is_base
-
-    @admin.display(description="branch pt", boolean=True, ordering="is_branch_point")
-    def branch_point(self, obj: Revision) -> bool:
-        return obj.is_branch_point
-
-    @admin.display(description="merge", boolean=True, ordering="is_merge_point")
-    def merge_point(self, obj: Revision) -> bool:
-        return obj.is_merge_point
-
-    @admin.display(description="applied", boolean=True, ordering="applied")
-    def applied_flag(self, obj: Revision) -> bool:
-        return obj.applied
-
-    @admin.display(description="current", boolean=True, ordering="is_current")
-    def current(self, obj: Revision) -> bool:
-        return obj.is_current
+    @admin.display(description="flags")
+    def flags(self, obj: Revision) -> str:
+        """Only what is true ("current, head"), not a wall of ✘ icons; pending only when it is known."""
+        names = [
+            name
+            for flag, name in (
+                (obj.is_current, "current"),
+                (obj.is_head, "head"),
+                (obj.is_base, "base"),
+                (obj.is_branch_point, "branch point"),
+                (obj.is_merge_point, "merge point"),
+            )
+            if flag
+        ]
+        if obj.target.state in UNKNOWN_STATES:
+            names.append("applied: unknown")
+        elif not obj.applied:
+            names.append("pending")
+        return (
+            format_html_join(
+                " ",
+                '<span class="ops-flag ops-flag-{}">{}</span>',
+                ((n.split(":")[0].replace(" ", "-"), n) for n in names),
+            )
+            or "—"
+        )
 
     @admin.display(description="depends on")
     def depends_on_display(self, obj: Revision) -> str:

@@ -24,6 +24,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
@@ -111,6 +112,15 @@ def _is_pg(obj: RollbackRequest) -> bool:
         return False
 
 
+def with_last_code_refusal(obj: RollbackRequest, checks: list) -> list:
+    """Gate 5 cannot be previewed; after a wrong code it shows that refusal instead of "at execution"."""
+    if obj.last_refusal_gate != "code" or not obj.code_attempts:
+        return checks
+    return mark_refusal(
+        checks, "code", f"Last attempt refused: {obj.last_refusal_message} ({obj.code_attempts} wrong so far)"
+    )
+
+
 def may_reconcile(user) -> bool:
     """Users who may act on requests may mark a dead executor's request interrupted (cron does it too)."""
     return user.has_perm(PERM_CHANGE) or user.has_perm(PERM_EXECUTE)
@@ -133,46 +143,10 @@ class RollbackRequestAdmin(admin.ModelAdmin):
     list_select_related = ("target", "snapshot")
     search_fields = ("=id", "reason", "to_revision", "to_revision_input", "requested_by_username")
     date_hierarchy = "created_at"
-    fieldsets = (
-        ("Request", {"fields": ("target", "status", "requested_by_username", "reason", "created_at")}),
-        (
-            "Plan",
-            {"fields": ("to_revision_input", "to_revision", "from_heads", "steps", "sql_sha256", "script_fingerprint")},
-        ),
-        (
-            "Verification code",
-            {
-                "fields": (
-                    "code_issued_at",
-                    "code_expires_at",
-                    "code_used_at",
-                    "code_attempts_display",
-                    "code_recipients",
-                )
-            },
-        ),
-        ("Snapshot", {"fields": ("snapshot",)}),
-        (
-            "Execution",
-            {
-                "fields": (
-                    "started_at",
-                    "finished_at",
-                    "executed_by_username",
-                    "duration_ms",
-                    "attempts",
-                    "reverted",
-                    "final_heads",
-                    "error",
-                    "failed_revision",
-                    "failed_statement",
-                    "sqlstate",
-                    "last_refusal_gate",
-                    "last_refusal_message",
-                )
-            },
-        ),
-    )
+    # The request page shows its record in panels (templates .../rollbackrequest/includes/): the
+    # result first, then the gate, the actions, the code, the plan and the SQL. The stored JSON fields are
+    # not repeated below them as raw values.
+    fieldsets = ((None, {"fields": ("target", "status", "requested_by_username", "reason", "created_at")}),)
     readonly_fields = ("code_attempts_display",)
 
     # ------------------------------------------------------------ permissions
@@ -243,7 +217,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         pending = obj.status == RollbackStatus.PENDING
         return {
             "rr": obj,
-            "gate_checks": safe_gate_status(obj) if pending else [],
+            "gate_checks": with_last_code_refusal(obj, safe_gate_status(obj)) if pending else [],
             "sql_lines": sql_lines(obj.sql_preview, obj.destructive),
             "destructive": obj.destructive or [],
             # The destructive figures were counted at request time; after a downgrade their tables may be gone.
@@ -258,6 +232,10 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "can_execute": user.has_perm(PERM_EXECUTE),
             "can_take_snapshot": user.has_perm(PERM_TAKE_SNAPSHOT) and user.has_perm(PERM_CHANGE),
             "is_running": obj.status == RollbackStatus.RUNNING,
+            "is_approver": user.has_perm("opsapp.approve_rollbackrequest"),
+            "is_code_recipient": user.get_username() in (obj.code_recipients or []),
+            "code_expired": bool(obj.code_expires_at and obj.code_expires_at <= timezone.now()),
+            "has_any_action": pending and (user.has_perm(PERM_CHANGE) or user.has_perm(PERM_EXECUTE)),
             "can_reconcile": may_reconcile(user),
             **rehearsal_context(obj),
             "can_export_evidence": may_export_evidence(user),
@@ -450,18 +428,25 @@ class RollbackRequestAdmin(admin.ModelAdmin):
     # An error report (ADMINS email, Sentry) must not carry the verification code.
     @method_decorator(sensitive_post_parameters("code"))
     def execute_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """GET: the confirmation page (plan, SQL, gates, code field). POST: run the gate and the downgrade."""
+        """The confirmation step (Django's delete-confirmation pattern), then the gate and the downgrade.
+
+        GET: restates target, environment, from, to, steps and the rows destroyed, and asks for the code.
+        POST with `confirmed=yes` (the confirmation page's button): run the gate and the downgrade.
+        A POST without it (a stale form, a script) only shows the confirmation page: nothing runs.
+        """
         _require(request, PERM_EXECUTE)
         obj = self._get(request, object_id)
-        error = result = None
+        error = refused_gate = None
         form = ExecuteForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
+        confirmed = request.POST.get("confirmed") == "yes"
+        if request.method == "POST" and confirmed and form.is_valid():
             try:
                 result = _rollback().execute_request(
                     obj.pk, code=form.cleaned_data["code"], actor=Actor.from_request(request)
                 )
             except GateRefused as exc:
                 error = f"Refused by gate '{exc.gate}': {exc}"
+                refused_gate = exc.gate
             except OpsError as exc:
                 # The service's message says whether the target is unchanged (it checks).
                 error = f"The downgrade did not complete: {exc}"
@@ -471,18 +456,48 @@ class RollbackRequestAdmin(admin.ModelAdmin):
                 messages.success(request, f"{result.message.split('; heads now')[0]}. Heads now: {heads}.")
                 return self._back(obj)
             obj.refresh_from_db()
+        elif request.method == "POST" and not confirmed:
+            form = ExecuteForm()
         elif request.method not in ("GET", "HEAD", "POST"):
             return _method_not_allowed()
+        panel = self.panel_context(request, obj)
+        if refused_gate:
+            panel["gate_checks"] = mark_refusal(panel["gate_checks"], refused_gate, error)
         context = {
             **self.admin_site.each_context(request),
-            **self.panel_context(request, obj),
-            "title": f"Execute rollback request #{obj.pk}",
+            **panel,
+            "title": f"Execute rollback request #{obj.pk}?" if not error else f"Rollback request #{obj.pk} refused",
             "opts": self.opts,
             "original": obj,
             "execute_form": ExecuteForm() if error else form,
             "execute_error": error,
+            "refused_gate": refused_gate,
+            # The fixes sit in the gate table here; after a refusal, in the box under the error instead.
+            "show_fix_forms": not refused_gate,
+            "destroyed": destroyed_summary(obj.destructive or []),
         }
         return TemplateResponse(request, "admin/opsapp/rollbackrequest/execute.html", context)
+
+
+def mark_refusal(checks: list, gate: str, message: str) -> list:
+    """The gate preview with the gate that just refused shown as refusing (gate 5 cannot be previewed)."""
+    from opsapp.services.rollback.gate import GateCheck
+
+    return [GateCheck(gate=c.gate, ok=False, message=message) if c.gate == gate else c for c in checks]
+
+
+def destroyed_summary(destructive: list[dict]) -> list[str]:
+    """One plain line per destructive statement: what goes, and how many rows or values (counted at request)."""
+    lines = []
+    for d in destructive:
+        what = d.get("table") or "?"
+        if d.get("column"):
+            what += f".{d['column']}"
+        count = d.get("non_null") if d.get("column") else d.get("rows")
+        unit = "non-null values" if d.get("column") else "rows"
+        amount = f"{count} {unit}" if count is not None else f"an unknown number of {unit}"
+        lines.append(f"{d.get('kind', 'change')} {what}: {amount}")
+    return lines
 
 
 def _method_not_allowed() -> HttpResponse:

@@ -39,6 +39,8 @@ def verified_snapshots(target_id: int | None = None):
 class RequestDowngradeForm(forms.Form):
     """The "Request downgrade" form: the add view of RollbackRequest."""
 
+    required_css_class = "required"  # the admin's bold labels, plus the marker in request_form.html
+
     target = forms.ChoiceField(label="Target")
     to = forms.CharField(
         label="Downgrade to revision",

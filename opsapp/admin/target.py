@@ -66,7 +66,7 @@ class TargetAdmin(admin.ModelAdmin):
     fieldsets = (
         # state_detail is shown above the fieldsets (the drift explanation), not repeated here.
         (None, {"fields": ("name", "masked_url", "dialect", "alembic_ini", "state_display")}),
-        ("Heads", {"fields": ("current_heads_display", "script_heads_display", "pending_count", "revision_count")}),
+        ("Heads", {"fields": ("current_heads_display", "script_heads_display", "pending_display", "revision_count")}),
         ("Sync", {"fields": ("script_fingerprint", "last_synced_at", "last_checked_at")}),
     )
     readonly_fields = (
@@ -77,7 +77,7 @@ class TargetAdmin(admin.ModelAdmin):
         "state_display",
         "current_heads_display",
         "script_heads_display",
-        "pending_count",
+        "pending_display",
         "revision_count",
         "script_fingerprint",
         "last_synced_at",
@@ -106,6 +106,13 @@ class TargetAdmin(admin.ModelAdmin):
         if obj.state == TargetState.BEHIND and obj.pending_count:
             return f"{label} ({obj.pending_count} pending)"
         return label
+
+    @admin.display(description="pending revisions", ordering="pending_count")
+    def pending_display(self, obj: Target) -> str | int:
+        from opsapp.admin.revision import UNKNOWN_STATES
+
+        # A database at a revision the scripts lack (or unreachable) has no known place in the history.
+        return "unknown" if obj.state in UNKNOWN_STATES else obj.pending_count
 
     @admin.display(description="current heads (database)")
     def current_heads_display(self, obj: Target) -> str:
@@ -305,7 +312,9 @@ class TargetAdmin(admin.ModelAdmin):
         def href(rev: str) -> str:
             return change_url.replace(placeholder, str(pks[rev]))
 
-        nodes = graph.nodes_from_revisions(rows)
+        from opsapp.admin.revision import UNKNOWN_STATES
+
+        nodes = graph.nodes_from_revisions(rows, applied_known=target.state not in UNKNOWN_STATES)
         svg = graph.render_svg(nodes, href=href, title=f"Revision graph of {target.name}") if nodes else ""
         context = {
             **self.admin_site.each_context(request),

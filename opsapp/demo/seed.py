@@ -1,7 +1,8 @@
 """Seed the demo target with sample rows so a downgrade has data to lose.
 
-`seed_demo` brings the target to its heads through Alembic's Python API on a
-connection the console owns, then inserts a fixed, deterministic data set:
+`seed_demo` creates a *new* demo database (one with no Alembic revision yet) and
+brings it to its heads through Alembic's Python API on a connection the console
+owns, then inserts a fixed, deterministic data set:
 accounts with balances, orders, payments, daily totals and refunds, with
 values in the columns that later downgrades drop (accounts.currency,
 accounts.email, orders.note, payments.method, daily_totals.card_total).
@@ -9,6 +10,11 @@ accounts.email, orders.note, payments.method, daily_totals.card_total).
 Idempotent: rows are keyed by fixed ids (days for daily_totals), only missing
 rows are inserted, and dropped-then-restored columns are refilled where they
 came back empty. Running it twice gives the same counts.
+
+It never moves an existing database: one that already has a revision stays at
+that revision (a user's downgrade survives `make run`, and a pending request's
+plan is not made stale). Sample rows are filled in only when the database is
+at its heads; otherwise nothing is written and the result says so.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from opsapp.services.alembic_api import connect, make_config
@@ -190,10 +197,14 @@ def _ensure_sqlite_directory(url: str) -> None:
 
 
 def seed_demo(target_name: str = "shop") -> dict[str, Any]:
-    """Upgrade target `target_name` to its heads and fill it with the demo data set.
+    """Create what is missing of the demo target `target_name`; never move an existing database.
 
-    Everything runs in one transaction on a connection the console owns.
-    Returns {"target", "url" (masked), "heads", "inserted": {table: n}, "counts": {table: n}}.
+    A database without a revision is upgraded to its heads and filled with the
+    demo data set; one at its heads gets its missing rows; one at any other
+    revision is left exactly as it is. Everything runs in one transaction on a
+    connection the console owns.
+    Returns {"target", "url" (masked), "heads", "upgraded" (bool), "left_alone" (bool),
+    "script_heads", "inserted": {table: n}, "counts": {table: n}}.
     Raises TargetNotConfigured / TargetMisconfigured / TargetUnreachable, or OpsError when
     the upgrade fails or the target's schema is not the demo shop schema.
     """
@@ -203,7 +214,23 @@ def seed_demo(target_name: str = "shop") -> dict[str, Any]:
     with connect(target, create_sqlite_file=True) as conn:
         try:
             with conn.begin():
-                command.upgrade(make_config(target, connection=conn), "heads")
+                config = make_config(target, connection=conn)
+                script_heads = sorted(ScriptDirectory.from_config(config).get_heads())
+                before = sorted(MigrationContext.configure(conn).get_current_heads())
+                if before and before != script_heads:
+                    # An existing database somewhere in its history: a user's own state. Leave it.
+                    return {
+                        "target": target.name,
+                        "url": target.masked_url,
+                        "heads": before,
+                        "script_heads": script_heads,
+                        "upgraded": False,
+                        "left_alone": True,
+                        "inserted": dict.fromkeys(DEMO_TABLES, 0),
+                        "counts": _present_counts(conn),
+                    }
+                if not before:
+                    command.upgrade(config, "heads")
                 missing = set(DEMO_TABLES) - set(sa.inspect(conn).get_table_names())
                 if missing:
                     raise OpsError(
@@ -228,10 +255,7 @@ def seed_demo(target_name: str = "shop") -> dict[str, Any]:
                     _refill(conn, table, key, column, rows)
                 if conn.dialect.name == "postgresql":
                     _fix_sequences(conn)
-                counts = {
-                    name: conn.execute(sa.select(sa.func.count()).select_from(sa.table(name))).scalar_one()
-                    for name in DEMO_TABLES
-                }
+                counts = _present_counts(conn)
                 heads = sorted(MigrationContext.configure(conn).get_current_heads())
         except CommandError as exc:
             raise OpsError(
@@ -242,4 +266,23 @@ def seed_demo(target_name: str = "shop") -> dict[str, Any]:
                 f"Seeding target {target.name!r} failed: {mask_url(str(getattr(exc, 'orig', None) or exc))}",
                 target=target.name,
             ) from exc
-    return {"target": target.name, "url": target.masked_url, "heads": heads, "inserted": inserted, "counts": counts}
+    return {
+        "target": target.name,
+        "url": target.masked_url,
+        "heads": heads,
+        "script_heads": script_heads,
+        "upgraded": not before,
+        "left_alone": False,
+        "inserted": inserted,
+        "counts": counts,
+    }
+
+
+def _present_counts(conn: sa.Connection) -> dict[str, int]:
+    """Row counts of the demo tables that exist at the database's current revision."""
+    present = set(sa.inspect(conn).get_table_names())
+    return {
+        name: conn.execute(sa.select(sa.func.count()).select_from(sa.table(name))).scalar_one()
+        for name in DEMO_TABLES
+        if name in present
+    }

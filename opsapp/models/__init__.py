@@ -1,4 +1,4 @@
-"""The console's own tables. Model names are part of the interface (DESIGN.md)."""
+"""The console's own tables. Model names are part of the interface (docs/design.md)."""
 
 from opsapp.models.audit import AuditAction, AuditEvent, AuditOutcome
 from opsapp.models.rehearsal import Rehearsal, RehearsalStatus

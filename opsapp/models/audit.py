@@ -40,6 +40,7 @@ class AuditAction(models.TextChoices):
     REHEARSAL_SUCCEEDED = "rehearsal_succeeded", "rehearsal succeeded"
     REHEARSAL_FAILED = "rehearsal_failed", "rehearsal failed"
     REHEARSAL_INTERRUPTED = "rehearsal_interrupted", "rehearsal interrupted"
+    PASSWORD_RESET = "password_reset", "password reset"
 
 
 class AuditOutcome(models.TextChoices):
@@ -129,4 +130,4 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"#{self.seq} {self.action} {self.outcome}"
+        return f"Event #{self.seq}: {self.get_action_display()} ({self.get_outcome_display()})"

@@ -1,5 +1,7 @@
-"""Bring the demo target to its heads and fill it with sample rows.
+"""Create the demo target if it is new, and fill in its missing sample rows.
 
+Never moves an existing database: one at a revision other than its heads is
+left exactly as it is (a user's downgrade survives `make run`).
 Idempotent: running it again inserts nothing new. Exit 0 when seeded,
 1 when the target is unreachable or the upgrade fails, 2 for an unknown target.
 """
@@ -16,7 +18,10 @@ from opsapp.services.errors import OpsError, TargetNotConfigured
 
 
 class Command(OpsCommand):
-    help = "Upgrade the demo target to its heads and fill it with sample accounts, orders and payments."
+    help = (
+        "Create the demo target (a new database is upgraded to its heads) and fill in missing sample rows; "
+        "an existing database is never moved."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--target", default="shop", help="Target to seed (default: shop).")
@@ -31,6 +36,13 @@ class Command(OpsCommand):
             raise CommandError(str(exc)) from exc
         if options["json"]:
             self.stdout.write(json.dumps(result, sort_keys=True))
+            return
+        if options["verbosity"] >= 1 and result["left_alone"]:
+            self.stdout.write(
+                f"Target {result['target']!r} ({result['url']}) is at {', '.join(result['heads'])}, not at its heads "
+                f"{', '.join(result['script_heads'])}: left as it is (seed_demo never moves an existing database). "
+                "Sample rows are filled in only at the heads."
+            )
             return
         if options["verbosity"] >= 1:
             self.stdout.write(f"Seeded target {result['target']!r} ({result['url']}) at {', '.join(result['heads'])}:")

@@ -45,7 +45,7 @@ class GraphNode:
     is_base: bool = False
     is_branch_point: bool = False
     is_merge_point: bool = False
-    applied: bool = False
+    applied: bool | None = False  # None: unknown (alembic_version names a revision the scripts lack)
     is_current: bool = False
 
 
@@ -69,8 +69,12 @@ class Layout:
     dep_edges: list[tuple[str, str]] = field(default_factory=list)  # (revision, dependency)
 
 
-def nodes_from_revisions(revisions: Iterable[object]) -> list[GraphNode]:
-    """Adapt synced `Revision` rows (or look-alikes) to `GraphNode`s."""
+def nodes_from_revisions(revisions: Iterable[object], *, applied_known: bool = True) -> list[GraphNode]:
+    """Adapt synced `Revision` rows (or look-alikes) to `GraphNode`s.
+
+    `applied_known=False` (the database is at a revision the scripts do not know, or unreachable): no
+    node is drawn as applied or pending, they are drawn as unknown.
+    """
     return [
         GraphNode(
             revision=r.revision,
@@ -82,7 +86,7 @@ def nodes_from_revisions(revisions: Iterable[object]) -> list[GraphNode]:
             is_base=bool(r.is_base),
             is_branch_point=bool(r.is_branch_point),
             is_merge_point=bool(r.is_merge_point),
-            applied=bool(r.applied),
+            applied=bool(r.applied) if applied_known else None,
             is_current=bool(r.is_current),
         )
         for r in revisions
@@ -190,7 +194,7 @@ def node_label(node: GraphNode) -> str:
 
 
 def node_classes(node: GraphNode) -> str:
-    classes = ["node", "applied" if node.applied else "pending"]
+    classes = ["node", "unknown" if node.applied is None else "applied" if node.applied else "pending"]
     for flag, name in (
         (node.is_head, "head"),
         (node.is_base, "base"),
@@ -209,6 +213,7 @@ STYLE = """
 .ops-graph .dep-edge{fill:none;stroke:#b07d2b;stroke-width:1.2;stroke-dasharray:4 3}
 .ops-graph .node .mark{fill:#fff;stroke:#417690;stroke-width:2}
 .ops-graph .node.applied .mark{fill:#417690}
+.ops-graph .node.unknown .mark{fill:#fff;stroke:#999;stroke-dasharray:2 2}
 .ops-graph .node.head .mark{stroke:#2e7d32;stroke-width:3}
 .ops-graph .node.base .mark{stroke:#6a1b9a}
 .ops-graph .node.branch-point .mark{stroke:#ef6c00}
@@ -258,7 +263,8 @@ def render_svg(
 
     out: list[str] = [
         f'<svg xmlns="{SVG_NS}" class="ops-graph" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        # "group", not "img": the nodes inside are links (an img may hold no interactive content).
+        f'viewBox="0 0 {width} {height}" role="group" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
         f"<style>{STYLE}</style>",
         '<g class="edges">',

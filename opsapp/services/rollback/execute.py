@@ -1,6 +1,6 @@
 """Executing a rollback request: the gate under the target's lock, then one atomic downgrade.
 
-Order (DESIGN.md, "The downgrade gate" and "Execution"):
+Order (docs/design.md, "The downgrade gate" and "Execution"):
 
 1. Gates 1-3 (request, snapshot, plan) are checked once without the lock, so
    a request that cannot pass is refused with its real reason even while

@@ -1,4 +1,4 @@
-"""The downgrade gate (DESIGN.md): request, snapshot, rehearsal, plan, lock, code.
+"""The downgrade gate (docs/design.md): request, snapshot, rehearsal, plan, lock, code.
 
 Each check returns None when its gate passes or the refusal message. `refuse`
 records a refusal on the request and in the audit log and returns the

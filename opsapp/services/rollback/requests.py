@@ -1,6 +1,6 @@
 """Rollback requests: plan, code, snapshot, execute, cancel, reconcile.
 
-The public face of the guarded downgrade (DESIGN.md, "The downgrade gate"
+The public face of the guarded downgrade (docs/design.md, "The downgrade gate"
 and "Execution"). The work lives in submodules:
 
 - `plan`              offline SQL preview, destructive analysis, plan hash
