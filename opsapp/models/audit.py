@@ -33,6 +33,9 @@ class AuditAction(models.TextChoices):
     OTP_RESET = "otp_reset", "2FA devices reset"
     OTP_TOKEN_REJECTED = "otp_token_rejected", "2FA token rejected"
     OTP_BACKUP_CODE_USED = "otp_backup_code_used", "2FA backup code used"
+    CODE_ACCEPTED = "code_accepted", "code accepted, downgrade queued"
+    OPERATION_CANCELLED = "operation_cancelled", "operation cancelled"
+    OPERATION_INTERRUPTED = "operation_interrupted", "operation interrupted"
 
 
 class AuditOutcome(models.TextChoices):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -151,14 +151,36 @@ def _check_gates_1_to_3(
     return preview
 
 
-def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionResult:
+def execute_request(
+    request_id: int,
+    *,
+    code: str | None = None,
+    actor: Actor,
+    accepted: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    on_connection: Callable[[sa.Connection | None], None] | None = None,
+) -> ExecutionResult:
     """Check the gate and run the downgrade of request `request_id`.
+
+    With `code`, gate 5 checks that code last (the in-process path of
+    `execute_rollback`). With `accepted=True` (a worker running a queued
+    downgrade) the code was already checked and spent by the web or the
+    command that enqueued it (operations.downgrade.enqueue_downgrade): no code
+    enters the queue, and gate 5 only confirms that the request's code is
+    the spent one the job was queued with. Gates 1-4 are checked again
+    under the lock either way.
+
+    `progress(revision, done, total)` is told each step as it finishes;
+    `on_connection(conn)` receives the working connection once the lock is
+    held (and None when the work is over), so a canceller may abort it.
 
     Raises GateRefused (`.gate` names the gate; audited, nothing changed on
     the target), RollbackFailed (the downgrade ran and was rolled back;
     audited; `.sqlstate` set), OpsError for an unknown request or target.
     The target's catalog is re-synced after a downgrade ran.
     """
+    if code is None and not accepted:
+        raise OpsError("A verification code is required.")
     request = _load(request_id)
     config = get_target(request.target.name)
     _check_gates_1_to_3(request, config, actor, regenerate=False)
@@ -180,16 +202,35 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
             preview = _check_gates_1_to_3(request, config, actor, regenerate=True)
             assert preview is not None
             _confirm_lock(request, lock, conn, actor)
-            check_code(request, code, actor)
-            _start(request, actor)
+            if accepted:
+                _check_accepted_code(request, actor)
+            else:
+                check_code(request, code or "", actor)
+            _start(request, actor, accepted=accepted)
             ran = True
+            if on_connection is not None:
+                on_connection(conn)
             # The lock stays held on `conn` until the result is recorded, so
             # reconcile can never find it free while this process still runs.
-            return _run_downgrade(request, config, preview, actor, conn, lock)
+            return _run_downgrade(request, config, preview, actor, conn, lock, progress)
         finally:
+            if on_connection is not None and ran:
+                on_connection(None)
             if ran:
                 stack.close()  # release the lock first: the re-sync below reads the new heads
                 _resync(config.name, actor, request)
+
+
+def _check_accepted_code(request: RollbackRequest, actor: Actor) -> None:
+    """Gate 5 for a queued downgrade: the code was checked and spent when the job was queued."""
+    if request.code_used_at is None or not request.code_hash:
+        raise refuse(
+            request,
+            "code",
+            f"The code accepted for request #{request.pk} was replaced by a new one since the downgrade was "
+            "queued; execute it again with the new code.",
+            actor,
+        )
 
 
 def _confirm_lock(request: RollbackRequest, lock: HeldLock, conn: sa.Connection, actor: Actor) -> None:
@@ -202,23 +243,25 @@ def _confirm_lock(request: RollbackRequest, lock: HeldLock, conn: sa.Connection,
         raise refuse(request, "lock", str(exc), actor) from exc
 
 
-def _start(request: RollbackRequest, actor: Actor) -> None:
+def _start(request: RollbackRequest, actor: Actor, *, accepted: bool = False) -> None:
     """Consume the code and mark the request running, in one conditional UPDATE; audit it.
 
     Both in one transaction: if the `started` event cannot be written the
     request stays pending with its code unspent, and nothing runs.
     """
     with transaction.atomic():
-        _start_and_audit(request, actor)
+        _start_and_audit(request, actor, accepted=accepted)
 
 
-def _start_and_audit(request: RollbackRequest, actor: Actor) -> None:
+def _start_and_audit(request: RollbackRequest, actor: Actor, *, accepted: bool = False) -> None:
     now = timezone.now()
+    # A queued downgrade's code was spent when it was queued: keep that time.
+    spent = {"code_used_at__isnull": False} if accepted else {"code_used_at__isnull": True}
     changed = RollbackRequest.objects.filter(
-        pk=request.pk, status=RollbackStatus.PENDING, code_used_at__isnull=True, code_hash=request.code_hash
+        pk=request.pk, status=RollbackStatus.PENDING, code_hash=request.code_hash, **spent
     ).update(
         status=RollbackStatus.RUNNING,
-        code_used_at=now,
+        code_used_at=request.code_used_at if accepted else now,
         started_at=now,
         executed_by_username=actor.username[:150],
         attempts=0,
@@ -276,7 +319,13 @@ def _execution_connection(config: TargetConfig) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
-def _downgrade(alembic_config: Config, to_revision: str, completed: list[str]) -> None:
+def _downgrade(
+    alembic_config: Config,
+    to_revision: str,
+    completed: list[str],
+    progress: Callable[[str, int, int], None] | None = None,
+    total: int = 0,
+) -> None:
     """`alembic.command.downgrade(alembic_config, to_revision)`, appending each finished step's revision to `completed`.
 
     The same work function as `command.downgrade`, run through Alembic's
@@ -287,6 +336,9 @@ def _downgrade(alembic_config: Config, to_revision: str, completed: list[str]) -
 
     def record(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
         completed.extend(step.up_revision_ids)
+        if progress is not None:
+            # May raise (an abort asked for): the whole transaction rolls back.
+            progress(", ".join(step.up_revision_ids), len(completed), total)
 
     def downgrade_fn(rev: Any, context: Any) -> Any:
         context.on_version_apply_callbacks = (*tuple(context.on_version_apply_callbacks or ()), record)
@@ -330,6 +382,7 @@ def _run_downgrade(
     actor: Actor,
     conn: sa.Connection,
     lock: HeldLock,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ExecutionResult:
     expected = sorted(preview.expected_heads)
     attempts = [0]
@@ -344,7 +397,11 @@ def _run_downgrade(
             txid = conn.exec_driver_sql("SELECT txid_current()").scalar()
         with _no_foreign_transaction_end(conn):
             _downgrade(
-                make_config(config, connection=conn, transaction_per_migration=False), request.to_revision, completed
+                make_config(config, connection=conn, transaction_per_migration=False),
+                request.to_revision,
+                completed,
+                progress,
+                len(preview.steps),
             )
         if txid is not None and conn.exec_driver_sql("SELECT txid_current()").scalar() != txid:
             # Ended behind SQLAlchemy's back (e.g. on the raw DBAPI connection).
