@@ -7,7 +7,6 @@ A big scratch target (prefix ops_jobs_) makes a dump last several seconds.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from rollback_fixtures import (
     build_rollback_env,
     code_from_outbox,
     make_request,
+    sleeping_backends,
     take_verified_snapshot,
     wait_for,
 )
@@ -335,12 +335,13 @@ def test_a_worker_killed_mid_downgrade_leaves_the_target_unchanged_and_the_reque
     worker = start_worker(worker_env(settings, small_env))
     try:
         wait_for(
-            lambda: pg_query(small_env.url, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"),
-            timeout=60,
-            what="the downgrade to run",
-            proc=worker,
+            lambda: sleeping_backends(small_env.url, "pg_sleep(60)"), timeout=60, what="the downgrade", proc=worker
         )
-        assert op_row(op.pk).progress_label.startswith("reverting r4")
+        wait_for(
+            lambda: op_row(op.pk).progress_label.startswith("reverting r4 (step 1 of 3)"),
+            timeout=10,
+            what="the step being reverted on the operation",
+        )
         kill(worker)
     finally:
         if worker.poll() is None:
@@ -351,4 +352,3 @@ def test_a_worker_killed_mid_downgrade_leaves_the_target_unchanged_and_the_reque
     fresh = RollbackRequest.objects.get(pk=request.pk)
     assert fresh.status == "interrupted"
     assert small_env.state() == before
-    assert os.environ.get("PYTEST_XDIST_WORKER") or True
