@@ -26,7 +26,7 @@ from rollback_fixtures import (
 pytest_plugins = ["rollback_fixtures"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BIG_ROWS = 300_000
+BIG_ROWS = 200_000
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def create_operation(
         kind=kind,
         target=target,
         request=request,
-        snapshot=request.snapshot if request is not None else None,
+        snapshot=request.snapshot if request is not None and kind == OperationKind.DOWNGRADE else None,
         retry_of=retry_of,
         attempt=(retry_of.attempt + 1) if retry_of else 1,
         requested_by_id=actor.user_id,
@@ -70,12 +70,15 @@ def create_operation(
     return op
 
 
-def enqueue(kind: str, target_name: str, *, actor: Actor) -> Operation:
-    """Queue a sync or a snapshot of `target_name`; return the queued Operation."""
+def enqueue(kind: str, target_name: str, *, actor: Actor, attach_to: RollbackRequest | None = None) -> Operation:
+    """Queue a sync or a snapshot of `target_name`; return the queued Operation.
+
+    A snapshot with `attach_to` is attached to that rollback request once verified.
+    """
     if kind not in (OperationKind.SYNC, OperationKind.SNAPSHOT):
         raise OpsError(f"{kind!r} cannot be queued this way.")
     with transaction.atomic():
-        return create_operation(kind, target_name, actor=actor)
+        return create_operation(kind, target_name, actor=actor, request=attach_to)
 
 
 def get_operation(operation_id: int) -> Operation:

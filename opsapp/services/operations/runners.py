@@ -28,6 +28,7 @@ from opsapp.services.errors import GateRefused, OpsError, RollbackFailed
 from opsapp.services.locks import LockBusy, LockHolder, current_holder, target_lock
 from opsapp.services.operations.worker import Heartbeat
 from opsapp.services.rollback.execute import execute_request
+from opsapp.services.rollback.requests import attach_snapshot
 from opsapp.services.snapshots.lifecycle import take_snapshot
 from opsapp.targets import TargetConfig, get_target
 
@@ -91,6 +92,9 @@ def run_snapshot(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]
         snap = take_snapshot(op.target.name, actor=actor, progress=progress, on_created=created)
     # The archive is compressed, so it ends below the database's size: the bar ends at the file's size.
     beat.report(progress_done=snap.size, progress_total=snap.size, progress_label="verified")
+    if op.request_id:
+        attach_snapshot(op.request, snap.pk, actor=actor)
+        beat.report(progress_label=f"verified and attached to rollback request #{op.request_id}")
     return {"snapshot": snap.pk, "status": snap.status, "size": snap.size, "sha256": snap.sha256, "heads": snap.heads}
 
 
