@@ -40,6 +40,27 @@ def progress_text(op: Operation) -> str:
     return ""
 
 
+def result_text(op: Operation) -> str:
+    """What a finished operation did, in one sentence ("" while it runs or when it failed)."""
+    result = op.result or {}
+    if op.state != OperationState.SUCCEEDED or not isinstance(result, dict):
+        return ""
+    if op.kind == OperationKind.SNAPSHOT:
+        attached = f", attached to rollback request #{op.request_id}" if op.request_id else ""
+        return (
+            f"Snapshot #{result.get('snapshot')} of {op.target.name} taken and verified "
+            f"({filesizeformat(result.get('size') or 0)}){attached}."
+        )
+    if op.kind == OperationKind.DOWNGRADE:
+        heads = ", ".join(result.get("heads") or []) or "base (no revision)"
+        return f"{str(result.get('message', '')).split('; heads now')[0]}. Heads now: {heads}."
+    if op.kind == OperationKind.SYNC:
+        return (
+            f"Synced {op.target.name}: {result.get('state')}, heads {', '.join(result.get('heads') or []) or '(none)'}."
+        )
+    return ""
+
+
 def eta_text(op: Operation) -> str:
     eta = eta_seconds(op)
     if eta is None:
@@ -118,6 +139,7 @@ class OperationAdmin(admin.ModelAdmin):
                     "refresh_seconds": REFRESH_SECONDS if active else None,
                     "op_percent": op.percent,
                     "op_progress": progress_text(op),
+                    "op_result": result_text(op),
                     "op_eta": eta_text(op) if op.kind == OperationKind.SNAPSHOT else "",
                     "may_cancel": self._may_cancel(request, op),
                 }
