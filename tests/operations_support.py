@@ -106,3 +106,16 @@ def wait_until_finished(operation_id: int, timeout: float = 120) -> object:
             return op
         time.sleep(0.1)
     raise AssertionError(f"operation #{operation_id} still {op.state} after {timeout} s")
+
+
+def fill_big_table(url: str, rows: int = 200_000) -> None:
+    """Random text that does not compress, so that pg_dump of `url` takes several seconds."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE filler AS SELECT g AS id, "
+            "(SELECT string_agg(md5(random()::text || g::text || s::text), '') FROM generate_series(1, 12) s) AS body "
+            "FROM generate_series(1, %s) g",
+            (rows,),
+        )

@@ -13,7 +13,8 @@ import sys
 import time
 
 import pytest
-from conftest import REPO_ROOT, create_pg_database, drop_pg_database, pg_query
+from conftest import REPO_ROOT, create_pg_database, drop_pg_database
+from operations_support import fill_big_table
 from rollback_fixtures import (
     build_rollback_env,
     code_from_outbox,
@@ -35,12 +36,7 @@ def big_env(roles_present, script_dir_factory, configure_target, snapshot_dir, s
     url = create_pg_database("ops_jobs")
     try:
         env = build_rollback_env("bigt", url, script_dir_factory(url), configure_target)
-        pg_query(
-            url,
-            "CREATE TABLE filler AS SELECT g AS id, "
-            "(SELECT string_agg(md5(random()::text || g::text || s::text), '') FROM generate_series(1, 12) s) AS body "
-            f"FROM generate_series(1, {BIG_ROWS}) g",
-        )
+        fill_big_table(url, BIG_ROWS)
         yield env
     finally:
         drop_pg_database(url)
