@@ -15,7 +15,9 @@ from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.timesince import timesince
 
 from opsapp.models import ACTIVE_STATES, Operation, OperationKind, OperationState
 from opsapp.services.actors import Actor
@@ -71,7 +73,7 @@ def eta_text(op: Operation) -> str:
 
 @admin.register(Operation)
 class OperationAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "target", "state", "progress_display", "requested_by_username", "queued_at", "worker")
+    list_display = ("id", "kind", "target", "state", "progress_display", "asked_by", "queued", "worker")
     list_filter = ("state", "kind", "target")
     list_select_related = ("target",)
     search_fields = ("requested_by_username", "worker_host", "error")
@@ -115,7 +117,19 @@ class OperationAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress_display(self, obj: Operation) -> str:
-        return progress_text(obj) or "-"
+        if obj.progress_unit == "steps" and obj.progress_total:
+            return f"{obj.progress_done or 0}/{obj.progress_total} steps"
+        if obj.progress_unit == "bytes" and obj.progress_done is not None:
+            return f"{obj.percent}%" if obj.percent is not None else filesizeformat(obj.progress_done)
+        return "-"
+
+    @admin.display(description="asked by", ordering="requested_by_username")
+    def asked_by(self, obj: Operation) -> str:
+        return obj.requested_by_username or "-"
+
+    @admin.display(description="queued", ordering="queued_at")
+    def queued(self, obj: Operation) -> str:
+        return f"{timesince(obj.queued_at, timezone.now())} ago" if obj.queued_at else "-"
 
     def get_urls(self):
         custom = [
