@@ -16,7 +16,6 @@ from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from opsapp.models import ACTIVE_STATES, Operation, OperationKind, OperationState
@@ -192,8 +191,3 @@ class OperationAdmin(admin.ModelAdmin):
             "back": back,
         }
         return TemplateResponse(request, "admin/opsapp/operation/cancel_confirm.html", context)
-
-
-def operation_link(op: Operation) -> str:
-    url = reverse("admin:opsapp_operation_change", args=[op.pk])
-    return format_html('<a href="{}">operation #{}</a>', url, op.pk)
