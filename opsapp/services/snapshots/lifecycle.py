@@ -414,7 +414,12 @@ def fail_abandoned_snapshots(*, actor: Actor, older_than: timedelta = ABANDONED_
     """
     cutoff = timezone.now() - older_than
     failed: list[Snapshot] = []
-    stale = Snapshot.objects.select_related("target").filter(status=SnapshotStatus.RUNNING, started_at__lt=cutoff)
+    stale = (
+        Snapshot.objects.select_related("target")
+        .filter(status=SnapshotStatus.RUNNING, started_at__lt=cutoff)
+        # A snapshot job's liveness is its worker's lock, not its age (operations.reconcile).
+        .exclude(operations__state="running")
+    )
     for snap in stale.order_by("started_at", "id"):
         message = (
             f"Snapshot #{snap.pk} of {snap.target.name} was abandoned: still running after {older_than} "
