@@ -229,3 +229,24 @@ def test_the_task_queue_check_refuses_a_non_durable_backend(settings):
     settings.OPS_HEARTBEAT_SECONDS = 0
     ids = [e.id for e in check_task_queue()]
     assert ids == ["opsapp.E030", "opsapp.E031"]
+
+
+def test_prune_leaves_a_long_running_snapshot_job_to_its_workers_lock(rollback_env, operator):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from opsapp.models import OperationKind
+    from opsapp.services.actors import Actor
+    from opsapp.services.operations.queue import enqueue
+    from opsapp.services.snapshots.lifecycle import fail_abandoned_snapshots
+
+    op = enqueue(OperationKind.SNAPSHOT, rollback_env.name, actor=Actor.from_user(operator))
+    old = timezone.now() - timedelta(days=2)
+    running = Snapshot.objects.create(target=op.target, status="running", format="pg_custom")
+    orphan = Snapshot.objects.create(target=op.target, status="running", format="pg_custom")
+    Snapshot.objects.filter(pk__in=[running.pk, orphan.pk]).update(started_at=old)
+    Operation.objects.filter(pk=op.pk).update(state="running", snapshot=running)
+    failed = fail_abandoned_snapshots(actor=Actor.cron())
+    assert [s.pk for s in failed] == [orphan.pk]  # the job's row is not failed for its age
+    assert Snapshot.objects.get(pk=running.pk).status == "running"
