@@ -34,7 +34,7 @@ from opsapp.services.actors import Actor
 from opsapp.services.audit.log import append_event, request_context
 from opsapp.services.locks import LockBusy, LockHolder, target_lock
 from opsapp.services.operations.queue import create_operation
-from opsapp.services.rollback.execute import _check_gates_1_to_3, _load
+from opsapp.services.rollback.execute import check_gates_1_to_3, load_request
 from opsapp.services.rollback.gate import check_code, refuse
 from opsapp.targets import get_target
 
@@ -45,17 +45,17 @@ def enqueue_downgrade(request_id: int, *, code: str, actor: Actor) -> Operation:
     Raises GateRefused (audited; nothing changed, the code unspent unless it
     was the gate that refused) or OpsError for an unknown request or target.
     """
-    request = _load(request_id)
+    request = load_request(request_id)
     config = get_target(request.target.name)
     queued = Operation.objects.filter(request=request, state__in=ACTIVE_STATES).first()
     if queued is not None:
         raise refuse(request, "request", f"Request #{request.pk} is already queued as operation #{queued.pk}.", actor)
-    _check_gates_1_to_3(request, config, actor, regenerate=False)
+    check_gates_1_to_3(request, config, actor, regenerate=False)
     holder = LockHolder(user=actor.username, request_id=request.pk, since=timezone.now(), operation="queue")
     try:
         with target_lock(config, holder=holder, wait_seconds=settings.OPS_LOCK_WAIT_SECONDS):
-            request = _load(request_id)
-            _check_gates_1_to_3(request, config, actor, regenerate=False)
+            request = load_request(request_id)
+            check_gates_1_to_3(request, config, actor, regenerate=False)
             check_code(request, code, actor)
             return _spend_and_queue(request, actor)
     except LockBusy as exc:

@@ -29,7 +29,7 @@ from opsapp.services.actors import Actor
 from opsapp.services.operations import liveness
 from opsapp.services.operations.queue import audit_operation, create_operation
 from opsapp.services.operations.worker import actor_of
-from opsapp.services.rollback.execute import reconcile as reconcile_requests
+from opsapp.services.rollback.reconcile import reconcile as reconcile_requests
 from opsapp.services.snapshots.lifecycle import fail_interrupted_snapshot
 
 log = logging.getLogger(__name__)

@@ -46,10 +46,9 @@ from opsapp.services.audit.log import append_event, request_context
 from opsapp.services.catalog import sync as catalog
 from opsapp.services.errors import OpsError, RollbackFailed, TargetUnreachable
 from opsapp.services.isolation import run_serializable, sqlstate_of
-from opsapp.services.locks import HeldLock, LockBusy, LockHolder, LockLost, current_holder, target_lock
+from opsapp.services.locks import HeldLock, LockBusy, LockHolder, LockLost, target_lock
 from opsapp.services.rollback.expiry import expire_if_stale
 from opsapp.services.rollback.gate import (
-    GateCheck,
     check_code,
     check_plan,
     check_request,
@@ -118,21 +117,21 @@ def _no_foreign_transaction_end(conn: sa.Connection) -> Iterator[None]:
             sa.event.remove(engine, name, fn)
 
 
-def _load(request_id: int) -> RollbackRequest:
+def load_request(request_id: int) -> RollbackRequest:
     try:
         return RollbackRequest.objects.select_related("target", "snapshot", "snapshot__target").get(pk=request_id)
     except RollbackRequest.DoesNotExist:
         raise OpsError(f"Rollback request #{request_id} does not exist.") from None
 
 
-def _heads(config: TargetConfig) -> tuple[list[str] | None, str]:
+def heads_or_problem(config: TargetConfig) -> tuple[list[str] | None, str]:
     try:
         return catalog.read_current_heads(config), ""
     except OpsError as exc:
         return None, str(exc)
 
 
-def _check_gates_1_to_3(
+def check_gates_1_to_3(
     request: RollbackRequest, config: TargetConfig, actor: Actor, *, regenerate: bool
 ) -> Preview | None:
     message = expire_if_stale(request)
@@ -141,7 +140,7 @@ def _check_gates_1_to_3(
     message = check_request(request)
     if message:
         raise refuse(request, "request", message, actor)
-    heads, problem = _heads(config)
+    heads, problem = heads_or_problem(config)
     message = check_snapshot(request, heads, problem)
     if message:
         raise refuse(request, "snapshot", message, actor, {"current_heads": heads})
@@ -181,9 +180,9 @@ def execute_request(
     """
     if code is None and not accepted:
         raise OpsError("A verification code is required.")
-    request = _load(request_id)
+    request = load_request(request_id)
     config = get_target(request.target.name)
-    _check_gates_1_to_3(request, config, actor, regenerate=False)
+    check_gates_1_to_3(request, config, actor, regenerate=False)
     holder = LockHolder(user=actor.username, request_id=request.pk, since=timezone.now())
     ran = False
     with ExitStack() as stack:
@@ -198,8 +197,8 @@ def execute_request(
         except OpsError as exc:  # e.g. the target went down, or the lock file cannot be opened
             raise refuse(request, "lock", f"The lock of target {config.name!r} cannot be taken: {exc}", actor) from exc
         try:
-            request = _load(request_id)
-            preview = _check_gates_1_to_3(request, config, actor, regenerate=True)
+            request = load_request(request_id)
+            preview = check_gates_1_to_3(request, config, actor, regenerate=True)
             assert preview is not None
             _confirm_lock(request, lock, conn, actor)
             if accepted:
@@ -478,7 +477,7 @@ def _record_failure(
     sqlstate = sqlstate_of(exc)
     cause = getattr(exc, "orig", None) or exc
     error = mask_url(f"{type(cause).__name__}: {cause}").strip()[:4000]
-    heads, _ = _heads(config)
+    heads, _ = heads_or_problem(config)
     duration_ms = int((time.monotonic() - started) * 1000)
     recorded = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
         status=RollbackStatus.FAILED,
@@ -543,108 +542,3 @@ def _resync(name: str, actor: Actor, request: RollbackRequest) -> None:
         catalog.sync_target(name, actor=actor, moved_by=request)
     except Exception:  # noqa: BLE001 - the result is recorded; a failed re-sync must not hide it
         log.exception("re-sync of target %s after a downgrade failed", name)
-
-
-# ------------------------------------------------------------------ reconcile
-def reconcile(*, actor: Actor) -> list[RollbackRequest]:
-    """Mark `running` requests whose target lock is free as `interrupted`, with the heads found; audit each.
-
-    Liveness comes from the lock alone, never from time: the executor holds
-    the target's lock on the very connection that runs the downgrade, from
-    before the request turns `running` until its result is recorded. So a
-    free lock proves the executor's connection is gone, and with it any
-    uncommitted downgrade. The lock is held (no wait) while a target is
-    reconciled, so no new execution starts meanwhile. Targets that are
-    unreachable or misconfigured are skipped. The executor's own result
-    records are conditional on `running`, so the two never both close a
-    request.
-    """
-    done: list[RollbackRequest] = []
-    running = RollbackRequest.objects.filter(status=RollbackStatus.RUNNING).select_related("target")
-    for request in running:
-        try:
-            config = get_target(request.target.name)
-            holder = LockHolder(user=actor.username, operation="reconcile", since=timezone.now())
-            with target_lock(config, holder=holder, wait_seconds=0):
-                heads = catalog.read_current_heads(config)
-                if _mark_interrupted(request, heads, actor):
-                    request.refresh_from_db()
-                    done.append(request)
-        except (LockBusy, OpsError):
-            continue
-    return done
-
-
-def _mark_interrupted(request: RollbackRequest, heads: list[str], actor: Actor) -> bool:
-    planned = sorted((request.step_digests or [{}])[-1].get("heads_after") or []) if request.step_digests else None
-    if sorted(heads) == sorted(request.from_heads):
-        found = "the target is unchanged at its from-heads (the transaction was rolled back)"
-    elif planned is not None and sorted(heads) == planned:
-        found = f"the target is at the planned heads {heads}: the downgrade committed before its result was recorded"
-    else:
-        found = f"the target's heads are {heads or '(none)'}, not the from-heads {request.from_heads}"
-    message = f"The process running request #{request.pk} stopped before recording a result; {found}."
-    changed = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
-        status=RollbackStatus.INTERRUPTED, finished_at=timezone.now(), final_heads=heads, error=message
-    )
-    if changed:
-        append_event(
-            action=AuditAction.ROLLBACK_INTERRUPTED,
-            outcome=AuditOutcome.FAILURE,
-            actor=actor,
-            message=message,
-            **request_context(request),
-            detail={"heads_found": heads, "unchanged": sorted(heads) == sorted(request.from_heads)},
-        )
-    return bool(changed)
-
-
-# ------------------------------------------------------------------ preview
-def gate_status(request: RollbackRequest) -> list[GateCheck]:
-    """A read-only preview of the gate for the request page: no lock taken, nothing changes, no refusal audited.
-
-    The SQL preview is not re-rendered here (admin pages never import
-    migration files); the fingerprint check covers changed files, and the
-    preview is re-rendered and compared at execution.
-    """
-    checks: list[GateCheck] = []
-    message = check_request(request)
-    checks.append(GateCheck("request", message is None, message or "pending; the code went to an allowed approver"))
-    try:
-        config = get_target(request.target.name)
-    except OpsError as exc:
-        checks += [GateCheck(g, False, str(exc)) for g in ("snapshot", "plan", "lock")]
-        checks.append(GateCheck("code", None, "entered at execution"))
-        return checks
-    heads, problem = _heads(config)
-    message = check_snapshot(request, heads, problem)
-    checks.append(GateCheck("snapshot", message is None, message or f"snapshot #{request.snapshot_id} verified"))
-    message, _ = check_plan(request, config, heads, regenerate=False, heads_problem=problem)
-    checks.append(
-        GateCheck(
-            "plan",
-            message is None,
-            message or "heads and script directory unchanged; the SQL preview is re-checked at execution",
-        )
-    )
-    try:
-        holder = current_holder(config)
-    except OpsError as exc:
-        checks.append(GateCheck("lock", False, str(exc)))
-    else:
-        if holder is None:
-            checks.append(GateCheck("lock", True, "free"))
-        else:
-            checks.append(GateCheck("lock", False, f"held by {holder.describe()}"))
-    checks.append(_code_preview(request))
-    return checks
-
-
-def _code_preview(request: RollbackRequest) -> GateCheck:
-    if not request.code_hash:
-        return GateCheck("code", False, "no active code; issue one")
-    if request.code_expires_at and timezone.now() >= request.code_expires_at:
-        return GateCheck("code", False, "the code expired; re-issue one")
-    left = max(0, settings.OPS_CODE_MAX_ATTEMPTS - request.code_attempts)
-    until = timezone.localtime(request.code_expires_at).strftime("%H:%M:%S %Z") if request.code_expires_at else "?"
-    return GateCheck("code", None, f"entered at execution (valid until {until}; {left} attempt(s) left)")
