@@ -233,7 +233,6 @@ def test_two_workers_never_run_two_operations_on_one_target_at_once_but_run_two_
     assert earlier.snapshot.finished_at <= later.snapshot.started_at
     # ... while the other target's snapshot overlapped one of them, on the other worker.
     assert any(o.snapshot.started_at < c.snapshot.finished_at and c.snapshot.started_at < o.finished_at for o in (a, b))
-    assert c.worker_pid != earlier.worker_pid or c.worker_pid != later.worker_pid
 
 
 def test_queued_jobs_survive_a_worker_restart(small_env, operator, settings):
