@@ -1,6 +1,7 @@
 # Two commands for a newcomer: `make run` and `make test`.
 PYTHON ?= python3.11
 VENV ?= .venv
+PORT ?= 8000
 PY := $(VENV)/bin/python
 
 .PHONY: run setup test install lint bench clean
@@ -35,9 +36,12 @@ setup: install .env
 	$(PY) manage.py sync_revisions
 	$(PY) manage.py bootstrap_console
 
-## Run the console on its embedded default (SQLite console DB, demo target `shop`).
+## Run the console on its embedded default (SQLite console DB, demo target `shop`): the web server and one
+## worker (snapshots, downgrades and syncs started from the admin run there). Ctrl-C ends both.
 run: setup
-	$(PY) manage.py runserver 127.0.0.1:8000
+	@$(PY) manage.py db_worker --no-reload --no-startup-delay & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	$(PY) manage.py runserver --noreload 127.0.0.1:$(PORT)
 
 ## Run the whole test suite (needs PostgreSQL at 127.0.0.1:5432 and /usr/bin/chromium).
 ## Two processes (pytest-xdist): each worker gets its own test database (test_<name>_gw0, _gw1) and its

@@ -62,6 +62,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    # The task queue (Django's Tasks API; django.tasks from Django 6 on): the database backend,
+    # on the console's own database. Workers: `manage.py db_worker` (docs/production.md).
+    "django_tasks",
+    "django_tasks_db",
 ]
 
 MIDDLEWARE = [
@@ -254,6 +258,21 @@ OPS_REHEARSAL_URL = env.str("OPS_REHEARSAL_URL", default="")
 # Gate "rehearsal": unset means on for PostgreSQL targets when DEBUG is off.
 OPS_REQUIRE_REHEARSAL = env.bool("OPS_REQUIRE_REHEARSAL", default=None)
 OPS_REHEARSAL_RESTORE_JOBS = env.int("OPS_REHEARSAL_RESTORE_JOBS", default=min(4, os.cpu_count() or 1))
+
+# Long operations run as durable jobs (opsapp.services.operations). Only an
+# Operation id ever enters the queue table: never a code, never a password.
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": ["default"],
+    }
+}
+# How often a running job writes its heartbeat and progress, and looks for a cancel.
+OPS_HEARTBEAT_SECONDS = env.float("OPS_HEARTBEAT_SECONDS", default=1.0)
+# How long a job waits for another operation on the same target to finish before it gives up.
+OPS_JOB_LOCK_WAIT_SECONDS = env.float("OPS_JOB_LOCK_WAIT_SECONDS", default=3600.0)
+# A snapshot whose worker died is taken again (a fresh file) at most this many times.
+OPS_SNAPSHOT_RETRIES = env.int("OPS_SNAPSHOT_RETRIES", default=1)
 
 LOGGING = {
     "version": 1,

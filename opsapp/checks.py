@@ -11,6 +11,8 @@ E040 (check --deploy) no audit MAC key with DEBUG off · E041 audit key unreadab
 E042 (check --deploy) no checkpoint signing or public key with DEBUG off · E043 checkpoint key
 file unreadable or not Ed25519.
 E070 OPS_REHEARSAL_URL is not a PostgreSQL URL · E071 OPS_REHEARSAL_RESTORE_JOBS below 1.
+E030 the task queue is not django-tasks-db's database backend (operations would not be durable) ·
+E031 OPS_HEARTBEAT_SECONDS, OPS_JOB_LOCK_WAIT_SECONDS or OPS_SNAPSHOT_RETRIES out of range.
 """
 
 from __future__ import annotations
@@ -219,4 +221,29 @@ def check_audit_keys_deploy(app_configs=None, **kwargs) -> list[Error]:
                 id="opsapp.E042",
             )
         )
+    return errors
+
+
+_DB_BACKEND = "django_tasks_db.DatabaseBackend"
+
+
+@register(Tags.compatibility)
+def check_task_queue(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E030/E031: long operations need the durable database queue and sane job settings."""
+    errors: list[Error] = []
+    backend = (getattr(settings, "TASKS", {}) or {}).get("default", {}).get("BACKEND", "")
+    if backend != _DB_BACKEND:
+        errors.append(
+            Error(
+                f"TASKS['default'] uses {backend or 'no backend'!r}: operations would not survive a restart, nor "
+                "run on workers (an immediate backend would run a dump inside the web request).",
+                hint=f"Use {_DB_BACKEND!r} on the console's own database (console/settings.py).",
+                id="opsapp.E030",
+            )
+        )
+    for name, low in (("OPS_HEARTBEAT_SECONDS", 0.05), ("OPS_JOB_LOCK_WAIT_SECONDS", 0), ("OPS_SNAPSHOT_RETRIES", 0)):
+        value = getattr(settings, name)
+        if value < low or (name == "OPS_HEARTBEAT_SECONDS" and value > 60):
+            bound = "between 0.05 and 60" if name == "OPS_HEARTBEAT_SECONDS" else "zero or more"
+            errors.append(Error(f"{name}={value!r} must be {bound}.", id="opsapp.E031", obj=name))
     return errors

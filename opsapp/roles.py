@@ -1,6 +1,7 @@
 """The console's roles (groups) and their permissions. Used by a data migration.
 
-operators  view everything, request downgrades, take and attach snapshots, execute with a code
+operators  view everything, request downgrades, take and attach snapshots, execute with a code,
+           cancel operations
 approvers  receive verification codes, view everything
 auditors   view everything, change nothing, export the audit log
 """
@@ -13,6 +14,7 @@ VIEW_ALL = [
     "opsapp.view_snapshot",
     "opsapp.view_rollbackrequest",
     "opsapp.view_auditevent",
+    "opsapp.view_operation",
 ]
 
 ROLES: dict[str, list[str]] = {
@@ -22,6 +24,7 @@ ROLES: dict[str, list[str]] = {
         "opsapp.change_rollbackrequest",
         "opsapp.execute_rollbackrequest",
         "opsapp.take_snapshot",
+        "opsapp.cancel_operation",
     ],
     "approvers": VIEW_ALL + ["opsapp.approve_rollbackrequest"],
     "auditors": VIEW_ALL + ["opsapp.export_auditevent"],
@@ -29,7 +32,11 @@ ROLES: dict[str, list[str]] = {
 
 
 def sync_roles(apps) -> None:
-    """Create the groups and give them exactly their permissions (idempotent)."""
+    """Create the groups and give them exactly their permissions (idempotent).
+
+    A permission whose model a later migration creates is skipped when an
+    earlier migration runs this; that later migration runs it again.
+    """
     from django.contrib.auth.management import create_permissions
 
     for app_config in apps.get_app_configs():
@@ -43,5 +50,7 @@ def sync_roles(apps) -> None:
         objs = []
         for perm in perms:
             app_label, codename = perm.split(".")
-            objs.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+            found = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
+            if found is not None:
+                objs.append(found)
         group.permissions.set(objs)

@@ -9,6 +9,7 @@ from django.urls import reverse
 from opsapp.models import AuditAction, AuditEvent, RollbackRequest, RollbackStatus
 from tests.admin_fixtures import build_world, codes_in_outbox, target_columns, target_heads
 from tests.conftest import pg_query
+from tests.operations_support import run_queued_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -140,15 +141,21 @@ def test_take_snapshot_now_then_the_right_code_downgrades_and_shows_the_new_head
         with_snapshot=False,
     )
     client.force_login(operator)
-    response = client.post(url("takesnapshot", world.request.pk), follow=True)
-    assert "taken, verified and attached" in response.content.decode()
+    response = client.post(url("takesnapshot", world.request.pk))
+    # The request answers at once with the operation's page; a worker takes the snapshot.
+    operation_page = response.url
+    assert response.status_code == 302 and "/opsapp/operation/" in operation_page
+    assert "queued" in client.get(operation_page).content.decode()
+    assert run_queued_jobs() == 1
+    assert "taken and verified" in client.get(operation_page).content.decode()
     world.request.refresh_from_db()
     assert world.request.snapshot is not None and world.request.snapshot.status == "verified"
 
-    response = client.post(
-        url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"}, follow=True
-    )
-    page = response.content.decode()
+    response = client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"})
+    assert response.status_code == 302 and "/opsapp/operation/" in response.url
+    assert target_heads(world.url) != ["g7", "x1"]  # queued, not run in the request
+    assert run_queued_jobs() == 1
+    page = client.get(response.url).content.decode()
     assert "Heads now: g7, x1" in page or "Heads now: x1, g7" in page
     assert target_heads(world.url) == ["g7", "x1"]
     assert target_columns(world.url, "items") == ["id", "name", "note"]
@@ -296,11 +303,13 @@ def test_the_demo_walk_through_works_in_the_admin_on_the_embedded_sqlite_target(
     assert response.status_code == 302
     assert req.steps == ["c8a1d5f3b7ad", "b2e6f4a9d39c"]
     client.post(url("takesnapshot", req.pk))
+    assert run_queued_jobs() == 1
     req.refresh_from_db()
     assert req.snapshot is not None and req.snapshot.status == "verified"
 
-    response = client.post(url("execute", req.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"}, follow=True)
-    assert "Heads now: a7d3b8c2e18b" in response.content.decode()
+    response = client.post(url("execute", req.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"})
+    assert run_queued_jobs() == 1
+    assert "Heads now: a7d3b8c2e18b" in client.get(response.url).content.decode()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("a7d3b8c2e18b",)]
         assert "refunds" not in {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from opsapp.models import AuditEvent, RollbackStatus
 from tests.admin_fixtures import build_world, codes_in_outbox
+from tests.operations_support import run_queued_jobs
 from tests.test_admin_rollback import unchanged
 
 pytestmark = pytest.mark.django_db
@@ -140,6 +141,7 @@ def test_the_request_page_explains_the_plan_hash_and_repeats_no_raw_json(client,
 def test_the_result_of_an_execution_is_at_the_top_of_the_request_page(client, world, operator):
     client.force_login(operator)
     client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"})
+    assert run_queued_jobs() == 1  # a worker runs the queued downgrade
 
     page = client.get(url("change", world.request.pk)).content.decode()
 

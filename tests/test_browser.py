@@ -35,6 +35,7 @@ from browser_support import (
 from conftest import REPO_ROOT, pg_query
 from django.core import mail
 from django.urls import reverse
+from operations_support import start_worker, stop_worker, wait_until_finished, worker_env
 
 from opsapp.models import AuditEvent, RollbackRequest, RollbackStatus, Snapshot
 from opsapp.services.audit import offline
@@ -51,6 +52,7 @@ TRAIL = [
     "code issued",
     "snapshot attached",
     "rollback refused",
+    "code accepted, downgrade queued",
     "rollback started",
     "rollback succeeded",
 ]
@@ -87,6 +89,27 @@ def shop(pg_url, configure_target):
 
 
 @pytest.fixture
+def worker(shop, settings):
+    """One real `manage.py db_worker` beside the live server, as `make run` starts them."""
+    proc = start_worker(worker_env(settings))
+    yield proc
+    stop_worker(proc)
+
+
+def follow_operation(page) -> str:
+    """On an operation's page: wait until its worker ends it, reload, and return the result or error text."""
+    from opsapp.models import Operation
+
+    op_id = int(re.search(r"/operation/(\d+)/", page.url).group(1))
+    op = wait_until_finished(op_id)
+    page.reload()
+    assert page.locator("#operation-state").inner_text() == op.state
+    shown = page.locator("#operation-result, #operation-error")
+    assert Operation.objects.get(pk=op_id).state == op.state
+    return shown.first.inner_text()
+
+
+@pytest.fixture
 def browser(live_server, settings):
     settings.OPS_REQUIRE_2FA = True  # as in production: every persona signs in with a token too
     with chromium_browser() as browser:
@@ -117,7 +140,7 @@ def destructive_row(page, *cells: str):
 
 # --------------------------------------------------------------------- the operator
 def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code(
-    live_server, browser, shop, pg_url, operator, approver
+    live_server, browser, shop, pg_url, operator, approver, worker
 ):
     page = new_page(browser, live_server.url)
 
@@ -136,11 +159,14 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
     assert HEAD in state.inner_text()
     screenshot(page, "03-target")
 
-    # A snapshot through the target page's button: taken, verified, listed.
+    # A snapshot through the target page's button: queued at once, taken by the worker, verified, listed.
     navigate(page, page.locator(".object-tools").get_by_role("button", name="Take snapshot"))
-    assert re.search(r"Snapshot #\d+ of shop taken and verified", messages_text(page)), messages_text(page)
+    assert re.search(r"Snapshot of shop queued as operation #\d+", messages_text(page)), messages_text(page)
+    result = follow_operation(page)
+    assert re.search(r"Snapshot #\d+ of shop taken and verified", result), result
     screenshot(page, "04-snapshot-taken")
     snap = Snapshot.objects.get()
+    page.goto(reverse("admin:opsapp_target_change", args=[shop.pk]))
     assert snap.status == "verified" and snap.heads == [HEAD]
     navigate(page, page.locator(".object-tools").get_by_role("link", name="Snapshots", exact=True))
     listed = page.locator("#result_list tbody tr")
@@ -219,10 +245,11 @@ def test_an_operator_downgrades_shop_through_the_browser_with_the_approvers_code
     assert request.status == RollbackStatus.PENDING and request.code_attempts == 1
     screenshot(page, "11-wrong-code")
 
-    # The right code: success, and the target is at the merge.
+    # The right code: accepted and queued; the worker checks the gate again and downgrades to the merge.
     page.get_by_role("textbox", name="Verification code").fill(code)
     navigate(page, page.get_by_role("button", name="Yes, downgrade shop"))
-    done = messages_text(page)
+    assert "Code accepted; the downgrade is queued as operation" in messages_text(page), messages_text(page)
+    done = follow_operation(page)
     assert "Downgraded 'shop' to" in done and f"Heads now: {MERGE}." in done, done
     assert heads(pg_url) == [MERGE] and not table_exists(pg_url, "refunds")
     request.refresh_from_db()

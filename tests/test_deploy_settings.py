@@ -309,17 +309,20 @@ def test_no_page_audit_event_or_log_line_shows_a_target_password_or_a_verificati
     client.post(reverse("admin:opsapp_rollbackrequest_reissue", args=[world.request.pk]))
     codes = codes_in_outbox()
     assert len(codes) == 2 and first_code in codes
-    client.post(
+    queued = client.post(
         reverse("admin:opsapp_rollbackrequest_execute", args=[world.request.pk]),
         {"code": codes[-1], "confirmed": "yes"},
     )
+    from tests.operations_support import run_queued_jobs
+
+    assert run_queued_jobs() == 1
     world.request.refresh_from_db()
     assert world.request.status == "succeeded"
 
     client.force_login(admin_user)
     ids = object_ids(world)
     pages = [resolve(case, ids) for case in MATRIX if case.method == "GET" and "admin" in case.allowed]
-    pages += [reverse("admin:opsapp_rollbackrequest_execute", args=[world.request.pk])]
+    pages += [reverse("admin:opsapp_rollbackrequest_execute", args=[world.request.pk]), queued.url]
     for path in pages:
         response = client.get(path)
         assert response.status_code == 200, path

@@ -368,3 +368,52 @@ def test_reset_password_refuses_an_unknown_account_as_bad_usage(no_password_env)
 
     assert excinfo.value.returncode == 2 and "No account 'nobody'" in str(excinfo.value)
     assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.slow
+def test_make_run_starts_the_server_and_one_worker_and_ctrl_c_ends_both(checkout):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    setup = make(checkout, "setup")
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # A terminal's Ctrl-C reaches the whole foreground process group: start it in a group of its own.
+    proc = subprocess.Popen(
+        ["make", "-o", "install", "-o", "setup", f"PY={sys.executable}", f"PORT={port}", "run"],
+        cwd=checkout,
+        env=newcomer_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=2) as page:
+                    assert page.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.3)
+        children = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "manage.py"], capture_output=True, text=True)
+        commands = [
+            subprocess.run(["ps", "-o", "args=", "-p", pid], capture_output=True, text=True).stdout
+            for pid in children.stdout.split()
+        ]
+        assert any("db_worker" in c for c in commands) and any("runserver" in c for c in commands), commands
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], "server or worker still running after Ctrl-C"

@@ -16,6 +16,7 @@ from conftest import pg_query  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.management.base import CommandError  # noqa: E402
 from django.urls import reverse  # noqa: E402
+from operations_support import run_queued_jobs  # noqa: E402
 from rollback_fixtures import (  # noqa: E402
     R1_UP,
     R2_UP,
@@ -391,7 +392,11 @@ def test_a_failed_downgrade_never_shows_the_target_password_or_the_code_in_page_
     before = env.state()
 
     client.force_login(operator)
-    page = client.post(reverse("admin:opsapp_rollbackrequest_execute", args=[request.pk]), {"code": code}, follow=True)
+    queued = client.post(
+        reverse("admin:opsapp_rollbackrequest_execute", args=[request.pk]), {"code": code, "confirmed": "yes"}
+    )
+    run_queued_jobs()  # the worker runs it; the operation page shows how it ended
+    page = client.get(queued.url)
 
     text = page.content.decode()
     assert page.status_code == 200 and "no_such_table" in text  # the failure is shown...
@@ -401,8 +406,15 @@ def test_a_failed_downgrade_never_shows_the_target_password_or_the_code_in_page_
     out, err = capfd.readouterr()
     events = json.dumps(list(AuditEvent.objects.values()), default=str)
     row = json.dumps(RollbackRequest.objects.filter(pk=request.pk).values().get(), default=str)
+    from django_tasks_db.models import DBTaskResult
+
+    from opsapp.models import Operation
+
+    ops = json.dumps(list(Operation.objects.values()), default=str)
+    queue = json.dumps(list(DBTaskResult.objects.values()), default=str)
+    assert queue != "[]" and ops != "[]"
     for where, content in {"page": text, "log": caplog.text, "stdout": out, "stderr": err, "audit": events,
-                           "request row": row}.items():  # fmt: skip
+                           "request row": row, "operation": ops, "queue": queue}.items():  # fmt: skip
         assert password not in content, where  # ...but never the password
         assert code not in content, where  # nor the code
 
@@ -500,8 +512,10 @@ def test_the_request_page_names_the_failed_revision_statement_and_sqlstate(clien
     client.force_login(operator)
 
     client.post(
-        reverse("admin:opsapp_rollbackrequest_execute", args=[request.pk]), {"code": code_from_outbox(request.pk)}
+        reverse("admin:opsapp_rollbackrequest_execute", args=[request.pk]),
+        {"code": code_from_outbox(request.pk), "confirmed": "yes"},
     )
+    assert run_queued_jobs() == 1
     page = client.get(reverse("admin:opsapp_rollbackrequest_change", args=[request.pk])).content.decode()
 
     failure = page.split('id="failure"')[1].split("</div>")[0]

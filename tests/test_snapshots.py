@@ -26,6 +26,7 @@ from opsapp.services.snapshots.lifecycle import (
 )
 from opsapp.services.snapshots.postgres import check_tool_not_older
 from tests.conftest import pg_query
+from tests.operations_support import run_queued_jobs
 
 pytestmark = pytest.mark.django_db
 ACTOR = Actor.cli("tester")
@@ -455,9 +456,16 @@ def test_an_operator_takes_a_snapshot_from_the_admin(client, operator, sqlite_ta
     target = take_snapshot(sqlite_target[0], actor=ACTOR).target
     response = client.post(reverse("admin:opsapp_snapshot_take"), {"target": target.pk}, follow=True)
     assert response.status_code == 200
+    # The request only queues it: the page is the operation's, refreshing itself while it waits.
+    assert "queued as operation" in response.content.decode()
+    assert '<meta http-equiv="refresh" content="2">' in response.content.decode()
+    assert Snapshot.objects.count() == 1
+    assert run_queued_jobs() == 1
+    page = client.get(response.redirect_chain[-1][0]).content.decode()
     newest = Snapshot.objects.order_by("-id").first()
     assert newest.taken_by == "olga" and newest.status == SnapshotStatus.VERIFIED
-    assert f"Snapshot #{newest.pk} of lite taken and verified" in response.content.decode()
+    assert f"Snapshot #{newest.pk} of lite taken and verified" in page
+    assert 'http-equiv="refresh"' not in page  # finished: no more refreshing
     assert events(AuditAction.SNAPSHOT_TAKEN, snapshot_id=newest.pk)[0].actor == "olga"
 
 

@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from opsapp.admin import audit, revision, rollback, snapshot, target, two_factor  # noqa: F401
+from opsapp.admin import audit, operation, revision, rollback, snapshot, target, two_factor  # noqa: F401
 
 # The collapsible app list at the left takes 300 px of a 1280 px screen, which the audit log and the
 # revision list need for their columns; the breadcrumbs and the dashboard's app list lead everywhere it does.

@@ -37,7 +37,7 @@ from opsapp.admin.rollback_forms import (
     sql_lines,
     verified_snapshots,
 )
-from opsapp.models import RollbackRequest, RollbackStatus
+from opsapp.models import OperationKind, RollbackRequest, RollbackStatus
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError
 
@@ -322,17 +322,17 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         if request.method != "POST":
             return _method_not_allowed()
         obj = self._get(request, object_id)
-        from opsapp.services.snapshots import lifecycle as snapshots
+        from opsapp.services.operations.queue import enqueue
 
-        actor = Actor.from_request(request)
         try:
-            snapshot = snapshots.take_snapshot(obj.target.name, actor=actor)
-            _rollback().attach_snapshot(obj, snapshot.pk, actor=actor)
+            op = enqueue(OperationKind.SNAPSHOT, obj.target.name, actor=Actor.from_request(request), attach_to=obj)
         except OpsError as exc:
-            messages.error(request, f"Snapshot failed: {exc}")
-        else:
-            messages.success(request, f"Snapshot #{snapshot.pk} taken, verified and attached.")
-        return self._back(obj)
+            messages.error(request, f"Snapshot not queued: {exc}")
+            return self._back(obj)
+        messages.success(
+            request, f"Snapshot queued as operation #{op.pk}; a worker takes it, verifies it and attaches it."
+        )
+        return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))
 
     def reissue_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         _require(request, PERM_CHANGE)
@@ -428,10 +428,11 @@ class RollbackRequestAdmin(admin.ModelAdmin):
     # An error report (ADMINS email, Sentry) must not carry the verification code.
     @method_decorator(sensitive_post_parameters("code"))
     def execute_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """The confirmation step (Django's delete-confirmation pattern), then the gate and the downgrade.
+        """The confirmation step (Django's delete-confirmation pattern), then the gate, then the queue.
 
         GET: restates target, environment, from, to, steps and the rows destroyed, and asks for the code.
-        POST with `confirmed=yes` (the confirmation page's button): run the gate and the downgrade.
+        POST with `confirmed=yes` (the confirmation page's button): gates 1-5 here (the code last, spent),
+        then the downgrade is queued; a worker checks gates 1-4 again under the target's lock.
         A POST without it (a stale form, a script) only shows the confirmation page: nothing runs.
         """
         _require(request, PERM_EXECUTE)
@@ -440,21 +441,23 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         form = ExecuteForm(request.POST or None)
         confirmed = request.POST.get("confirmed") == "yes"
         if request.method == "POST" and confirmed and form.is_valid():
+            from opsapp.services.operations.downgrade import enqueue_downgrade
+
             try:
-                result = _rollback().execute_request(
-                    obj.pk, code=form.cleaned_data["code"], actor=Actor.from_request(request)
-                )
+                # Gates 1-5 here, the code last and spent; a worker checks gates 1-4 again under the lock.
+                op = enqueue_downgrade(obj.pk, code=form.cleaned_data["code"], actor=Actor.from_request(request))
             except GateRefused as exc:
                 error = f"Refused by gate '{exc.gate}': {exc}"
                 refused_gate = exc.gate
             except OpsError as exc:
-                # The service's message says whether the target is unchanged (it checks).
-                error = f"The downgrade did not complete: {exc}"
+                error = f"The downgrade was not queued: {exc}"
             else:
-                heads = ", ".join(result.heads) or "base (no revision)"
-                # result.message already names the heads; say them once, plainly.
-                messages.success(request, f"{result.message.split('; heads now')[0]}. Heads now: {heads}.")
-                return self._back(obj)
+                messages.success(
+                    request,
+                    f"Code accepted; the downgrade is queued as operation #{op.pk}. A worker checks the gate "
+                    "again under the target's lock, then runs it.",
+                )
+                return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))
             obj.refresh_from_db()
         elif request.method == "POST" and not confirmed:
             form = ExecuteForm()

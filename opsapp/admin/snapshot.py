@@ -16,10 +16,11 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.timesince import timesince
 
-from opsapp.models import Snapshot, Target
+from opsapp.models import OperationKind, Snapshot, Target
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
-from opsapp.services.snapshots.lifecycle import take_snapshot, verify_snapshot
+from opsapp.services.operations.queue import enqueue
+from opsapp.services.snapshots.lifecycle import verify_snapshot
 
 TAKE_PERMISSION = "opsapp.take_snapshot"
 
@@ -112,7 +113,7 @@ class SnapshotAdmin(admin.ModelAdmin):
         return custom + super().get_urls()
 
     def take_view(self, request: HttpRequest):
-        """POST only (CSRF-checked by admin_view): take a snapshot of the posted target, then redirect back."""
+        """POST only (CSRF-checked by admin_view): queue a snapshot of the posted target; go to its operation."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         if not self.has_take_snapshot_permission(request):
@@ -128,13 +129,10 @@ class SnapshotAdmin(admin.ModelAdmin):
             self.message_user(request, "No such target.", messages.ERROR)
             return HttpResponseRedirect(back)
         try:
-            snap = take_snapshot(target.name, actor=Actor.from_request(request))
+            op = enqueue(OperationKind.SNAPSHOT, target.name, actor=Actor.from_request(request))
         except OpsError as exc:
-            self.message_user(request, f"Snapshot of {target.name} failed: {exc}", messages.ERROR)
-        else:
-            self.message_user(
-                request,
-                f"Snapshot #{snap.pk} of {target.name} taken and verified ({filesizeformat(snap.size)}).",
-                messages.SUCCESS,
-            )
-        return HttpResponseRedirect(back)
+            self.message_user(request, f"Snapshot of {target.name} not queued: {exc}", messages.ERROR)
+            return HttpResponseRedirect(back)
+        # A dump can take longer than any HTTP timeout: a worker takes it; its page shows the progress.
+        self.message_user(request, f"Snapshot of {target.name} queued as operation #{op.pk}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))

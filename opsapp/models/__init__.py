@@ -1,6 +1,7 @@
 """The console's own tables. Model names are part of the interface (docs/design.md)."""
 
 from opsapp.models.audit import AuditAction, AuditEvent, AuditOutcome
+from opsapp.models.operation import ACTIVE_STATES, Operation, OperationKind, OperationState
 from opsapp.models.rehearsal import Rehearsal, RehearsalStatus
 from opsapp.models.revision import Revision
 from opsapp.models.rollback import RollbackRequest, RollbackStatus
@@ -12,6 +13,10 @@ __all__ = [
     "AuthenticatorDevice",
     "BackupCode",
     "BackupCodeDevice",
+    "ACTIVE_STATES",
+    "Operation",
+    "OperationKind",
+    "OperationState",
     "AuditAction",
     "AuditEvent",
     "AuditOutcome",

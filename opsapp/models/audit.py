@@ -41,6 +41,9 @@ class AuditAction(models.TextChoices):
     REHEARSAL_FAILED = "rehearsal_failed", "rehearsal failed"
     REHEARSAL_INTERRUPTED = "rehearsal_interrupted", "rehearsal interrupted"
     PASSWORD_RESET = "password_reset", "password reset"
+    CODE_ACCEPTED = "code_accepted", "code accepted, downgrade queued"
+    OPERATION_CANCELLED = "operation_cancelled", "operation cancelled"
+    OPERATION_INTERRUPTED = "operation_interrupted", "operation interrupted"
 
 
 class AuditOutcome(models.TextChoices):

@@ -2,7 +2,7 @@
 
 Shows, to whoever may view them: every target's state with its latest
 verified snapshot's age, the open rollback requests with their gate status,
-and the latest audit events. Reads the console's own tables only (cron keeps
+the running and queued operations, and the latest audit events. Reads the console's own tables only (cron keeps
 target state fresh); the gate status of an open request is a summary of its
 stored fields, as on the request list (the live checklist is on the request page).
 """
@@ -74,6 +74,17 @@ def request_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def operation_rows() -> list[dict[str, Any]]:
+    """Running, then queued operations (at most 50), with their progress in words."""
+    from opsapp.admin.operation import progress_text
+    from opsapp.services.operations.queue import active_operations
+
+    return [
+        {"obj": op, "url": _url("admin:opsapp_operation_change", op.pk), "progress": progress_text(op)}
+        for op in active_operations()[:50]
+    ]
+
+
 def event_rows() -> list[dict[str, Any]]:
     return [
         {"obj": ev, "url": _url("admin:opsapp_auditevent_change", ev.pk)}
@@ -90,6 +101,7 @@ def ops_dashboard(context) -> dict[str, Any]:
     data: dict[str, Any] = {
         "targets": target_rows() if user.has_perm("opsapp.view_target") else None,
         "requests": request_rows() if user.has_perm("opsapp.view_rollbackrequest") else None,
+        "operations": operation_rows() if user.has_perm("opsapp.view_operation") else None,
         "events": event_rows() if user.has_perm("opsapp.view_auditevent") else None,
     }
     data["any"] = any(value is not None for value in data.values())

@@ -19,6 +19,7 @@ from opsapp.management.commands._rollback_cli import emit, named_actor, result_j
 from opsapp.models import RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError, RollbackFailed, TargetNotConfigured
+from opsapp.services.operations.downgrade import enqueue_downgrade
 from opsapp.services.rollback.requests import execute_request, reconcile
 
 
@@ -52,6 +53,12 @@ class Command(OpsCommand):
         parser.add_argument("--actor", metavar="USERNAME", help="the console user executing")
         parser.add_argument("--reconcile", action="store_true", help="mark dead running requests as interrupted")
         parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
+        parser.add_argument(
+            "--enqueue",
+            action="store_true",
+            help="check the gate and the code here, then queue the downgrade for a worker (which checks gates 1-4 "
+            "again under the lock) and print the operation id; the code never enters the queue",
+        )
 
     def handle(self, *args, **options) -> None:
         if options["reconcile"]:
@@ -69,6 +76,16 @@ class Command(OpsCommand):
         if not RollbackRequest.objects.filter(pk=request_id).exists():
             raise CommandError(f"Rollback request #{request_id} does not exist.", returncode=2)
         try:
+            if options["enqueue"]:
+                op = enqueue_downgrade(request_id, code=options["code"], actor=actor)
+                emit(
+                    self,
+                    options,
+                    {"id": request_id, "status": "queued", "operation": op.pk, "gate": None},
+                    f"Code accepted; the downgrade of request #{request_id} is queued as operation #{op.pk}. "
+                    f"Follow it with `manage.py show_operation {op.pk} --wait`.",
+                )
+                return
             result = execute_request(request_id, code=options["code"], actor=actor)
         except GateRefused as exc:
             emit(

@@ -14,8 +14,10 @@ from django.core.management.base import CommandError
 
 from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_names
-from opsapp.models import TargetState
+from opsapp.management.commands._operations_cli import print_queued
+from opsapp.models import OperationKind, TargetState
 from opsapp.services.catalog.sync import sync_target
+from opsapp.services.operations.queue import enqueue
 
 PROBLEM_STATES = (TargetState.UNREACHABLE, TargetState.SCRIPT_ERROR)
 
@@ -26,10 +28,23 @@ class Command(OpsCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--target", metavar="NAME", help="only this target (default: all configured targets)")
         parser.add_argument("--force", action="store_true", help="re-read the script directory even if unchanged")
+        parser.add_argument("--all", action="store_true", help="every configured target (the default without --target)")
         parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
+        parser.add_argument(
+            "--enqueue", action="store_true", help="queue one sync job per target and print the operation ids"
+        )
 
     def handle(self, *args, **options) -> None:
         actor = command_actor()
+        if options["all"] and options["target"]:
+            raise CommandError("--all and --target exclude each other.", returncode=2)
+        if options["enqueue"]:
+            if options["force"]:
+                raise CommandError("--force cannot be queued; run it in process.", returncode=2)
+            # One job per target: workers on several hosts sync them in parallel.
+            ops = [enqueue(OperationKind.SYNC, name, actor=actor) for name in target_names(options["target"])]
+            print_queued(self, options, ops, single=bool(options["target"]))
+            return
         results = []
         for name in target_names(options["target"]):
             target = sync_target(name, actor=actor, force=options["force"])

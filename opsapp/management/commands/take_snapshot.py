@@ -1,4 +1,7 @@
-"""take_snapshot [--target NAME] [--json]: back up one target (or every target) and verify it."""
+"""take_snapshot [--target NAME] [--json] [--enqueue]: back up one target (or every target) and verify it.
+
+--enqueue queues one snapshot job per target for a worker and prints the operation ids.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ from django.core.management.base import CommandError
 from django.template.defaultfilters import filesizeformat
 
 from opsapp.management.base import OpsCommand
-from opsapp.models import SnapshotStatus
+from opsapp.management.commands._operations_cli import print_queued
+from opsapp.models import OperationKind, SnapshotStatus
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, SnapshotError, TargetNotConfigured
+from opsapp.services.operations.queue import enqueue
 from opsapp.services.snapshots.lifecycle import take_snapshot
 from opsapp.targets import configured_names
 
@@ -26,11 +31,23 @@ class Command(OpsCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--target", metavar="NAME", help="the target to snapshot (default: all targets)")
         parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
+        parser.add_argument(
+            "--enqueue",
+            action="store_true",
+            help="queue the snapshot for a worker and print the operation id instead of running it here",
+        )
 
     def handle(self, *args, **options) -> None:
         as_json = options["json"]
         names = [options["target"]] if options["target"] else configured_names()
         actor = Actor.cli(getpass.getuser())
+        if options["enqueue"]:
+            try:
+                ops = [enqueue(OperationKind.SNAPSHOT, name, actor=actor) for name in names]
+            except TargetNotConfigured as exc:
+                raise CommandError(str(exc), returncode=2) from exc
+            print_queued(self, options, ops, single=bool(options["target"]))
+            return
         results: list[dict] = []
         failures: list[str] = []
         for name in names:

@@ -46,10 +46,9 @@ from opsapp.services.audit.log import append_event, request_context
 from opsapp.services.catalog import sync as catalog
 from opsapp.services.errors import OpsError, RollbackFailed, TargetUnreachable
 from opsapp.services.isolation import run_serializable, sqlstate_of
-from opsapp.services.locks import HeldLock, LockBusy, LockHolder, LockLost, current_holder, target_lock
+from opsapp.services.locks import HeldLock, LockBusy, LockHolder, LockLost, target_lock
 from opsapp.services.rollback.expiry import expire_if_stale
 from opsapp.services.rollback.gate import (
-    GateCheck,
     check_code,
     check_plan,
     check_rehearsal,
@@ -119,21 +118,21 @@ def _no_foreign_transaction_end(conn: sa.Connection) -> Iterator[None]:
             sa.event.remove(engine, name, fn)
 
 
-def _load(request_id: int) -> RollbackRequest:
+def load_request(request_id: int) -> RollbackRequest:
     try:
         return RollbackRequest.objects.select_related("target", "snapshot", "snapshot__target").get(pk=request_id)
     except RollbackRequest.DoesNotExist:
         raise OpsError(f"Rollback request #{request_id} does not exist.") from None
 
 
-def _heads(config: TargetConfig) -> tuple[list[str] | None, str]:
+def heads_or_problem(config: TargetConfig) -> tuple[list[str] | None, str]:
     try:
         return catalog.read_current_heads(config), ""
     except OpsError as exc:
         return None, str(exc)
 
 
-def _check_gates_1_to_3(
+def check_gates_1_to_3(
     request: RollbackRequest, config: TargetConfig, actor: Actor, *, regenerate: bool
 ) -> Preview | None:
     message = expire_if_stale(request)
@@ -142,7 +141,7 @@ def _check_gates_1_to_3(
     message = check_request(request)
     if message:
         raise refuse(request, "request", message, actor)
-    heads, problem = _heads(config)
+    heads, problem = heads_or_problem(config)
     message = check_snapshot(request, heads, problem)
     if message:
         raise refuse(request, "snapshot", message, actor, {"current_heads": heads})
@@ -155,17 +154,39 @@ def _check_gates_1_to_3(
     return preview
 
 
-def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionResult:
+def execute_request(
+    request_id: int,
+    *,
+    code: str | None = None,
+    actor: Actor,
+    accepted: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    on_connection: Callable[[sa.Connection | None], None] | None = None,
+) -> ExecutionResult:
     """Check the gate and run the downgrade of request `request_id`.
+
+    With `code`, gate 5 checks that code last (the in-process path of
+    `execute_rollback`). With `accepted=True` (a worker running a queued
+    downgrade) the code was already checked and spent by the web or the
+    command that enqueued it (operations.downgrade.enqueue_downgrade): no code
+    enters the queue, and gate 5 only confirms that the request's code is
+    the spent one the job was queued with. Gates 1-4 are checked again
+    under the lock either way.
+
+    `progress(revision, done, total)` is told each step as it finishes;
+    `on_connection(conn)` receives the working connection once the lock is
+    held (and None when the work is over), so a canceller may abort it.
 
     Raises GateRefused (`.gate` names the gate; audited, nothing changed on
     the target), RollbackFailed (the downgrade ran and was rolled back;
     audited; `.sqlstate` set), OpsError for an unknown request or target.
     The target's catalog is re-synced after a downgrade ran.
     """
-    request = _load(request_id)
+    if code is None and not accepted:
+        raise OpsError("A verification code is required.")
+    request = load_request(request_id)
     config = get_target(request.target.name)
-    _check_gates_1_to_3(request, config, actor, regenerate=False)
+    check_gates_1_to_3(request, config, actor, regenerate=False)
     holder = LockHolder(user=actor.username, request_id=request.pk, since=timezone.now())
     ran = False
     with ExitStack() as stack:
@@ -180,20 +201,39 @@ def execute_request(request_id: int, *, code: str, actor: Actor) -> ExecutionRes
         except OpsError as exc:  # e.g. the target went down, or the lock file cannot be opened
             raise refuse(request, "lock", f"The lock of target {config.name!r} cannot be taken: {exc}", actor) from exc
         try:
-            request = _load(request_id)
-            preview = _check_gates_1_to_3(request, config, actor, regenerate=True)
+            request = load_request(request_id)
+            preview = check_gates_1_to_3(request, config, actor, regenerate=True)
             assert preview is not None
             _confirm_lock(request, lock, conn, actor)
-            check_code(request, code, actor)
-            _start(request, actor)
+            if accepted:
+                _check_accepted_code(request, actor)
+            else:
+                check_code(request, code or "", actor)
+            _start(request, actor, accepted=accepted)
             ran = True
+            if on_connection is not None:
+                on_connection(conn)
             # The lock stays held on `conn` until the result is recorded, so
             # reconcile can never find it free while this process still runs.
-            return _run_downgrade(request, config, preview, actor, conn, lock)
+            return _run_downgrade(request, config, preview, actor, conn, lock, progress)
         finally:
+            if on_connection is not None and ran:
+                on_connection(None)
             if ran:
                 stack.close()  # release the lock first: the re-sync below reads the new heads
                 _resync(config.name, actor, request)
+
+
+def _check_accepted_code(request: RollbackRequest, actor: Actor) -> None:
+    """Gate 5 for a queued downgrade: the code was checked and spent when the job was queued."""
+    if request.code_used_at is None or not request.code_hash:
+        raise refuse(
+            request,
+            "code",
+            f"The code accepted for request #{request.pk} was replaced by a new one since the downgrade was "
+            "queued; execute it again with the new code.",
+            actor,
+        )
 
 
 def _confirm_lock(request: RollbackRequest, lock: HeldLock, conn: sa.Connection, actor: Actor) -> None:
@@ -206,23 +246,25 @@ def _confirm_lock(request: RollbackRequest, lock: HeldLock, conn: sa.Connection,
         raise refuse(request, "lock", str(exc), actor) from exc
 
 
-def _start(request: RollbackRequest, actor: Actor) -> None:
+def _start(request: RollbackRequest, actor: Actor, *, accepted: bool = False) -> None:
     """Consume the code and mark the request running, in one conditional UPDATE; audit it.
 
     Both in one transaction: if the `started` event cannot be written the
     request stays pending with its code unspent, and nothing runs.
     """
     with transaction.atomic():
-        _start_and_audit(request, actor)
+        _start_and_audit(request, actor, accepted=accepted)
 
 
-def _start_and_audit(request: RollbackRequest, actor: Actor) -> None:
+def _start_and_audit(request: RollbackRequest, actor: Actor, *, accepted: bool = False) -> None:
     now = timezone.now()
+    # A queued downgrade's code was spent when it was queued: keep that time.
+    spent = {"code_used_at__isnull": False} if accepted else {"code_used_at__isnull": True}
     changed = RollbackRequest.objects.filter(
-        pk=request.pk, status=RollbackStatus.PENDING, code_used_at__isnull=True, code_hash=request.code_hash
+        pk=request.pk, status=RollbackStatus.PENDING, code_hash=request.code_hash, **spent
     ).update(
         status=RollbackStatus.RUNNING,
-        code_used_at=now,
+        code_used_at=request.code_used_at if accepted else now,
         started_at=now,
         executed_by_username=actor.username[:150],
         attempts=0,
@@ -284,6 +326,8 @@ def _downgrade(
     alembic_config: Config,
     to_revision: str,
     completed: list[str],
+    progress: Callable[[str, int, int], None] | None = None,
+    total: int = 0,
     on_step: Callable[[list[str], sa.Connection], None] | None = None,
 ) -> None:
     """`alembic.command.downgrade(alembic_config, to_revision)`, appending each finished step's revision to `completed`.
@@ -291,13 +335,17 @@ def _downgrade(
     The same work function as `command.downgrade`, run through Alembic's
     EnvironmentContext so an on_version_apply callback can be added (env.py's
     configure() resets the callbacks, so it is appended when the work runs).
-    `on_step(revisions, connection)` is called after each step, inside the
-    transaction (the rehearsal times and inspects each step there).
+    `progress(step, done, total)` reports to an operation (it may raise to
+    abort); `on_step(revisions, connection)` is called after each step, inside
+    the transaction (the rehearsal times and inspects each step there).
     """
     script = ScriptDirectory.from_config(alembic_config)
 
     def record(*, ctx: Any, step: Any, heads: set[str], run_args: Any) -> None:
         completed.extend(step.up_revision_ids)
+        if progress is not None:
+            # May raise (an abort asked for): the whole transaction rolls back.
+            progress(", ".join(step.up_revision_ids), len(completed), total)
         if on_step is not None:
             on_step(list(step.up_revision_ids), ctx.connection)
 
@@ -318,6 +366,7 @@ def downgrade_in_transaction(
     *,
     before_commit: Callable[[], None] | None = None,
     on_step: Callable[[list[str], sa.Connection], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> list[str]:
     """Run the planned downgrade on `conn`, inside the transaction the caller began; return the heads after it.
 
@@ -336,7 +385,12 @@ def downgrade_in_transaction(
         txid = conn.exec_driver_sql("SELECT txid_current()").scalar()
     with _no_foreign_transaction_end(conn):
         _downgrade(
-            make_config(config, connection=conn, transaction_per_migration=False), to_revision, completed, on_step
+            make_config(config, connection=conn, transaction_per_migration=False),
+            to_revision,
+            completed,
+            progress,
+            len(preview.steps),
+            on_step,
         )
     if txid is not None and conn.exec_driver_sql("SELECT txid_current()").scalar() != txid:
         # Ended behind SQLAlchemy's back (e.g. on the raw DBAPI connection).
@@ -386,6 +440,7 @@ def _run_downgrade(
     actor: Actor,
     conn: sa.Connection,
     lock: HeldLock,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ExecutionResult:
     attempts = [0]
     completed: list[str] = []  # revisions whose step finished in the current attempt
@@ -396,7 +451,7 @@ def _run_downgrade(
         # Last statement before COMMIT: the lock is still ours on this very
         # connection, or nothing commits.
         return downgrade_in_transaction(
-            conn, config, preview, request.to_revision, completed, before_commit=lock.verify
+            conn, config, preview, request.to_revision, completed, before_commit=lock.verify, progress=progress
         )
 
     def on_retry(number: int, exc: BaseException) -> None:
@@ -460,7 +515,7 @@ def _record_failure(
     sqlstate = sqlstate_of(exc)
     cause = getattr(exc, "orig", None) or exc
     error = mask_url(f"{type(cause).__name__}: {cause}").strip()[:4000]
-    heads, _ = _heads(config)
+    heads, _ = heads_or_problem(config)
     duration_ms = int((time.monotonic() - started) * 1000)
     recorded = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
         status=RollbackStatus.FAILED,
@@ -525,122 +580,3 @@ def _resync(name: str, actor: Actor, request: RollbackRequest) -> None:
         catalog.sync_target(name, actor=actor, moved_by=request)
     except Exception:  # noqa: BLE001 - the result is recorded; a failed re-sync must not hide it
         log.exception("re-sync of target %s after a downgrade failed", name)
-
-
-# ------------------------------------------------------------------ reconcile
-def reconcile(*, actor: Actor) -> list[RollbackRequest]:
-    """Mark `running` requests whose target lock is free as `interrupted`, with the heads found; audit each.
-
-    Liveness comes from the lock alone, never from time: the executor holds
-    the target's lock on the very connection that runs the downgrade, from
-    before the request turns `running` until its result is recorded. So a
-    free lock proves the executor's connection is gone, and with it any
-    uncommitted downgrade. The lock is held (no wait) while a target is
-    reconciled, so no new execution starts meanwhile. Targets that are
-    unreachable or misconfigured are skipped. The executor's own result
-    records are conditional on `running`, so the two never both close a
-    request.
-    """
-    done: list[RollbackRequest] = []
-    running = RollbackRequest.objects.filter(status=RollbackStatus.RUNNING).select_related("target")
-    for request in running:
-        try:
-            config = get_target(request.target.name)
-            holder = LockHolder(user=actor.username, operation="reconcile", since=timezone.now())
-            with target_lock(config, holder=holder, wait_seconds=0):
-                heads = catalog.read_current_heads(config)
-                if _mark_interrupted(request, heads, actor):
-                    request.refresh_from_db()
-                    done.append(request)
-        except (LockBusy, OpsError):
-            continue
-    return done
-
-
-def _mark_interrupted(request: RollbackRequest, heads: list[str], actor: Actor) -> bool:
-    planned = sorted((request.step_digests or [{}])[-1].get("heads_after") or []) if request.step_digests else None
-    if sorted(heads) == sorted(request.from_heads):
-        found = "the target is unchanged at its from-heads (the transaction was rolled back)"
-    elif planned is not None and sorted(heads) == planned:
-        found = f"the target is at the planned heads {heads}: the downgrade committed before its result was recorded"
-    else:
-        found = f"the target's heads are {heads or '(none)'}, not the from-heads {request.from_heads}"
-    message = f"The process running request #{request.pk} stopped before recording a result; {found}."
-    changed = RollbackRequest.objects.filter(pk=request.pk, status=RollbackStatus.RUNNING).update(
-        status=RollbackStatus.INTERRUPTED, finished_at=timezone.now(), final_heads=heads, error=message
-    )
-    if changed:
-        append_event(
-            action=AuditAction.ROLLBACK_INTERRUPTED,
-            outcome=AuditOutcome.FAILURE,
-            actor=actor,
-            message=message,
-            **request_context(request),
-            detail={"heads_found": heads, "unchanged": sorted(heads) == sorted(request.from_heads)},
-        )
-    return bool(changed)
-
-
-# ------------------------------------------------------------------ preview
-def gate_status(request: RollbackRequest) -> list[GateCheck]:
-    """A read-only preview of the gate for the request page: no lock taken, nothing changes, no refusal audited.
-
-    The SQL preview is not re-rendered here (admin pages never import
-    migration files); the fingerprint check covers changed files, and the
-    preview is re-rendered and compared at execution.
-    """
-    checks: list[GateCheck] = []
-    message = check_request(request)
-    checks.append(GateCheck("request", message is None, message or "pending; the code went to an allowed approver"))
-    try:
-        config = get_target(request.target.name)
-    except OpsError as exc:
-        checks += [GateCheck(g, False, str(exc)) for g in ("snapshot", "rehearsal", "plan", "lock")]
-        checks.append(GateCheck("code", None, "entered at execution"))
-        return checks
-    heads, problem = _heads(config)
-    message = check_snapshot(request, heads, problem)
-    checks.append(GateCheck("snapshot", message is None, message or f"snapshot #{request.snapshot_id} verified"))
-    checks.append(_rehearsal_preview(request, config))
-    message, _ = check_plan(request, config, heads, regenerate=False, heads_problem=problem)
-    checks.append(
-        GateCheck(
-            "plan",
-            message is None,
-            message or "heads and script directory unchanged; the SQL preview is re-checked at execution",
-        )
-    )
-    try:
-        holder = current_holder(config)
-    except OpsError as exc:
-        checks.append(GateCheck("lock", False, str(exc)))
-    else:
-        if holder is None:
-            checks.append(GateCheck("lock", True, "free"))
-        else:
-            checks.append(GateCheck("lock", False, f"held by {holder.describe()}"))
-    checks.append(_code_preview(request))
-    return checks
-
-
-def _rehearsal_preview(request: RollbackRequest, config: TargetConfig) -> GateCheck:
-    from opsapp.services.rehearsal.summary import latest_rehearsal, rehearsal_required, result_line
-
-    message = check_rehearsal(request, config)
-    if message:
-        return GateCheck("rehearsal", False, message)
-    rehearsal = latest_rehearsal(request)
-    if rehearsal is None:
-        return GateCheck("rehearsal", True, "not required (OPS_REQUIRE_REHEARSAL)")
-    required = "" if rehearsal_required(config.is_postgresql) else " (not required)"
-    return GateCheck("rehearsal", True, result_line(rehearsal) + required)
-
-
-def _code_preview(request: RollbackRequest) -> GateCheck:
-    if not request.code_hash:
-        return GateCheck("code", False, "no active code; issue one")
-    if request.code_expires_at and timezone.now() >= request.code_expires_at:
-        return GateCheck("code", False, "the code expired; re-issue one")
-    left = max(0, settings.OPS_CODE_MAX_ATTEMPTS - request.code_attempts)
-    until = timezone.localtime(request.code_expires_at).strftime("%H:%M:%S %Z") if request.code_expires_at else "?"
-    return GateCheck("code", None, f"entered at execution (valid until {until}; {left} attempt(s) left)")

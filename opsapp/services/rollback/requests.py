@@ -32,9 +32,11 @@ from opsapp.services.catalog import planner
 from opsapp.services.catalog import sync as catalog
 from opsapp.services.errors import OpsError
 from opsapp.services.rollback.codes import NoApprover, issue_code
-from opsapp.services.rollback.execute import ExecutionResult, execute_request, gate_status, reconcile
+from opsapp.services.rollback.execute import ExecutionResult, execute_request
 from opsapp.services.rollback.gate import GATES, GateCheck
 from opsapp.services.rollback.plan import analyze, compute_plan_hash, render_preview
+from opsapp.services.rollback.preview import gate_status
+from opsapp.services.rollback.reconcile import reconcile
 from opsapp.targets import get_target
 
 __all__ = [

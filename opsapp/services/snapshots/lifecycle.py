@@ -77,13 +77,21 @@ def snapshot_summary(snapshot: Snapshot) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- take
-def take_snapshot(target_name: str, *, actor: Actor, progress: Callable[[int], None] | None = None) -> Snapshot:
+def take_snapshot(
+    target_name: str,
+    *,
+    actor: Actor,
+    progress: Callable[[int], None] | None = None,
+    on_created: Callable[[Snapshot], None] | None = None,
+) -> Snapshot:
     """Take a full backup of the target, then verify it at once; return the verified row.
 
     Raises TargetNotConfigured / TargetMisconfigured (no row is created) for a
     bad name, and SnapshotError (with `.snapshot_id`) after marking the row
     `failed`, removing any partial file and auditing SNAPSHOT_FAILED, when the
-    dump or its verification fails. `progress` receives the bytes written so far.
+    dump or its verification fails. `progress` receives the bytes written so far
+    (and may raise to stop the dump: the file is removed, the row failed);
+    `on_created` receives the `running` row as soon as it exists.
     """
     config = get_target(target_name)
     target = ensure_target_row(target_name)
@@ -95,6 +103,8 @@ def take_snapshot(target_name: str, *, actor: Actor, progress: Callable[[int], N
         taken_by=actor.username[:150],
         taken_by_user_id=actor.user_id,
     )
+    if on_created is not None:
+        on_created(snap)
     filename = f"{target.name}-{snap.started_at:%Y%m%dT%H%M%SZ}-{snap.pk}.{'dump' if fmt == PG_CUSTOM else 'sqlite3'}"
     directory = Path(settings.OPS_SNAPSHOT_DIR)
     partial = directory / f".{filename}.partial"
@@ -404,34 +414,48 @@ def fail_abandoned_snapshots(*, actor: Actor, older_than: timedelta = ABANDONED_
     """
     cutoff = timezone.now() - older_than
     failed: list[Snapshot] = []
-    stale = Snapshot.objects.select_related("target").filter(status=SnapshotStatus.RUNNING, started_at__lt=cutoff)
+    stale = (
+        Snapshot.objects.select_related("target")
+        .filter(status=SnapshotStatus.RUNNING, started_at__lt=cutoff)
+        # A snapshot job's liveness is its worker's lock, not its age (operations.reconcile).
+        .exclude(operations__state="running")
+    )
     for snap in stale.order_by("started_at", "id"):
         message = (
             f"Snapshot #{snap.pk} of {snap.target.name} was abandoned: still running after {older_than} "
             "(the process taking it was killed or crashed). Take a new snapshot."
         )
-        with transaction.atomic():
-            updated = Snapshot.objects.filter(pk=snap.pk, status=SnapshotStatus.RUNNING).update(
-                status=SnapshotStatus.FAILED, error=message, finished_at=timezone.now()
-            )
-            if not updated:
-                continue
-            append_event(
-                action=AuditAction.SNAPSHOT_FAILED,
-                outcome=AuditOutcome.FAILURE,
-                actor=actor,
-                target=snap.target.name,
-                snapshot_id=snap.pk,
-                message=message,
-                detail={"phase": "abandoned"},
-            )
-        directory = Path(settings.OPS_SNAPSHOT_DIR)
-        for leftover in directory.glob(f".{snap.target.name}-*-{snap.pk}.*.partial"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        snap.refresh_from_db()
-        failed.append(snap)
+        if fail_interrupted_snapshot(snap, message, actor=actor, phase="abandoned"):
+            failed.append(snap)
     return failed
+
+
+def fail_interrupted_snapshot(snap: Snapshot, message: str, *, actor: Actor, phase: str) -> bool:
+    """Mark a `running` snapshot whose process died `failed`, remove its partial file, audit it; False if not running.
+
+    The conditional UPDATE makes overlapping callers safe: each row is failed once.
+    """
+    with transaction.atomic():
+        updated = Snapshot.objects.filter(pk=snap.pk, status=SnapshotStatus.RUNNING).update(
+            status=SnapshotStatus.FAILED, error=message, finished_at=timezone.now()
+        )
+        if not updated:
+            return False
+        append_event(
+            action=AuditAction.SNAPSHOT_FAILED,
+            outcome=AuditOutcome.FAILURE,
+            actor=actor,
+            target=snap.target.name,
+            snapshot_id=snap.pk,
+            message=message,
+            detail={"phase": phase},
+        )
+    directory = Path(settings.OPS_SNAPSHOT_DIR)
+    for leftover in directory.glob(f".{snap.target.name}-*-{snap.pk}.*.partial"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    snap.refresh_from_db()
+    return True
 
 
 def prune_snapshots(*, actor: Actor, target_name: str | None, keep: int, older_than_days: int) -> list[Snapshot]:

@@ -1,0 +1,155 @@
+"""One function per kind of operation, run by a worker (worker.run) with the operation's heartbeat.
+
+Each holds the target's lock (services/locks.py) for its whole run, so two
+workers never run two operations on one target at once, while operations on
+different targets run in parallel. A job waits up to OPS_JOB_LOCK_WAIT_SECONDS
+for the lock (its label says who holds it). A downgrade takes the lock on its
+own working connection (rollback.execute), as the gate requires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from django.conf import settings
+from django.utils import timezone
+from sqlalchemy.engine import make_url
+
+from opsapp.models import Operation, Snapshot
+from opsapp.services.actors import Actor
+from opsapp.services.alembic_api import connect
+from opsapp.services.catalog.sync import sync_target
+from opsapp.services.errors import GateRefused, OpsError, RollbackFailed
+from opsapp.services.locks import LockBusy, LockHolder, current_holder, target_lock
+from opsapp.services.operations.worker import Heartbeat
+from opsapp.services.rollback.execute import execute_request
+from opsapp.services.rollback.requests import attach_snapshot
+from opsapp.services.snapshots.lifecycle import take_snapshot
+from opsapp.targets import TargetConfig, get_target
+
+_WAIT_POLL_SECONDS = 0.5
+
+
+def database_size(config: TargetConfig) -> int | None:
+    """The target database's size in bytes (the snapshot's progress total), None when it cannot be read."""
+    try:
+        if config.is_sqlite:
+            return Path(make_url(config.sqlalchemy_url).database or "").stat().st_size
+        with connect(config, isolation_level="AUTOCOMMIT") as conn:
+            return int(conn.execute(sa.text("SELECT pg_database_size(current_database())")).scalar() or 0)
+    except (OSError, OpsError, sa.exc.SQLAlchemyError):
+        return None
+
+
+@contextmanager
+def _job_lock(config: TargetConfig, op: Operation, actor: Actor, beat: Heartbeat) -> Iterator[None]:
+    holder = LockHolder(user=actor.username, operation=f"op{op.pk} {op.kind}", since=timezone.now())
+    _wait_until_free(config, beat)
+    with target_lock(config, holder=holder, wait_seconds=settings.OPS_JOB_LOCK_WAIT_SECONDS):
+        beat.report(progress_label="")
+        yield
+
+
+def _wait_until_free(config: TargetConfig, beat: Heartbeat) -> None:
+    """Wait (cancellably, naming the holder) until no other operation holds the target's lock."""
+    deadline = time.monotonic() + settings.OPS_JOB_LOCK_WAIT_SECONDS
+    while True:
+        beat.check()
+        holder = current_holder(config)
+        if holder is None:
+            return
+        if time.monotonic() >= deadline:
+            raise LockBusy(
+                f"Target {config.name!r} is locked by {holder.describe()}; gave up after waiting "
+                f"{settings.OPS_JOB_LOCK_WAIT_SECONDS:g} s (OPS_JOB_LOCK_WAIT_SECONDS).",
+                target=config.name,
+                holder=holder,
+            )
+        beat.report(progress_label=f"waiting for the target's lock, held by {holder.describe()}"[:500])
+        time.sleep(_WAIT_POLL_SECONDS)
+
+
+# ------------------------------------------------------------------ snapshot
+def run_snapshot(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
+    """pg_dump (or SQLite backup) with progress = bytes written against the database's size; cancellable."""
+    config = get_target(op.target.name)
+    with _job_lock(config, op, actor, beat):
+        total = database_size(config)
+        beat.report(progress_done=0, progress_total=total, progress_label="dumping")
+
+        def created(snap: Snapshot) -> None:
+            Operation.objects.filter(pk=op.pk).update(snapshot=snap)
+
+        def progress(size: int) -> None:
+            beat.report(progress_done=size)
+            beat.check()  # raising here stops pg_dump; take_snapshot removes the file and fails the row
+
+        snap = take_snapshot(op.target.name, actor=actor, progress=progress, on_created=created)
+    # The archive is compressed, so it ends below the database's size: the bar ends at the file's size.
+    beat.report(progress_done=snap.size, progress_total=snap.size, progress_label="verified")
+    if op.request_id:
+        attach_snapshot(op.request, snap.pk, actor=actor)
+        beat.report(progress_label=f"verified and attached to rollback request #{op.request_id}")
+    return {"snapshot": snap.pk, "status": snap.status, "size": snap.size, "sha256": snap.sha256, "heads": snap.heads}
+
+
+# ---------------------------------------------------------------------- sync
+def run_sync(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
+    config = get_target(op.target.name)
+    with _job_lock(config, op, actor, beat):
+        target = sync_target(op.target.name, actor=actor)
+    return {"state": target.state, "heads": target.current_heads, "pending": target.pending_count}
+
+
+# ----------------------------------------------------------------- downgrade
+def run_downgrade(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
+    """Gates 1-4 again under the target's lock, the spent code confirmed last, then the atomic downgrade.
+
+    Never retried: a failure or an interruption needs a new code.
+    """
+    request = op.request
+    assert request is not None
+    config = get_target(op.target.name)
+    steps = list(request.steps)
+    first = f"reverting {steps[0]} (step 1 of {len(steps)})" if steps else "checking the gate"
+    beat.report(progress_done=0, progress_total=len(steps), progress_label="waiting for the target's lock")
+    _wait_until_free(config, beat)
+    beat.report(progress_label="checking the gate under the target's lock")
+
+    def on_connection(conn: sa.Connection | None) -> None:
+        if conn is None:
+            beat.set_aborter(None)
+            return
+        raw = conn.connection.dbapi_connection
+        # psycopg's cancel() and sqlite3's interrupt() are safe from another thread.
+        beat.set_aborter(raw.cancel if hasattr(raw, "cancel") else raw.interrupt)
+        beat.report(progress_label=first)
+
+    def progress(revision: str, done: int, total: int) -> None:
+        label = f"reverted {revision}"
+        if done < len(steps):
+            label = f"reverting {steps[done]} (step {done + 1} of {total})"
+        beat.report(progress_done=done, progress_label=label[:500])
+        beat.check()  # an abort raises here: the whole downgrade rolls back
+
+    try:
+        result = execute_request(request.pk, actor=actor, accepted=True, progress=progress, on_connection=on_connection)
+    except GateRefused as exc:
+        raise OpsError(
+            f"The code was accepted when the downgrade was queued, but gate '{exc.gate}' failed when the worker "
+            f"checked again under the target's lock: {exc} The code is spent; issue a new code to try again.",
+            gate=exc.gate,
+        ) from exc
+    except RollbackFailed as exc:
+        if beat.cancelled.is_set():
+            raise OpsError(
+                f"Aborted by {beat.cancelled_by or 'an operator'}: the whole downgrade was rolled back. {exc}"
+            ) from exc
+        raise
+    beat.report(progress_done=len(steps), progress_label="done")
+    return {"request": result.request_id, "status": result.status, "heads": result.heads, "message": result.message}
