@@ -419,3 +419,27 @@ def test_the_revision_list_reads_its_page_from_an_index_without_sorting(admin_cl
         cursor.execute("EXPLAIN " + sql)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Sort" not in plan and "revision_target_pos_id" in plan, plan
+
+
+def test_revision_pages_show_alembics_plan_without_building_a_revision_map(admin_client, branchy):
+    from opsapp.services.catalog import planner
+    from opsapp.services.errors import RevisionResolutionError
+
+    heads = list(branchy.current_heads)
+    assert heads
+    planner._MAP_CACHE.clear()
+    shown = {}
+    for row in Revision.objects.filter(target=branchy):
+        response = admin_client.get(revision_url(branchy, row.revision))
+        assert response.status_code == 200
+        shown[row.revision] = ([rev for rev, _ in response.context["plan_steps"]], response.context["plan_error"])
+    # A cold page costs seconds at 10k revisions when it builds Alembic's map.
+    assert not planner._MAP_CACHE
+
+    for rev, (steps, error) in shown.items():
+        try:
+            plan = planner.plan_downgrade(branchy.name, rev, heads)
+        except RevisionResolutionError as exc:
+            assert (steps, error) == ([], str(exc)), rev
+        else:
+            assert (steps, error) == (plan.steps, ""), rev

@@ -241,7 +241,7 @@ class RevisionAdmin(admin.ModelAdmin):
         from opsapp.services.catalog import planner
 
         try:
-            plan = planner.plan_downgrade(target.name, obj.revision, list(target.current_heads or []))
+            plan = planner.preview_downgrade(target.name, obj.revision, list(target.current_heads or []))
         except RevisionResolutionError as exc:
             plan_error = str(exc)
         except OpsError as exc:

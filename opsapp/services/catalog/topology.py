@@ -44,36 +44,60 @@ def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def compute_facts(scripts: Sequence[Script]) -> Facts | None:
-    """The facts of `scripts` (in Alembic's load order), or None when the graph is irregular."""
-    order = [s.revision for s in scripts]
-    by_id = {s.revision: s for s in scripts}
-    if len(by_id) != len(order):
+@dataclass
+class Graph:
+    """A history's edges as Alembic defines them; `order` is the load order (Alembic's tie-breaker)."""
+
+    order: list[str]
+    versioned: dict[str, tuple[str, ...]]  # down_revision
+    resolved: dict[str, tuple[str, ...]]  # depends_on, labels resolved to revisions
+    topo_order: list[str]  # parents first, over both kinds of edge
+    normalized: dict[str, tuple[str, ...]]  # Alembic's _normalized_down_revisions
+
+
+def build_graph(items: Sequence[tuple[str, Sequence[str], Sequence[str], Sequence[str]]]) -> Graph | None:
+    """The graph of (revision, down revisions, depends_on, branch labels) in load order; None when irregular."""
+    order = [item[0] for item in items]
+    if len(set(order)) != len(order):
         return None
     # depends_on may name a branch label; Alembic resolves it to the revision declaring it.
     names = {rev: rev for rev in order}
-    for rev in order:
-        for label in by_id[rev]._orig_branch_labels:
+    for rev, _, _, labels in items:
+        for label in labels:
             if label in names:
                 return None
             names[label] = rev
-
+    ids = set(order)
     versioned: dict[str, tuple[str, ...]] = {}
     resolved: dict[str, tuple[str, ...]] = {}
-    for rev in order:
-        script = by_id[rev]
-        downs = to_tuple(script.down_revision, default=())
-        deps = to_tuple(script.dependencies, default=())
-        if any(d not in by_id for d in downs) or any(d not in names for d in deps):
+    for rev, downs, deps, _ in items:
+        if any(d not in ids for d in downs) or any(d not in names for d in deps):
             return None
-        versioned[rev] = downs
+        versioned[rev] = tuple(downs)
         resolved[rev] = tuple(names[d] for d in deps)
-
     topo_order = _kahn_order(order, versioned, resolved)
     if topo_order is None:
         return None
     normalized = _normalized_downs(order, topo_order, versioned, resolved)
+    return Graph(order, versioned, resolved, topo_order, normalized)
 
+
+def compute_facts(scripts: Sequence[Script]) -> Facts | None:
+    """The facts of `scripts` (in Alembic's load order), or None when the graph is irregular."""
+    graph = build_graph(
+        [
+            (
+                s.revision,
+                to_tuple(s.down_revision, default=()),
+                to_tuple(s.dependencies, default=()),
+                s._orig_branch_labels,
+            )
+            for s in scripts
+        ]
+    )
+    if graph is None:
+        return None
+    order, versioned, resolved = graph.order, graph.versioned, graph.resolved
     next_versioned: dict[str, set[str]] = {rev: set() for rev in order}
     has_any_child = dict.fromkeys(order, False)
     for rev in order:
@@ -83,14 +107,55 @@ def compute_facts(scripts: Sequence[Script]) -> Facts | None:
             has_any_child[down] = True
     real_heads = [rev for rev in order if not has_any_child[rev]]
     return Facts(
-        walk=_walk(order, topo_order, normalized, real_heads),
+        walk=_walk(graph, real_heads, set(order)),
         heads=[rev for rev in order if not next_versioned[rev]],
-        bases=[rev for rev in order if by_id[rev].down_revision is None],
+        bases=[rev for rev in order if not versioned[rev]],
         is_head={rev: not next_versioned[rev] for rev in order},
-        is_base={rev: by_id[rev].down_revision is None for rev in order},
+        is_base={rev: not versioned[rev] for rev in order},
         is_branch_point={rev: len(next_versioned[rev]) > 1 for rev in order},
         is_merge_point={rev: len(versioned[rev]) > 1 for rev in order},
     )
+
+
+def downgrade_steps(graph: Graph, heads: Sequence[str], to: str) -> list[str] | None:
+    """What `alembic downgrade <to>` from `heads` reverts, in Alembic's order, for a revision id `to`.
+
+    `RevisionMap._collect_downgrade_revisions` + `_topological_sort`:
+    everything descending from `to`'s children (down revisions and
+    dependencies) that is applied (an ancestor-or-self of a head). [] when
+    `to` is a head; None when Alembic refuses (`to` is not applied, or only
+    as a dependency) or the walk meets a shape the fast path does not handle
+    (the caller then asks Alembic's own map, which words the refusal).
+    """
+    applied = applied_set(graph, heads)
+    if to not in applied:
+        return None
+    all_children: dict[str, list[str]] = {}
+    for rev in applied:
+        for down in _dedupe(graph.versioned[rev] + graph.resolved[rev]):
+            all_children.setdefault(down, []).append(rev)
+    roots = [rev for rev in applied if to in graph.versioned[rev]]
+    todo = _closure(roots, all_children)
+    if not todo and to not in heads:
+        return None  # applied only as a dependency: Alembic refuses ("Nothing to drop")
+    start = [rev for rev in graph.order if rev in todo and rev in set(heads)]
+    return _walk(graph, start, todo)
+
+
+def applied_set(graph: Graph, heads: Sequence[str]) -> set[str]:
+    """The heads and all their ancestors (down revisions and dependencies), as Alembic's downgrade sees them."""
+    return _closure(heads, graph.normalized)
+
+
+def _closure(start: Sequence[str], edges: dict[str, Sequence[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(start)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(edges.get(node, ()))
+    return seen
 
 
 def _kahn_order(
@@ -154,25 +219,36 @@ def _normalized_downs(
     return result
 
 
-def _walk(
-    order: list[str], topo_order: list[str], normalized: dict[str, tuple[str, ...]], real_heads: list[str]
-) -> list[str]:
-    """`RevisionMap._topological_sort(all, heads)` in near-linear time, same output.
+def _walk(graph: Graph, start_heads: list[str], todo: set[str]) -> list[str] | None:
+    """`RevisionMap._topological_sort(todo, heads)` in near-linear time, same output.
 
     Alembic keeps the ancestor set of every open head and scans them all at
-    each step. Here a head is emittable when no unemitted revision has it as
-    a down revision (a counter). Only a revision with two or more children
-    can be blocked, so ancestry is kept as a bitmask over those revisions
-    only: a plain chain shares its parent's mask (no copy).
+    each step. Here a head is emittable when no unemitted revision of `todo`
+    has it as a down revision (a counter). Only a revision with two or more
+    children can be blocked, so ancestry is kept as a bitmask over those
+    revisions only: a plain chain shares its parent's mask (no copy).
+    None if a blocked revision has no bit (a shape outside Alembic's own
+    histories: the caller asks Alembic).
     """
-    children: dict[str, list[str]] = {rev: [] for rev in order}
-    for rev in order:
+    normalized = graph.normalized
+    todo = set(todo)
+    children: dict[str, list[str]] = {rev: [] for rev in todo}
+    for rev in todo:
         for down in normalized[rev]:
-            children[down].append(rev)
-    bit = {rev: 1 << i for i, rev in enumerate(rev for rev in order if len(children[rev]) > 1)}
+            if down in todo:
+                children[down].append(rev)
+    # An open head can be blocked only if it has two children, or is a starting head (one head
+    # of a database may be a dependency of another).
+    first = set(start_heads)
+    bit = {
+        rev: 1 << i
+        for i, rev in enumerate(rev for rev in graph.order if rev in todo and (len(children[rev]) > 1 or rev in first))
+    }
     ancestry: dict[str, int] = {}
-    for rev in topo_order:
-        downs = normalized[rev]
+    for rev in graph.topo_order:
+        if rev not in todo:
+            continue
+        downs = [down for down in normalized[rev] if down in todo]
         if len(downs) == 1 and rev not in bit:
             ancestry[rev] = ancestry[downs[0]]
         else:
@@ -180,9 +256,8 @@ def _walk(
             for down in downs:
                 mask |= ancestry[down]
             ancestry[rev] = mask
-    pending = {rev: len(children[rev]) for rev in order}
-    todo = set(order)
-    heads = list(real_heads)
+    pending = {rev: len(children[rev]) for rev in todo}
+    heads = list(start_heads)
     open_heads = set(heads)
     output: list[str] = []
     idx = 0
@@ -190,13 +265,16 @@ def _walk(
         candidate = heads[idx]
         if pending[candidate]:
             # Another open head descends from the candidate: Alembic walks the first such head first.
-            mask = bit[candidate]
+            mask = bit.get(candidate)
+            if mask is None:
+                return None
             idx = next(j for j, head in enumerate(heads) if j != idx and ancestry[head] & mask)
             continue
         output.append(candidate)
         todo.discard(candidate)
         for down in normalized[candidate]:
-            pending[down] -= 1
+            if down in pending:
+                pending[down] -= 1
         to_add = [down for down in normalized[candidate] if down in todo and down not in open_heads]
         open_heads.discard(candidate)
         if not to_add:
@@ -206,4 +284,4 @@ def _walk(
             heads[idx] = to_add[0]
             heads.extend(to_add[1:])
             open_heads.update(to_add)
-    return output
+    return output if not todo else None
