@@ -443,3 +443,24 @@ def test_revision_pages_show_alembics_plan_without_building_a_revision_map(admin
             assert (steps, error) == ([], str(exc)), rev
         else:
             assert (steps, error) == (plan.steps, ""), rev
+
+
+def test_a_long_downgrade_preview_lists_the_first_steps_and_counts_the_rest(
+    admin_client, script_dir_factory, pg_url, configure_target
+):
+    from opsapp.admin.revision import PREVIEW_STEPS
+
+    sd = script_dir_factory()
+    revs = [f"L{i:04d}" for i in range(PREVIEW_STEPS + 30)]
+    for i, rev in enumerate(revs):
+        sd.add(rev, revs[i - 1] if i else None)
+    name = configure_target("long", pg_url, sd.ini)
+    stamp(name, revs[-1])
+    target = sync_target(name)
+
+    response = admin_client.get(revision_url(target, revs[0]))
+    page = response.content.decode()
+    shown = [rev for rev, _ in response.context["plan_steps"]]
+    assert shown == revs[:0:-1][:PREVIEW_STEPS]
+    assert "Downgrading to here would revert 129 revisions" in page
+    assert "and 29 more" in page

@@ -14,7 +14,6 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from alembic.script.revision import (
     MultipleHeads,
@@ -27,19 +26,10 @@ from alembic.script.revision import (
 
 from opsapp.models import Revision as RevisionRow
 from opsapp.models import Target
-from opsapp.services.catalog import topology
+from opsapp.services.catalog.preview import DowngradePlan
 from opsapp.services.errors import RevisionResolutionError
 
 _RELATIVE = re.compile(r"^(?:(?P<branch>.+?)@)?(?P<symbol>\w+)?(?P<steps>[+-]\d+)$")
-
-
-@dataclass(frozen=True)
-class DowngradePlan:
-    target: str
-    to_input: str
-    to_revision: str  # the resolved full id, or "base"
-    from_heads: list[str] = field(default_factory=list)
-    steps: list[str] = field(default_factory=list)  # reverted revisions, in Alembic's order
 
 
 _MAP_CACHE: OrderedDict[tuple, RevisionMap] = OrderedDict()
@@ -85,68 +75,6 @@ def _build_revision_map(target: Target) -> RevisionMap:
         for rev, down, depends, labels in rows
     ]
     return RevisionMap(lambda: revisions)
-
-
-_GRAPH_CACHE: OrderedDict[tuple, topology.Graph | None] = OrderedDict()
-
-
-def graph_from_rows(target: Target) -> topology.Graph | None:
-    """The linear-time graph of `target`'s synced rows (None if irregular), cached like the maps.
-
-    Built in load order (by path), the order Alembic's map breaks ties in.
-    """
-    key = (target.pk, target.script_fingerprint, target.revision_count)
-    with _MAP_CACHE_LOCK:
-        if target.script_fingerprint and key in _GRAPH_CACHE:
-            _GRAPH_CACHE.move_to_end(key)
-            return _GRAPH_CACHE[key]
-    rows = RevisionRow.objects.filter(target=target).order_by("path", "revision")
-    graph = topology.build_graph(list(rows.values_list("revision", "down_revisions", "depends_on", "branch_labels")))
-    if target.script_fingerprint:
-        with _MAP_CACHE_LOCK:
-            _GRAPH_CACHE[key] = graph
-            while len(_GRAPH_CACHE) > _MAP_CACHE_SIZE:
-                _GRAPH_CACHE.popitem(last=False)
-    return graph
-
-
-def preview_downgrade(target_name: str, to: str, current_heads: list[str]) -> DowngradePlan:
-    """`plan_downgrade` for a revision's page: the same plan or refusal, from the synced rows.
-
-    A page must not build Alembic's RevisionMap (seconds at 10k revisions,
-    paid again by every fresh worker process). For a full revision id, the
-    steps are Alembic's own downgrade collection and order, computed in
-    linear time by `topology` (tests compare them with the map's); anything
-    else (prefixes, labels, relative steps, irregular rows) goes to
-    `plan_downgrade`. Raises RevisionResolutionError like it.
-    """
-    target = Target.objects.filter(name=target_name).first()
-    heads = sorted(set(current_heads))
-    if target is None or target.last_synced_at is None or not heads:
-        return plan_downgrade(target_name, to, current_heads)
-    graph = graph_from_rows(target)
-    if graph is None or to not in graph.versioned or any(rev not in graph.versioned for rev in heads):
-        return plan_downgrade(target_name, to, current_heads)
-    if to not in topology.applied_set(graph, heads):
-        raise _refuse(
-            f"Revision {to!r} is not below the current heads ({', '.join(heads)}): it is not applied, "
-            "so there is nothing to downgrade to.",
-            target_name,
-            revision=to,
-            heads=heads,
-        )
-    steps = topology.downgrade_steps(graph, heads, to)
-    if steps is None:
-        return plan_downgrade(target_name, to, current_heads)
-    if not steps:
-        why = "it is a current head" if to in heads else "nothing applied depends on it"
-        raise _refuse(
-            f"Nothing to downgrade: going to {to} from {', '.join(heads)} reverts no revision ({why}).",
-            target_name,
-            revision=to,
-            heads=heads,
-        )
-    return DowngradePlan(target=target_name, to_input=to, to_revision=to, from_heads=heads, steps=steps)
 
 
 def _refuse(message: str, target_name: str, **attrs: object) -> RevisionResolutionError:

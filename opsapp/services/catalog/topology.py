@@ -13,6 +13,9 @@ the same definitions and the same walk order, so the catalog (positions,
 build. The walk reproduces `RevisionMap._topological_sort` exactly (see
 `_walk`).
 
+Imports no Alembic module: revision pages use it, and a fresh worker would
+otherwise pay for importing Alembic and SQLAlchemy on its first request.
+
 Anything irregular (a duplicate id, a reference to an unknown revision or
 label, a label used twice, a cycle) returns None: the caller then lets
 `RevisionMap` rule, so the user sees Alembic's own error.
@@ -20,11 +23,12 @@ label, a label used twice, a cycle) returns None: the caller then lets
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from alembic.script import Script
-from alembic.util import to_tuple
+if TYPE_CHECKING:
+    from alembic.script import Script
 
 
 @dataclass
@@ -38,6 +42,17 @@ class Facts:
     is_base: dict[str, bool]
     is_branch_point: dict[str, bool]
     is_merge_point: dict[str, bool]
+
+
+def to_tuple(value: Any) -> tuple:
+    """`alembic.util.to_tuple(value, default=())`, without importing Alembic (a page must not pay for it)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Iterable):
+        return tuple(value)
+    return (value,)
 
 
 def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
@@ -88,8 +103,8 @@ def compute_facts(scripts: Sequence[Script]) -> Facts | None:
         [
             (
                 s.revision,
-                to_tuple(s.down_revision, default=()),
-                to_tuple(s.dependencies, default=()),
+                to_tuple(s.down_revision),
+                to_tuple(s.dependencies),
                 s._orig_branch_labels,
             )
             for s in scripts
