@@ -64,6 +64,27 @@ def graph_from_rows(target: Target) -> topology.Graph | None:
     return graph
 
 
+_STEPS_CACHE: OrderedDict[tuple, tuple[list[str] | None, bool]] = OrderedDict()
+
+
+def _steps(target: Target, graph: topology.Graph, heads: list[str], to: str) -> tuple[list[str] | None, bool]:
+    """(downgrade_steps, whether `to` is applied), remembered per catalog, heads and revision:
+    a page viewed again costs a dictionary lookup, not a walk of the history."""
+    key = (target.pk, target.script_fingerprint, target.revision_count, tuple(heads), to)
+    with _LOCK:
+        if target.script_fingerprint and key in _STEPS_CACHE:
+            _STEPS_CACHE.move_to_end(key)
+            return _STEPS_CACHE[key]
+    applied = topology.applied_set(graph, heads)
+    answer = (topology.downgrade_steps(graph, heads, to, applied=applied), to in applied)
+    if target.script_fingerprint:
+        with _LOCK:
+            _STEPS_CACHE[key] = answer
+            while len(_STEPS_CACHE) > 64:
+                _STEPS_CACHE.popitem(last=False)
+    return answer
+
+
 def preview_downgrade(target_name: str, to: str, current_heads: list[str]) -> DowngradePlan:
     """`plan_downgrade` for a revision's page: the same plan or refusal, from the synced rows.
 
@@ -81,7 +102,8 @@ def preview_downgrade(target_name: str, to: str, current_heads: list[str]) -> Do
     graph = graph_from_rows(target)
     if graph is None or to not in graph.versioned or any(rev not in graph.versioned for rev in heads):
         return _plan(target_name, to, current_heads)
-    if to not in topology.applied_set(graph, heads):
+    steps, applied = _steps(target, graph, heads, to)
+    if not applied:
         raise RevisionResolutionError(
             f"Revision {to!r} is not below the current heads ({', '.join(heads)}): it is not applied, "
             "so there is nothing to downgrade to.",
@@ -89,7 +111,6 @@ def preview_downgrade(target_name: str, to: str, current_heads: list[str]) -> Do
             revision=to,
             heads=heads,
         )
-    steps = topology.downgrade_steps(graph, heads, to)
     if steps is None:
         return _plan(target_name, to, current_heads)
     if not steps:

@@ -132,7 +132,9 @@ def compute_facts(scripts: Sequence[Script]) -> Facts | None:
     )
 
 
-def downgrade_steps(graph: Graph, heads: Sequence[str], to: str) -> list[str] | None:
+def downgrade_steps(
+    graph: Graph, heads: Sequence[str], to: str, *, applied: set[str] | None = None
+) -> list[str] | None:
     """What `alembic downgrade <to>` from `heads` reverts, in Alembic's order, for a revision id `to`.
 
     `RevisionMap._collect_downgrade_revisions` + `_topological_sort`:
@@ -142,7 +144,8 @@ def downgrade_steps(graph: Graph, heads: Sequence[str], to: str) -> list[str] | 
     as a dependency) or the walk meets a shape the fast path does not handle
     (the caller then asks Alembic's own map, which words the refusal).
     """
-    applied = applied_set(graph, heads)
+    if applied is None:
+        applied = applied_set(graph, heads)
     if to not in applied:
         return None
     all_children: dict[str, list[str]] = {}
