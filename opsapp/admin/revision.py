@@ -45,7 +45,8 @@ class BranchLabelFilter(admin.SimpleListFilter):
         if target_id and target_id.isdigit():
             rows = rows.filter(target_id=int(target_id))
         labels: set[str] = set()
-        for text in rows.values_list("branch_labels_text", flat=True).distinct():
+        # order_by(): the model's ordering would enter the DISTINCT and return every labelled row.
+        for text in rows.order_by().values_list("branch_labels_text", flat=True).distinct():
             labels.update(text.split())
         return [(label, label) for label in sorted(labels)]
 
