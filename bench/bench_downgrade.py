@@ -114,7 +114,64 @@ def alembic_run(sd: ScriptDir, to: str) -> float:
     return time.perf_counter() - start
 
 
+def offline_render(sd: ScriptDir, head: str, to: str) -> float:
+    """What a user would run to see the SQL: `alembic downgrade head:to --sql` through the Python API."""
+    import io
+
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(sd.ini), output_buffer=io.StringIO())
+    start = time.perf_counter()
+    command.downgrade(config, f"{head}:{to}", sql=True)
+    return time.perf_counter() - start
+
+
+def plan_figures(steps: int, runs: int) -> Iterable[Result]:
+    """create_request (sync, plan, offline render, destructive analysis with live row counts) for `steps` steps."""
+    from opsapp.services.actors import Actor
+    from opsapp.services.catalog.sync import sync_target
+    from opsapp.services.rollback import requests as rollback
+
+    users = common.ensure_users()
+    sd = build_history(steps + 1)
+    upgrade_head(sd)
+    operator = Actor.from_user(users["operator"])
+    sync_target(TARGET, actor=operator)
+    head, to = rev_id(steps + 1), rev_id(1)
+
+    def console() -> float:
+        start = time.perf_counter()
+        request = rollback.create_request(target_name=TARGET, to=to, reason="benchmark", actor=operator)
+        elapsed = time.perf_counter() - start
+        if len(request.steps) != steps:
+            raise RuntimeError(f"planned {len(request.steps)} steps, expected {steps}")
+        rollback.cancel_request(request, actor=operator)
+        return elapsed
+
+    offline_render(sd, head, to)
+    console()  # warm both, untimed
+    console_runs, base_runs = [], []
+    for _ in range(runs):
+        base_runs.append(offline_render(sd, head, to))
+        console_runs.append(console())
+    c, b = common.median(console_runs), common.median(base_runs)
+    yield Result(
+        f"create_request, {steps}-step plan",
+        c * 1000,
+        "ms",
+        b * 1000,
+        c / b,
+        "ratio <= 2",
+        c / b <= 2,
+        note=f"median of {runs}; destructive analysis on ({steps - 1} dropped columns of a {ROWS:,}-row table, "
+        "one scan); baseline = alembic.command.downgrade(head:to, sql=True), the offline SQL render",
+        extra={"console_runs_ms": [x * 1000 for x in console_runs], "alembic_runs_ms": [x * 1000 for x in base_runs]},
+    )
+
+
 def run(sizes: dict, *, profile: bool = False) -> Iterable[Result]:
+    yield from plan_figures(sizes["plan_steps"], sizes["downgrade_runs"])
     n = sizes["downgrade_revisions"]
     runs = sizes["downgrade_runs"]
     sd = build_history(n)

@@ -28,8 +28,11 @@ CONSOLE_DB = "ops_bench"
 
 # Target name -> (database name, script directory under bench/work/).
 TARGETS: dict[str, tuple[str, str]] = {
-    "bench_cat_small": ("ops_bench_cat", "catalog_small"),
-    "bench_cat_large": ("ops_bench_cat", "catalog_large"),
+    # one catalog target per size of the scaling table, smallest first
+    "bench_cat_a": ("ops_bench_cat", "catalog_a"),
+    "bench_cat_b": ("ops_bench_cat", "catalog_b"),
+    "bench_cat_c": ("ops_bench_cat", "catalog_c"),
+    "bench_start": ("ops_bench_start", "start_scripts"),
     "bench_snap": ("ops_bench_snap", "snap_scripts"),
     "bench_down": ("ops_bench_down", "down_scripts"),
     "bench_reh": ("ops_bench_reh", "reh_scripts"),
@@ -157,6 +160,48 @@ def recreate_database(db: str) -> str:
 def drop_database(db: str) -> None:
     with admin_conn() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def run_child(verb: str, *args: str, timeout: float = 3600) -> dict[str, Any]:
+    """Run bench/child.py in a fresh interpreter (same environment); its JSON result."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "child.py"), verb, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"child {verb} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def process_seconds(argv: list[str], *, env: dict[str, str] | None = None) -> float:
+    """Wall time of a whole process, start-up included (what cron pays)."""
+    import subprocess
+
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
+    return elapsed
+
+
+def growth_exponent(sizes: list[float], seconds: list[float]) -> float | None:
+    """Least-squares slope of log(seconds) over log(size): 1 is linear growth, 2 quadratic."""
+    import math
+
+    points = [(math.log(n), math.log(t)) for n, t in zip(sizes, seconds, strict=True) if t and t > 0]
+    if len(points) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else None
 
 
 def fresh_dir(name: str) -> Path:

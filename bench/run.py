@@ -23,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-SECTIONS = ("catalog", "audit", "snapshot", "downgrade", "rehearsal")
+SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal")
 
 FULL = {
-    "catalog_sizes": (1_000, 10_000),
+    "catalog_sizes": (1_000, 10_000, 50_000),
+    "walk_limit": 10_000,  # Alembic's own walk of 50k revisions takes ~10 minutes
+    "cold_processes": 10,
     "page_requests": 30,
     "audit_events": 1_000_000,
     "audit_page_requests": 30,
@@ -36,9 +38,14 @@ FULL = {
     "downgrade_runs": 5,
     "rehearsal_mb": 1024,
     "rehearsal_runs": 2,
+    "plan_steps": 200,
+    "startup_runs": 10,
+    "snapshot_rounds": 3,
 }
 QUICK = {
     "catalog_sizes": (200, 1_000),
+    "walk_limit": 1_000,
+    "cold_processes": 3,
     "page_requests": 30,
     "audit_events": 50_000,
     "audit_page_requests": 30,
@@ -48,6 +55,9 @@ QUICK = {
     "downgrade_runs": 3,
     "rehearsal_mb": 50,
     "rehearsal_runs": 2,
+    "plan_steps": 200,
+    "startup_runs": 3,
+    "snapshot_rounds": 3,
 }
 
 
@@ -109,27 +119,6 @@ def print_table(results: list[common.Result]) -> None:
             print(f"* {r.name}: {r.note}")
 
 
-def merge_previous(out, payload: dict, sections: list[str]) -> None:
-    """With --only, keep the other sections' results from the previous file (each row says when it ran)."""
-    now = payload["generated_at"]
-    for row in payload["results"]:
-        row["measured_at"] = now
-    if set(sections) == set(SECTIONS) or not out.exists():
-        return
-    try:
-        previous = json.loads(out.read_text())
-    except (OSError, ValueError):
-        return
-    if previous.get("mode") != payload["mode"]:
-        return
-    kept = [r for r in previous.get("results", []) if r.get("section") not in sections]
-    for row in kept:
-        row.setdefault("measured_at", previous.get("generated_at"))
-    payload["results"] = kept + payload["results"]
-    payload["results"].sort(key=lambda r: SECTIONS.index(r["section"]) if r.get("section") in SECTIONS else 99)
-    payload["partial_rerun"] = sections
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -143,9 +132,11 @@ def main(argv: list[str]) -> int:
     import bench_downgrade
     import bench_rehearsal
     import bench_snapshot
+    import bench_startup
 
     modules = {
         "catalog": bench_catalog,
+        "startup": bench_startup,
         "audit": bench_audit,
         "snapshot": bench_snapshot,
         "downgrade": bench_downgrade,
@@ -174,11 +165,22 @@ def main(argv: list[str]) -> int:
 
     print()
     print_table(results)
+    missed = [r.name for r in results if r.meets_goal is False]
+    print(f"\ngoals: {sum(1 for r in results if r.meets_goal is True)} met, {len(missed)} missed")
+    for name in missed:
+        print(f"  MISSED: {name}")
     for section, trace in failures.items():
         print(f"\n--- {section} failed:\n{trace}", file=sys.stderr)
 
     # Quick runs are for development: their results stay in the git-ignored work directory.
-    out = common.WORK_DIR / "quick.json" if args.quick else common.RESULTS_DIR / "latest.json"
+    # One file is one run: a partial (--only) or quick run never overwrites or splices latest.json.
+    complete = set(args.sections) == set(SECTIONS)
+    if args.quick:
+        out = common.WORK_DIR / "quick.json"
+    elif not complete:
+        out = common.WORK_DIR / "partial.json"
+    else:
+        out = common.RESULTS_DIR / "latest.json"
     out.parent.mkdir(exist_ok=True)
     payload = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -186,9 +188,13 @@ def main(argv: list[str]) -> int:
         "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
         "duration_s": round(time.time() - started, 1),
         "machine": machine,
+        "sections": args.sections,
+        "goals": {
+            "met": sum(1 for r in results if r.meets_goal is True),
+            "missed": [r.name for r in results if r.meets_goal is False],
+        },
         "results": [r.as_json() for r in results],
     }
-    merge_previous(out, payload, args.sections)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {out.relative_to(common.REPO_ROOT)} in {payload['duration_s']:.0f} s")
     if not args.keep:

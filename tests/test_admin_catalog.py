@@ -411,3 +411,79 @@ def test_a_database_at_an_unknown_revision_says_unknown_instead_of_everything_pe
     drawn = {state for state, revision in nodes if not revision.startswith("legend")}
     assert drawn == {"unknown"}, nodes
     assert "applied: unknown" in revisions and 'class="ops-flag ops-flag-pending"' not in revisions
+
+
+def changelist_select(admin_client, url: str) -> str:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get(url).status_code == 200
+    pages = [q["sql"] for q in queries if 'ORDER BY "opsapp_revision"."target_id" ASC' in q["sql"]]
+    assert pages, [q["sql"] for q in queries]
+    # A one-page list is read whole; at 50k revisions the page is the first 100.
+    return pages[-1] if " LIMIT " in pages[-1] else pages[-1] + " LIMIT 100"
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_the_revision_list_reads_its_page_from_an_index_without_sorting(admin_client, branchy, filtered):
+    from django.db import connection
+
+    url = reverse("admin:opsapp_revision_changelist")
+    if filtered:
+        url += f"?target__id__exact={branchy.pk}"
+    sql = changelist_select(admin_client, url)
+    with connection.cursor() as cursor:
+        # Tiny test tables would be seq-scanned and sorted anyway; with both discouraged,
+        # a Sort node remains only when no index delivers the changelist's order.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_sort = off")
+        cursor.execute("SET LOCAL enable_incremental_sort = off")
+        cursor.execute("EXPLAIN " + sql)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Sort" not in plan and "revision_target_pos_id" in plan, plan
+
+
+def test_revision_pages_show_alembics_plan_without_building_a_revision_map(admin_client, branchy):
+    from opsapp.services.catalog import planner
+    from opsapp.services.errors import RevisionResolutionError
+
+    heads = list(branchy.current_heads)
+    assert heads
+    planner._MAP_CACHE.clear()
+    shown = {}
+    for row in Revision.objects.filter(target=branchy):
+        response = admin_client.get(revision_url(branchy, row.revision))
+        assert response.status_code == 200
+        shown[row.revision] = ([rev for rev, _ in response.context["plan_steps"]], response.context["plan_error"])
+    # A cold page costs seconds at 10k revisions when it builds Alembic's map.
+    assert not planner._MAP_CACHE
+
+    for rev, (steps, error) in shown.items():
+        try:
+            plan = planner.plan_downgrade(branchy.name, rev, heads)
+        except RevisionResolutionError as exc:
+            assert (steps, error) == ([], str(exc)), rev
+        else:
+            assert (steps, error) == (plan.steps, ""), rev
+
+
+def test_a_long_downgrade_preview_lists_the_first_steps_and_counts_the_rest(
+    admin_client, script_dir_factory, pg_url, configure_target
+):
+    from opsapp.admin.revision import PREVIEW_STEPS
+
+    sd = script_dir_factory()
+    revs = [f"L{i:04d}" for i in range(PREVIEW_STEPS + 30)]
+    for i, rev in enumerate(revs):
+        sd.add(rev, revs[i - 1] if i else None)
+    name = configure_target("long", pg_url, sd.ini)
+    stamp(name, revs[-1])
+    target = sync_target(name)
+
+    response = admin_client.get(revision_url(target, revs[0]))
+    page = response.content.decode()
+    shown = [rev for rev, _ in response.context["plan_steps"]]
+    assert shown == revs[:0:-1][:PREVIEW_STEPS]
+    assert "Downgrading to here would revert 129 revisions" in page
+    assert "and 29 more" in page

@@ -443,3 +443,25 @@ def test_the_history_generator_plans_exactly_what_was_asked(n, merges):
         assert sum(s.down is None for s in specs) == 2 and any(not s.docstring for s in specs)
     with pytest.raises(ValueError, match="cannot hold"):
         plan_history(10, 5)
+
+
+def test_a_bulk_sync_refreshes_the_planner_statistics_of_the_revision_table(
+    script_dir_factory, pg_url, configure_target, django_capture_on_commit_callbacks
+):
+    from django.db import connection
+
+    def estimated_rows() -> float:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'opsapp_revision'")
+            return cursor.fetchone()[0]
+
+    sd = script_dir_factory()
+    generate_history(sd, 1200, merges=10, seed=3)
+    name = configure_target("bulk", pg_url, sd.ini)
+    before = estimated_rows()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        sync_target(name)
+
+    assert before <= 0  # never analyzed (-1) or empty
+    assert estimated_rows() == 1200

@@ -151,3 +151,39 @@ def test_the_where_clause_is_found_at_the_top_level_and_counted_only_when_that_i
         [rollback_plan.Statement(statement, "r1")], dialect="postgresql", version_table="alembic_version"
     )
     assert (found["where"], found["count_sql"]) == (where, count_sql)
+
+
+def test_the_dropped_columns_of_a_table_are_counted_in_one_scan(rollback_env, operator, approver):
+    import sqlalchemy as sa
+
+    env = rollback_env
+    env.add_revision(
+        "r4",
+        "r3",
+        upgrade=(
+            "op.add_column('customers', sa.Column('phone', sa.String(20))); "
+            "op.add_column('customers', sa.Column('city', sa.String(20))); "
+            "op.execute(\"UPDATE customers SET phone = '1' WHERE id = 1\")"
+        ),
+        downgrade="op.drop_column('customers', 'city'); op.drop_column('customers', 'phone')",
+    )
+    counts: list[str] = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("SELECT count("):
+            counts.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", spy)
+    try:
+        request = make_request(env, operator, to="r1")
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", spy)
+
+    dropped = {d["column"]: d for d in request.destructive if d["kind"] == "DROP COLUMN"}
+    assert {c: (d["rows"], d["non_null"]) for c, d in dropped.items()} == {
+        "city": (3, 0),
+        "phone": (3, 1),
+        "email": (3, 3),
+    }
+    # customers (three dropped columns) and notes (dropped table): one scan each.
+    assert sorted(s.rsplit(" FROM ", 1)[1].strip('"') for s in counts) == ["customers", "notes"]

@@ -21,7 +21,6 @@ from django.utils.timesince import timesince
 from opsapp.models import ACTIVE_STATES, Operation, OperationKind, OperationState
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
-from opsapp.services.operations.queue import cancel_operation, eta_seconds
 
 PERM_CANCEL = "opsapp.cancel_operation"
 REFRESH_SECONDS = 2
@@ -63,6 +62,8 @@ def result_text(op: Operation) -> str:
 
 
 def eta_text(op: Operation) -> str:
+    from opsapp.services.operations.queue import eta_seconds  # lazy: the queue module pulls in Alembic
+
     eta = eta_seconds(op)
     if eta is None:
         return ""
@@ -174,6 +175,8 @@ class OperationAdmin(admin.ModelAdmin):
         back = reverse("admin:opsapp_operation_change", args=[op.pk])
         if request.method == "POST":
             try:
+                from opsapp.services.operations.queue import cancel_operation
+
                 op = cancel_operation(op.pk, actor=Actor.from_request(request))
             except OpsError as exc:
                 messages.error(request, f"Not cancelled: {exc}")

@@ -19,6 +19,8 @@ from opsapp.models import Revision, Target
 from opsapp.models.target import TargetState
 from opsapp.services.errors import OpsError, RevisionResolutionError
 
+PREVIEW_STEPS = 100
+
 
 class AppliedFilter(admin.SimpleListFilter):
     title = "applied / pending"
@@ -45,7 +47,8 @@ class BranchLabelFilter(admin.SimpleListFilter):
         if target_id and target_id.isdigit():
             rows = rows.filter(target_id=int(target_id))
         labels: set[str] = set()
-        for text in rows.values_list("branch_labels_text", flat=True).distinct():
+        # order_by(): the model's ordering would enter the DISTINCT and return every labelled row.
+        for text in rows.order_by().values_list("branch_labels_text", flat=True).distinct():
             labels.update(text.split())
         return [(label, label) for label in sorted(labels)]
 
@@ -127,6 +130,10 @@ class RevisionAdmin(admin.ModelAdmin):
     list_select_related = ("target",)
     show_full_result_count = False
     list_per_page = 100
+    # Matches index revision_target_pos_id, so a page at 50k revisions reads 100 index
+    # entries instead of sorting every row of the target (the model's ordering goes
+    # through target.name, which no index on this table can serve).
+    ordering = ("target_id", "-position", "-id")
     fieldsets = (
         (None, {"fields": ("revision", "target", "message", "create_date", "path")}),
         (
@@ -238,23 +245,26 @@ class RevisionAdmin(admin.ModelAdmin):
             if row is not None and label in (row.branch_labels or []):
                 by_id[label] = row
         plan, plan_error = None, ""
-        from opsapp.services.catalog import planner
+        from opsapp.services.catalog.preview import preview_downgrade
 
         try:
-            plan = planner.plan_downgrade(target.name, obj.revision, list(target.current_heads or []))
+            plan = preview_downgrade(target.name, obj.revision, list(target.current_heads or []))
         except RevisionResolutionError as exc:
             plan_error = str(exc)
         except OpsError as exc:
             plan_error = f"Cannot plan a downgrade: {exc}"
         steps = []
         if plan is not None:
+            # Listed up to PREVIEW_STEPS: a downgrade near the base of a 10k history would otherwise
+            # render 10k links (seconds); the request page lists every step.
+            shown = plan.steps[:PREVIEW_STEPS]
             step_rows = {
                 r.revision: r
-                for r in Revision.objects.filter(target=target, revision__in=plan.steps).only(
+                for r in Revision.objects.filter(target=target, revision__in=shown).only(
                     "id", "revision", "message", "branch_labels"
                 )
             }
-            steps = [(rev, step_rows.get(rev)) for rev in plan.steps]
+            steps = [(rev, step_rows.get(rev)) for rev in shown]
         return {
             "revision_obj": obj,
             "parents": [(rev, by_id.get(rev)) for rev in obj.down_revisions or []],
@@ -262,6 +272,7 @@ class RevisionAdmin(admin.ModelAdmin):
             "dependencies": [(rev, by_id.get(rev)) for rev in obj.depends_on or []],
             "plan": plan,
             "plan_steps": steps,
+            "plan_steps_more": len(plan.steps) - len(steps) if plan is not None else 0,
             "plan_error": plan_error,
             "rollback_url": rollback_request_url(target, obj.revision),
             "graph_url": reverse("admin:opsapp_target_graph", args=[target.pk]),

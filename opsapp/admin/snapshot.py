@@ -19,8 +19,6 @@ from django.utils.timesince import timesince
 from opsapp.models import OperationKind, Snapshot, Target
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
-from opsapp.services.operations.queue import enqueue
-from opsapp.services.snapshots.lifecycle import verify_snapshot
 
 TAKE_PERMISSION = "opsapp.take_snapshot"
 
@@ -94,10 +92,12 @@ class SnapshotAdmin(admin.ModelAdmin):
 
     @admin.action(description="Verify selected snapshots", permissions=["take_snapshot"])
     def verify_selected(self, request: HttpRequest, queryset) -> None:
+        from opsapp.services.snapshots import lifecycle as snapshots  # lazy: pulls in Alembic and SQLAlchemy
+
         actor = Actor.from_request(request)
         for snap in queryset.select_related("target"):
             try:
-                snap = verify_snapshot(snap, actor=actor)
+                snap = snapshots.verify_snapshot(snap, actor=actor)
             except OpsError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
                 continue
@@ -128,6 +128,8 @@ class SnapshotAdmin(admin.ModelAdmin):
         except (ValueError, Target.DoesNotExist):
             self.message_user(request, "No such target.", messages.ERROR)
             return HttpResponseRedirect(back)
+        from opsapp.services.operations.queue import enqueue  # lazy: admin autodiscover stays light
+
         try:
             op = enqueue(OperationKind.SNAPSHOT, target.name, actor=Actor.from_request(request))
         except OpsError as exc:

@@ -30,8 +30,9 @@ class Revision(models.Model):
         ordering = ["target", "-position"]
         constraints = [models.UniqueConstraint(fields=["target", "revision"], name="uniq_revision_per_target")]
         indexes = [
-            # changelist default ordering, filtered by target
-            models.Index(fields=["target", "-position"], name="revision_target_pos"),
+            # the changelist's ordering (RevisionAdmin.ordering: target_id, -position, -id),
+            # filtered by target or not; also filter(target=...).order_by("-position")
+            models.Index(fields=["target", "-position", "-id"], name="revision_target_pos_id"),
             # id-prefix search (LIKE 'abc%')
             models.Index(fields=["revision"], name="revision_id"),
         ]

@@ -1,9 +1,13 @@
 """Reading a target's script directory: fingerprint and one-pass catalog load.
 
 This is the only module that imports migration files, and only through
-Alembic's own API (`ScriptDirectory`, `Script`, `RevisionMap`). Each file is
-loaded on its own so that a file failing to import is reported by name with
-its error instead of aborting the whole read.
+Alembic's own API: `Script._list_py_dir` and `Script._from_path`, the two
+steps `ScriptDirectory._load_revisions` runs per file. Calling them per file
+(instead of iterating `_load_revisions`, whose generator dies at the first
+broken file) reports a file failing to import by name with its error. The
+graph facts come from `topology` (linear time, Alembic's definitions), not
+from `RevisionMap`, except when the graph is irregular: then Alembic's map
+reports the error in its own words.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from alembic.script.revision import RevisionMap
 from alembic.util import to_tuple
 
 from opsapp.services.alembic_api import script_directory
+from opsapp.services.catalog.topology import Facts, compute_facts
 from opsapp.targets import TargetConfig, mask_url
 
 _CREATE_DATE_RE = re.compile(r"^\s*Create Date:\s*(.+?)\s*$", re.MULTILINE)
@@ -102,7 +107,6 @@ class LoadedCatalog:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     heads: list[str] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
-    revision_map: RevisionMap | None = None
 
 
 def _error(path: str | None, exc: BaseException | str) -> dict[str, str]:
@@ -145,6 +149,44 @@ def load_catalog(config: TargetConfig) -> LoadedCatalog:
                     scripts.append(script)
     if result.errors:
         return result
+    facts = compute_facts(scripts)
+    if facts is None:
+        # Irregular graph (duplicate, unknown reference, cycle): Alembic's own map rules and reports.
+        facts = alembic_facts(scripts, result)
+    if result.errors or facts is None:
+        return result
+    by_id = {script.revision: script for script in scripts}
+    total = len(facts.walk)
+    for index, rev in enumerate(facts.walk):
+        script = by_id[rev]
+        labels = list(script._orig_branch_labels)
+        longdoc = script.longdoc
+        match = _CREATE_DATE_RE.search(longdoc)
+        result.rows[rev] = {
+            "down_revisions": list(to_tuple(script.down_revision, default=())),
+            "branch_labels": labels,
+            "branch_labels_text": " ".join(labels)[:500],
+            "depends_on": list(to_tuple(script.dependencies, default=())),
+            "message": script.doc,
+            "docstring": longdoc,
+            "create_date": match.group(1)[:64] if match else "",
+            "path": _relative(Path(script.path), root),
+            # walk order is heads first; position counts from the bases.
+            "position": total - 1 - index,
+            "is_head": facts.is_head[rev],
+            "is_base": facts.is_base[rev],
+            "is_branch_point": facts.is_branch_point[rev],
+            "is_merge_point": facts.is_merge_point[rev],
+        }
+    result.heads = list(facts.heads)
+    return result
+
+
+def alembic_facts(scripts: list[Script], result: LoadedCatalog) -> Facts | None:
+    """Alembic's RevisionMap over `scripts`: its errors go to `result.errors`, else its facts.
+
+    The reference the linear facts are tested against, and the fallback for irregular graphs.
+    """
     rmap = RevisionMap(lambda: scripts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -158,28 +200,13 @@ def load_catalog(config: TargetConfig) -> LoadedCatalog:
         if "present more than once" in text or "is not present" in text:
             result.errors.append(_error(None, text))
     if result.errors:
-        return result
-    total = len(ordered)
-    for index, script in enumerate(ordered):
-        labels = list(script._orig_branch_labels)
-        longdoc = script.longdoc
-        match = _CREATE_DATE_RE.search(longdoc)
-        result.rows[script.revision] = {
-            "down_revisions": list(script._versioned_down_revisions),
-            "branch_labels": labels,
-            "branch_labels_text": " ".join(labels)[:500],
-            "depends_on": list(to_tuple(script.dependencies, default=())),
-            "message": script.doc,
-            "docstring": longdoc,
-            "create_date": match.group(1)[:64] if match else "",
-            "path": _relative(Path(script.path), root),
-            # walk order is heads first; position counts from the bases.
-            "position": total - 1 - index,
-            "is_head": script.is_head,
-            "is_base": script.is_base,
-            "is_branch_point": script.is_branch_point,
-            "is_merge_point": script.is_merge_point,
-        }
-    result.heads = list(rmap.heads)
-    result.revision_map = rmap
-    return result
+        return None
+    return Facts(
+        walk=[s.revision for s in ordered],
+        heads=list(rmap.heads),
+        bases=list(rmap.bases),
+        is_head={s.revision: s.is_head for s in ordered},
+        is_base={s.revision: s.is_base for s in ordered},
+        is_branch_point={s.revision: s.is_branch_point for s in ordered},
+        is_merge_point={s.revision: s.is_merge_point for s in ordered},
+    )

@@ -15,7 +15,6 @@ import threading
 import unicodedata
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from alembic.script.revision import (
     MultipleHeads,
@@ -29,21 +28,13 @@ from alembic.script.revision import (
 from opsapp.models import Revision as RevisionRow
 from opsapp.models import Target
 from opsapp.services.catalog import drift
+from opsapp.services.catalog.preview import DowngradePlan
 from opsapp.services.errors import RevisionResolutionError
 
 # One optional `branch@` before a revision, symbol or relative step; nothing blank around the `@`.
 _WELL_FORMED = re.compile(r"^(?:[^@]+@)?[^@]+$")
 MAX_EXPRESSION_LENGTH = 255  # RollbackRequest.to_revision_input
 _RELATIVE = re.compile(r"^(?:(?P<branch>.+?)@)?(?P<symbol>\w+)?(?P<steps>[+-]\d+)$")
-
-
-@dataclass(frozen=True)
-class DowngradePlan:
-    target: str
-    to_input: str
-    to_revision: str  # the resolved full id, or "base"
-    from_heads: list[str] = field(default_factory=list)
-    steps: list[str] = field(default_factory=list)  # reverted revisions, in Alembic's order
 
 
 _MAP_CACHE: OrderedDict[tuple, RevisionMap] = OrderedDict()
@@ -248,12 +239,13 @@ def plan_downgrade(
             raise _refuse(
                 f"Target {target_name!r} has no synced catalog: run sync_revisions first.", target_name, revision=to
             )
-        revision_map = revision_map_from_rows(target)
     heads = sorted(set(current_heads))
     if not heads:
         raise _refuse(
             f"Nothing to downgrade: target {target_name!r} has no applied revision.", target_name, revision=to
         )
+    if revision_map is None:
+        revision_map = revision_map_from_rows(target)
     unknown = [rev for rev in heads if rev not in revision_map._revision_map]
     if unknown:
         raise _refuse(

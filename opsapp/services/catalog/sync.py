@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from django.conf import settings
+from django.db import connection as console_db
 from django.db import transaction
 from django.utils import timezone
 
@@ -200,8 +201,8 @@ def _chunks(items: list, size: int = BATCH):
         yield items[start : start + size]
 
 
-def _upsert_rows(target: Target, rows: dict[str, dict[str, Any]], result: StateResult) -> None:
-    """Create, update and delete Revision rows in batches; no per-row queries."""
+def _upsert_rows(target: Target, rows: dict[str, dict[str, Any]], result: StateResult) -> int:
+    """Create, update and delete Revision rows in batches; no per-row queries. Returns how many rows changed."""
     existing = {
         values["revision"]: values
         for values in Revision.objects.filter(target=target).values(
@@ -222,6 +223,15 @@ def _upsert_rows(target: Target, rows: dict[str, dict[str, Any]], result: StateR
         Revision.objects.filter(id__in=chunk).delete()
     Revision.objects.bulk_create(to_create, batch_size=BATCH)
     Revision.objects.bulk_update(to_update, fields, batch_size=250)
+    return len(gone) + len(to_create) + len(to_update)
+
+
+def _analyze_revisions() -> None:
+    """Refresh PostgreSQL's statistics of the revision table (after a bulk sync they are stale:
+    the changelist's plan would be chosen on row estimates from before the sync)."""
+    if console_db.vendor == "postgresql":
+        with console_db.cursor() as cursor:
+            cursor.execute(f"ANALYZE {console_db.ops.quote_name(Revision._meta.db_table)}")
 
 
 def _update_flags(target: Target, result: StateResult) -> None:
@@ -410,7 +420,9 @@ def sync_target(
         graph = _Graph.from_rows(graph_rows, list(target.script_heads))
         result = _apply_state(target, graph, db, actor, moved_by=moved_by)
         if rows is not None:
-            _upsert_rows(target, rows, result)
+            if _upsert_rows(target, rows, result) >= BATCH:
+                # After the commit: ANALYZE's lock would otherwise be held with the target row's.
+                transaction.on_commit(_analyze_revisions)
         else:
             _update_flags(target, result)
         target.last_synced_at = timezone.now()

@@ -459,21 +459,24 @@ def count_rows(config: TargetConfig, destructive: list[dict[str, Any]]) -> tuple
         server_version = conn.dialect.server_version_info
         if config.is_postgresql:
             conn.exec_driver_sql("SET statement_timeout = 60000")
-        cache: dict[tuple, int | None] = {}
 
-        def run(sql: str) -> int | None:
-            if sql not in cache:
-                try:
-                    cache[sql] = int(conn.exec_driver_sql(sql).scalar() or 0)
-                except sa.exc.DBAPIError:
-                    cache[sql] = None
-            return cache[sql]
-
-        for item in destructive:
+        def table_of(item: dict[str, Any]) -> str:
             table = preparer.quote_identifier(item["table"])
             if item.get("schema"):
                 table = f"{preparer.quote_identifier(item['schema'])}.{table}"
-            item["table_rows"] = run(f"SELECT count(*) FROM {table}")
+            return table
+
+        # One scan per table: count(*) and count(col) of every dropped column together.
+        dropped: dict[str, list[str]] = {}
+        for item in destructive:
+            columns = dropped.setdefault(table_of(item), [])
+            if item["kind"] == "DROP COLUMN" and item["column"] not in columns:
+                columns.append(item["column"])
+        counts = {table: _count_table(conn, table, columns, preparer) for table, columns in dropped.items()}
+
+        for item in destructive:
+            table_rows, non_null = counts[table_of(item)]
+            item["table_rows"] = table_rows
             if item["table_rows"] is None:
                 item["note"] = (item["note"] + "; " if item["note"] else "") + "table not found in the live database"
             if item.get("where"):
@@ -487,8 +490,37 @@ def count_rows(config: TargetConfig, destructive: list[dict[str, Any]]) -> tuple
                 item.pop("count_sql", None)
                 item["rows"] = item["table_rows"]
             if item["kind"] == "DROP COLUMN" and item["rows"] is not None:
-                item["non_null"] = run(f"SELECT count({preparer.quote_identifier(item['column'])}) FROM {table}")
+                item["non_null"] = non_null.get(item["column"])
     return destructive, server_version
+
+
+def _count_table(
+    conn: sa.Connection, table: str, columns: list[str], preparer: Any
+) -> tuple[int | None, dict[str, int | None]]:
+    """(rows, non-null count per column) of `table` in one scan; (None, {}) when the table is missing.
+
+    When the one scan fails (a column the downgrade itself adds first), each
+    count runs alone so the others are still shown.
+    """
+
+    def scalars(sql: str) -> tuple | None:
+        try:
+            return tuple(conn.exec_driver_sql(sql).one())
+        except sa.exc.DBAPIError:
+            return None
+
+    terms = ", ".join(f"count({preparer.quote_identifier(column)})" for column in columns)
+    row = scalars(f"SELECT count(*){', ' + terms if terms else ''} FROM {table}")
+    if row is not None:
+        return int(row[0]), {column: int(value) for column, value in zip(columns, row[1:], strict=True)}
+    alone = scalars(f"SELECT count(*) FROM {table}")
+    if alone is None:
+        return None, {}
+    non_null = {}
+    for column in columns:
+        value = scalars(f"SELECT count({preparer.quote_identifier(column)}) FROM {table}")
+        non_null[column] = None if value is None else int(value[0])
+    return int(alone[0]), non_null
 
 
 @dataclass
