@@ -193,8 +193,13 @@ OPS_ENVIRONMENT_COLOUR = env.str("OPS_ENVIRONMENT_COLOUR", default="")
 OPS_SNAPSHOT_DIR = Path(env.str("OPS_SNAPSHOT_DIR", default=str(VAR_DIR / "snapshots")))
 
 # Targets: raw strings here, parsed and validated by opsapp.targets / opsapp.checks.
+# OPS_TARGETS_FILE (TOML, opsapp.targets_file) declares more; the demo target "shop" is the
+# default only when neither OPS_TARGETS nor OPS_TARGETS_FILE is set.
+OPS_TARGETS_FILE = env.str("OPS_TARGETS_FILE", default="")
 OPS_TARGETS = {}
-for _name in [n.strip() for n in env.str("OPS_TARGETS", default="shop").split(",") if n.strip()]:
+for _name in [
+    n.strip() for n in env.str("OPS_TARGETS", default="" if OPS_TARGETS_FILE else "shop").split(",") if n.strip()
+]:
     _key = _name.upper()
     _defaults = (
         {"URL": f"sqlite:///{VAR_DIR / 'shop.sqlite3'}", "ALEMBIC_INI": str(BASE_DIR / "alembic.ini")}
@@ -206,6 +211,15 @@ for _name in [n.strip() for n in env.str("OPS_TARGETS", default="shop").split(",
         "ALEMBIC_INI": env.str(f"OPS_TARGET_{_key}_ALEMBIC_INI", default=_defaults["ALEMBIC_INI"]),
         "ISOLATION_LEVEL": env.str(f"OPS_TARGET_{_key}_ISOLATION_LEVEL", default="SERIALIZABLE"),
     }
+
+# The names declared by environment variables: a file target of the same name is an
+# error (opsapp.E085), and the environment's definition is the one kept meanwhile.
+OPS_ENV_TARGET_NAMES = tuple(OPS_TARGETS)
+if OPS_TARGETS_FILE:
+    from opsapp.targets_file import load_targets_file
+
+    for _name, _raw in load_targets_file(OPS_TARGETS_FILE, os.environ).targets.items():
+        OPS_TARGETS.setdefault(_name, _raw)
 
 # Django's error pages and reports mask target passwords (OPS_TARGETS and URLs in tracebacks).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "opsapp.targets.MaskingExceptionReporterFilter"

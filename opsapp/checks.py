@@ -6,11 +6,17 @@ below READ COMMITTED or unknown · E006 bad target name · E007 no targets ·
 E008 verification codes would stay on this machine with DEBUG off · E009
 EMAIL_URL=filemail:// names a relative directory · W001 (check --deploy)
 verification codes would not be e-mailed (DEBUG on).
+E080-E086 OPS_TARGETS_FILE: E080 unreadable · E081 not valid TOML (line and column) ·
+E082 wrong structure or unknown key · E083 target without a name or declared twice ·
+E084 url / url_env missing, both, unset variable or a password in the file · E085 a target
+declared both in the file and by environment variables · E086 bad tags. Messages name the
+file and line.
 E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -18,16 +24,49 @@ from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from opsapp.targets import validate_target
+from opsapp.targets_file import load_targets_file
 
 
 @register(Tags.compatibility)
 def check_targets(app_configs=None, **kwargs) -> list[Error]:
     errors: list[Error] = []
     if not settings.OPS_TARGETS:
-        errors.append(Error("OPS_TARGETS names no target.", hint="Set OPS_TARGETS=shop,...", id="opsapp.E007"))
+        errors.append(
+            Error(
+                "OPS_TARGETS names no target.",
+                hint="Set OPS_TARGETS=shop,... or OPS_TARGETS_FILE (a TOML file of [[target]] tables).",
+                id="opsapp.E007",
+            )
+        )
     for name in settings.OPS_TARGETS:
         for check_id, message in validate_target(name):
             errors.append(Error(message, id=check_id, obj=f"target {name}"))
+    return errors
+
+
+@register(Tags.compatibility)
+def check_targets_file(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E080-E086: the TOML targets file, with the file and line of each problem.
+
+    The values of the file's valid targets (URL, alembic.ini, isolation
+    level) are checked by `check_targets` like any target, also with lines.
+    """
+    path = getattr(settings, "OPS_TARGETS_FILE", "")
+    if not path:
+        return []
+    loaded = load_targets_file(path, os.environ)
+    errors = [Error(p.message, id=f"opsapp.{p.code}", obj=f"OPS_TARGETS_FILE {path}") for p in loaded.problems]
+    for name in sorted(set(loaded.targets) & set(getattr(settings, "OPS_ENV_TARGET_NAMES", ()))):
+        line = loaded.targets[name]["LINES"][""]
+        errors.append(
+            Error(
+                f"{path}, line {line}: target {name!r} is declared both in this file and by environment variables "
+                f"(OPS_TARGETS / OPS_TARGET_{name.upper()}_*).",
+                hint="Declare each target in one place only.",
+                id="opsapp.E085",
+                obj=f"target {name}",
+            )
+        )
     return errors
 
 
