@@ -236,6 +236,14 @@ OPS_LOCK_WAIT_SECONDS = env.float("OPS_LOCK_WAIT_SECONDS", default=5.0)
 OPS_LOCK_TIMEOUT_MS = env.int("OPS_LOCK_TIMEOUT_MS", default=5000)
 OPS_SERIALIZATION_RETRIES = env.int("OPS_SERIALIZATION_RETRIES", default=3)
 OPS_CONNECT_TIMEOUT_SECONDS = env.int("OPS_CONNECT_TIMEOUT_SECONDS", default=5)
+# Cron jobs (opsapp.services.cron): seconds that may pass between two runs of each job, on
+# top of the defaults from docs/production.md's crontab; "job=0" stops watching a job.
+# A value that is not whole seconds is kept as text and refused by opsapp.E087.
+OPS_CRON_INTERVALS = {
+    _job: int(_value) if _value.strip().isdigit() else _value
+    for _job, _value in env.dict("OPS_CRON_INTERVALS", default={}).items()
+}
+OPS_CRON_GRACE_SECONDS = env.int("OPS_CRON_GRACE_SECONDS", default=120)
 OPS_PG_DUMP = env.str("OPS_PG_DUMP", default="pg_dump")
 OPS_PG_RESTORE = env.str("OPS_PG_RESTORE", default="pg_restore")
 

@@ -11,6 +11,7 @@ E082 wrong structure or unknown key · E083 target without a name or declared tw
 E084 url / url_env missing, both, unset variable or a password in the file · E085 a target
 declared both in the file and by environment variables · E086 bad tags. Messages name the
 file and line.
+E087 OPS_CRON_INTERVALS names an unknown job or a value that is not whole seconds.
 E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
 """
 
@@ -68,6 +69,21 @@ def check_targets_file(app_configs=None, **kwargs) -> list[Error]:
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_cron_intervals(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E087: every OPS_CRON_INTERVALS entry names a known job and whole seconds."""
+    from opsapp.services.cron.schedule import interval_problems
+
+    return [
+        Error(
+            f"OPS_CRON_INTERVALS: {problem}.",
+            hint="e.g. OPS_CRON_INTERVALS=sync_revisions=300,reconcile=600",
+            id="opsapp.E087",
+        )
+        for problem in interval_problems(getattr(settings, "OPS_CRON_INTERVALS", {}) or {})
+    ]
 
 
 # Backends that keep a code on this machine, with the EMAIL_URL scheme that selects each.

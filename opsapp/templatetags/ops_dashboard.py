@@ -81,6 +81,14 @@ def event_rows() -> list[dict[str, Any]]:
     ]
 
 
+def cron_rows() -> dict[str, Any]:
+    """The cron jobs that need attention (overdue, failing, never ran), and how many are fine."""
+    from opsapp.services.cron.runs import cron_status
+
+    jobs = cron_status()
+    return {"problems": [job for job in jobs if job.is_problem], "ok_count": sum(not job.is_problem for job in jobs)}
+
+
 @register.inclusion_tag("admin/opsapp/dashboard.html", takes_context=True)
 def ops_dashboard(context) -> dict[str, Any]:
     request = context.get("request")
@@ -88,6 +96,8 @@ def ops_dashboard(context) -> dict[str, Any]:
     if user is None or not user.is_active or not user.is_staff:
         return {"dashboard": {"any": False}}
     data: dict[str, Any] = {
+        # Cron health: whoever sees targets sees whether the jobs that keep them fresh still run.
+        "cron": cron_rows() if user.has_perm("opsapp.view_target") else None,
         "targets": target_rows() if user.has_perm("opsapp.view_target") else None,
         "requests": request_rows() if user.has_perm("opsapp.view_rollbackrequest") else None,
         "events": event_rows() if user.has_perm("opsapp.view_auditevent") else None,

@@ -13,13 +13,14 @@ import json
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_names
+from opsapp.management.cron import CronRecorded
 from opsapp.services.catalog.drift import drift_problems
 from opsapp.services.catalog.sync import sync_target
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
+    cron_job = "check_drift"
     help = "Check each target for drift between its database and its scripts; exit 1 on a problem."
 
     def add_arguments(self, parser) -> None:

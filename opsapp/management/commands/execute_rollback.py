@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
 from opsapp.management.commands._rollback_cli import emit, named_actor, result_json
+from opsapp.management.cron import CronRecorded
 from opsapp.models import RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError, RollbackFailed, TargetNotConfigured
@@ -34,7 +34,7 @@ def _read_code() -> str:
     return code
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
     help = (
         "Execute a rollback request with its verification code (the gate is checked first), or --reconcile "
         "requests left running by a process that died. --json prints {id, status, gate, message, heads}; a failed downgrade adds failed_revision, failed_statement "
@@ -52,6 +52,10 @@ class Command(OpsCommand):
         parser.add_argument("--actor", metavar="USERNAME", help="the console user executing")
         parser.add_argument("--reconcile", action="store_true", help="mark dead running requests as interrupted")
         parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
+
+    def cron_job_for(self, options) -> str:
+        # Only the cron half: executing one request is an operator's act, not a scheduled job.
+        return "reconcile" if options.get("reconcile") else ""
 
     def handle(self, *args, **options) -> None:
         if options["reconcile"]:

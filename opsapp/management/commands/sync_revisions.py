@@ -12,15 +12,16 @@ import json
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
 from opsapp.management.commands._catalog_cli import command_actor, target_names
+from opsapp.management.cron import CronRecorded
 from opsapp.models import TargetState
 from opsapp.services.catalog.sync import sync_target
 
 PROBLEM_STATES = (TargetState.UNREACHABLE, TargetState.SCRIPT_ERROR)
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
+    cron_job = "sync_revisions"
     help = "Sync each target's revision catalog (incremental) and database state."
 
     def add_arguments(self, parser) -> None:
