@@ -236,6 +236,11 @@ OPS_LOCK_WAIT_SECONDS = env.float("OPS_LOCK_WAIT_SECONDS", default=5.0)
 OPS_LOCK_TIMEOUT_MS = env.int("OPS_LOCK_TIMEOUT_MS", default=5000)
 OPS_SERIALIZATION_RETRIES = env.int("OPS_SERIALIZATION_RETRIES", default=3)
 OPS_CONNECT_TIMEOUT_SECONDS = env.int("OPS_CONNECT_TIMEOUT_SECONDS", default=5)
+# Statement and lock timeout of a sync's read of alembic_version (a table locked by a running
+# migration must not stall sync_revisions --all): the target is recorded unreachable instead.
+OPS_READ_TIMEOUT_SECONDS = env.float("OPS_READ_TIMEOUT_SECONDS", default=5.0)
+# Default --jobs of sync_revisions / check_drift: targets read at once (I/O-bound threads).
+OPS_SYNC_JOBS = env.int("OPS_SYNC_JOBS", default=1)
 # Cron jobs (opsapp.services.cron): seconds that may pass between two runs of each job, on
 # top of the defaults from docs/production.md's crontab; "job=0" stops watching a job.
 # A value that is not whole seconds is kept as text and refused by opsapp.E087.

@@ -13,10 +13,10 @@ import json
 
 from django.core.management.base import CommandError
 
-from opsapp.management.commands._catalog_cli import command_actor, target_names
+from opsapp.management.commands._catalog_cli import add_fleet_arguments, command_actor, jobs_option, target_names
 from opsapp.management.cron import CronRecorded
 from opsapp.services.catalog.drift import drift_problems
-from opsapp.services.catalog.sync import sync_target
+from opsapp.services.fleet.parallel import sync_targets
 
 
 class Command(CronRecorded):
@@ -24,7 +24,7 @@ class Command(CronRecorded):
     help = "Check each target for drift between its database and its scripts; exit 1 on a problem."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--target", metavar="NAME", help="only this target (default: all configured targets)")
+        add_fleet_arguments(parser)
         parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
         parser.add_argument(
             "--require-head", action="store_true", help="also fail when a database is not at every head"
@@ -36,8 +36,7 @@ class Command(CronRecorded):
     def handle(self, *args, **options) -> None:
         actor = command_actor()
         reports = []
-        for name in target_names(options["target"]):
-            target = sync_target(name, actor=actor)
+        for target in sync_targets(target_names(options["target"]), actor=actor, jobs=jobs_option(options)):
             problems = drift_problems(target, require_head=options["require_head"], single_head=options["single_head"])
             reports.append(
                 {
