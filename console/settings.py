@@ -249,6 +249,12 @@ OPS_CRON_INTERVALS = {
     for _job, _value in env.dict("OPS_CRON_INTERVALS", default={}).items()
 }
 OPS_CRON_GRACE_SECONDS = env.int("OPS_CRON_GRACE_SECONDS", default=120)
+# /metrics (Prometheus): a bearer token (or OPS_METRICS_TOKEN_FILE) and/or an allow-list of
+# client addresses / networks; each one set must pass. Neither set: /metrics answers 404.
+OPS_METRICS_TOKEN = env.str("OPS_METRICS_TOKEN", default="")
+if not OPS_METRICS_TOKEN and os.environ.get("OPS_METRICS_TOKEN_FILE"):
+    OPS_METRICS_TOKEN = Path(os.environ["OPS_METRICS_TOKEN_FILE"]).read_text().strip()
+OPS_METRICS_ALLOWED_IPS = env.list("OPS_METRICS_ALLOWED_IPS", default=[])
 OPS_PG_DUMP = env.str("OPS_PG_DUMP", default="pg_dump")
 OPS_PG_RESTORE = env.str("OPS_PG_RESTORE", default="pg_restore")
 

@@ -12,6 +12,8 @@ E084 url / url_env missing, both, unset variable or a password in the file · E0
 declared both in the file and by environment variables · E086 bad tags. Messages name the
 file and line.
 E087 OPS_CRON_INTERVALS names an unknown job or a value that is not whole seconds.
+E088 OPS_METRICS_ALLOWED_IPS holds an entry that is no address or network · E089
+OPS_METRICS_TOKEN shorter than 32 characters.
 E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
 """
 
@@ -84,6 +86,35 @@ def check_cron_intervals(app_configs=None, **kwargs) -> list[Error]:
         )
         for problem in interval_problems(getattr(settings, "OPS_CRON_INTERVALS", {}) or {})
     ]
+
+
+@register(Tags.security)
+def check_metrics_access(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E088 / E089: /metrics is protected by a real allow-list and a token that is hard to guess."""
+    import ipaddress
+
+    errors = []
+    for entry in getattr(settings, "OPS_METRICS_ALLOWED_IPS", []):
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            errors.append(
+                Error(
+                    f"OPS_METRICS_ALLOWED_IPS: {entry!r} is not an IP address or network.",
+                    hint="e.g. OPS_METRICS_ALLOWED_IPS=10.0.0.0/8,192.0.2.7",
+                    id="opsapp.E088",
+                )
+            )
+    token = getattr(settings, "OPS_METRICS_TOKEN", "")
+    if token and len(token) < 32:
+        errors.append(
+            Error(
+                f"OPS_METRICS_TOKEN is {len(token)} characters long: a short token can be guessed.",
+                hint="Use 32 characters or more, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
+                id="opsapp.E089",
+            )
+        )
+    return errors
 
 
 # Backends that keep a code on this machine, with the EMAIL_URL scheme that selects each.
