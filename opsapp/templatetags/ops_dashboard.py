@@ -1,26 +1,25 @@
 """The administrator's daily view on the admin index: `{% ops_dashboard %}`.
 
-Shows, to whoever may view them: every target's state with its latest
-verified snapshot's age, the open rollback requests with their gate status,
-and the latest audit events. Reads the console's own tables only (cron keeps
+Shows, to whoever may view them: the fleet matrix (every target against its
+state, with its latest verified snapshot's age and open requests, filtered
+by tag and state; opsapp.services.fleet.matrix), the cron jobs that need
+attention, the open rollback requests with their gate status, and the
+latest audit events. Reads the console's own tables only (cron keeps
 target state fresh); the gate status of an open request is a summary of its
 stored fields, as on the request list (the live checklist is on the request page).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from django import template
 from django.conf import settings
 from django.urls import NoReverseMatch, reverse
-from django.utils import timezone
+from django.utils.http import urlencode
 
-from opsapp.models import AuditEvent, RollbackRequest, Target
+from opsapp.models import AuditEvent, RollbackRequest
 from opsapp.models.rollback import OPEN_STATUSES
-from opsapp.models.target import TargetState
-from opsapp.targets import configured_names
 
 register = template.Library()
 
@@ -34,33 +33,59 @@ def _url(name: str, *args: Any) -> str | None:
         return None
 
 
-def target_rows() -> list[dict[str, Any]]:
-    """One row per configured target (a target cron has not synced yet still shows)."""
-    from opsapp.services.snapshots.lifecycle import latest_verified_snapshot
+def fleet_context(request) -> dict[str, Any]:
+    """The fleet matrix with its filters (?fleet_state=behind, ?fleet_tag=region=eu) read from the query."""
+    from opsapp.services.fleet.matrix import MATRIX_STATES, fleet_matrix, parse_tag
 
-    by_name = {t.name: t for t in Target.objects.all()}
-    max_age = timedelta(seconds=settings.OPS_SNAPSHOT_MAX_AGE_SECONDS)
-    now = timezone.now()
-    rows = []
-    for name in sorted(set(configured_names()) | set(by_name)):
-        target = by_name.get(name)
-        snapshot = latest_verified_snapshot(target) if target else None
-        rows.append(
+    params = getattr(request, "GET", {})
+    problems = []
+    state = params.get("fleet_state") or None
+    if state is not None and state not in MATRIX_STATES:
+        problems.append(f"Unknown state filter {state!r}: showing every state.")
+        state = None
+    tag_text = params.get("fleet_tag") or None
+    tag = parse_tag(tag_text) if tag_text else None
+    if tag_text and tag is None:
+        problems.append(f"Tag filter {tag_text!r} must look like key=value: showing every tag.")
+        tag_text = None
+    matrix = fleet_matrix(tag=tag, state=state)
+
+    def link(**changes: str | None) -> str:
+        query = {"fleet_state": state, "fleet_tag": tag_text, **changes}
+        return "?" + urlencode({k: v for k, v in query.items() if v}) if any(query.values()) else "?"
+
+    max_age = settings.OPS_SNAPSHOT_MAX_AGE_SECONDS
+    rows = [
+        {
+            "row": row,
+            "url": _url("admin:opsapp_target_change", row.pk) if row.pk else None,
+            "snapshot_url": _url("admin:opsapp_snapshot_change", row.snapshot_id) if row.snapshot_id else None,
+            "snapshot_old": row.snapshot_age_seconds is not None and row.snapshot_age_seconds > max_age,
+            "cells": [(column, row.matrix_state == column) for column in MATRIX_STATES],
+        }
+        for row in matrix.rows
+    ]
+    return {
+        "rows": rows,
+        "total": matrix.total,
+        "shown": len(rows),
+        "columns": [
+            {"key": key, "label": label, "count": matrix.counts[key], "url": link(fleet_state=key), "on": key == state}
+            for key, label in MATRIX_STATES.items()
+        ],
+        "tags": [
             {
-                "name": name,
-                "url": _url("admin:opsapp_target_change", target.pk) if target else None,
-                "state": target.state if target else TargetState.NOT_SYNCED,
-                "state_label": target.get_state_display() if target else TargetState.NOT_SYNCED.label,
-                "state_detail": target.state_detail if target else "",
-                "heads": target.current_heads if target else [],
-                "pending": target.pending_count if target else 0,
-                "synced": target.last_synced_at if target else None,
-                "snapshot": snapshot,
-                "snapshot_url": _url("admin:opsapp_snapshot_change", snapshot.pk) if snapshot else None,
-                "snapshot_old": bool(snapshot and snapshot.started_at and now - snapshot.started_at > max_age),
+                "key": key,
+                "values": [{"value": v, "url": link(fleet_tag=f"{key}={v}"), "on": tag == (key, v)} for v in values],
             }
-        )
-    return rows
+            for key, values in matrix.tags.items()
+        ],
+        "filtered": bool(state or tag),
+        "tag_filtered": tag is not None,
+        "all_states_url": link(fleet_state=None),
+        "all_tags_url": link(fleet_tag=None),
+        "problems": problems,
+    }
 
 
 def request_rows() -> list[dict[str, Any]]:
@@ -98,7 +123,7 @@ def ops_dashboard(context) -> dict[str, Any]:
     data: dict[str, Any] = {
         # Cron health: whoever sees targets sees whether the jobs that keep them fresh still run.
         "cron": cron_rows() if user.has_perm("opsapp.view_target") else None,
-        "targets": target_rows() if user.has_perm("opsapp.view_target") else None,
+        "fleet": fleet_context(request) if user.has_perm("opsapp.view_target") else None,
         "requests": request_rows() if user.has_perm("opsapp.view_rollbackrequest") else None,
         "events": event_rows() if user.has_perm("opsapp.view_auditevent") else None,
     }
