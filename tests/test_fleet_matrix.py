@@ -27,7 +27,9 @@ def matrix_rows(html: str) -> dict[str, str]:
     table = html.split('id="fleet-matrix"')[1].split("</table>")[0]
     return dict(
         (name, state)
-        for state, name in re.findall(r'<tr class="fleet-row state-(\w+)">\s*<th>(?:<a href="[^"]*">)?(\w+)', table)
+        for state, name in re.findall(
+            r'<tr class="fleet-row fleet-state-(\w+)">\s*<th>(?:<a href="[^"]*">)?(\w+)', table
+        )
     )
 
 

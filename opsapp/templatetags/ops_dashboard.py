@@ -33,6 +33,17 @@ def _url(name: str, *args: Any) -> str | None:
         return None
 
 
+def compact_age(seconds: float | None) -> str:
+    """'42 min', '5 h', '3 d': short enough for a 500-row matrix ('' for None)."""
+    if seconds is None:
+        return ""
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} d"
+
+
 def fleet_context(request) -> dict[str, Any]:
     """The fleet matrix with its filters (?fleet_state=behind, ?fleet_tag=region=eu) read from the query."""
     from opsapp.services.fleet.matrix import MATRIX_STATES, fleet_matrix, parse_tag
@@ -61,6 +72,7 @@ def fleet_context(request) -> dict[str, Any]:
             "url": _url("admin:opsapp_target_change", row.pk) if row.pk else None,
             "snapshot_url": _url("admin:opsapp_snapshot_change", row.snapshot_id) if row.snapshot_id else None,
             "snapshot_old": row.snapshot_age_seconds is not None and row.snapshot_age_seconds > max_age,
+            "snapshot_age": compact_age(row.snapshot_age_seconds),
             "cells": [(column, row.matrix_state == column) for column in MATRIX_STATES],
         }
         for row in matrix.rows
