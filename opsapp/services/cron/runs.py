@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from django.db import DatabaseError
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from opsapp.models import CronRun
@@ -138,19 +139,40 @@ def judge(job: CronJob, latest: CronRun | None, latest_finished: CronRun | None,
     )
 
 
+def _latest_runs(names: list[str]) -> tuple[dict[str, CronRun], dict[str, CronRun]]:
+    """The latest run and the latest finished run of each job, in three indexed queries whatever the history."""
+    latest = dict(
+        CronRun.objects.filter(command__in=names)
+        .values("command")
+        .annotate(at=Max("started_at"))
+        .values_list("command", "at")
+    )
+    finished = dict(
+        CronRun.objects.filter(command__in=names, finished_at__isnull=False)
+        .values("command")
+        .annotate(at=Max("started_at"))
+        .values_list("command", "at")
+    )
+    wanted = Q(pk__in=[])
+    for command, at in [*latest.items(), *finished.items()]:
+        wanted |= Q(command=command, started_at=at)
+    runs = list(CronRun.objects.filter(wanted).order_by("pk")) if latest else []
+    by_latest = {run.command: run for run in runs if run.started_at == latest.get(run.command)}
+    by_finished = {
+        run.command: run for run in runs if run.finished_at is not None and run.started_at == finished.get(run.command)
+    }
+    return by_latest, by_finished
+
+
 def cron_status(now: datetime | None = None) -> list[JobStatus]:
-    """The state of every known cron job, in JOBS order (two indexed queries per job)."""
+    """The state of every known cron job, in JOBS order."""
     now = now or timezone.now()
-    result = []
-    for job in JOBS:
-        runs = CronRun.objects.filter(command=job.name).order_by("-started_at")
-        result.append(judge(job, runs.first(), runs.filter(finished_at__isnull=False).first(), now))
-    return result
+    latest, finished = _latest_runs([job.name for job in JOBS])
+    return [judge(job, latest.get(job.name), finished.get(job.name), now) for job in JOBS]
 
 
 def job_status(name: str, now: datetime | None = None) -> JobStatus:
     """cron_status() of one job. Raises KeyError for an unknown job."""
     job = {j.name: j for j in JOBS}[name]
-    now = now or timezone.now()
-    runs = CronRun.objects.filter(command=job.name).order_by("-started_at")
-    return judge(job, runs.first(), runs.filter(finished_at__isnull=False).first(), now)
+    latest, finished = _latest_runs([name])
+    return judge(job, latest.get(name), finished.get(name), now or timezone.now())
