@@ -80,6 +80,9 @@ def test_the_index_shows_every_target_against_its_state_with_counts_and_links(cl
     assert f"#{snap.pk}" in html
     assert f'?target__id__exact={targets["eu_b"].pk}">1</a>' in html
     assert "Fleet: 6 of 6 targets" in html
+    # The tags show on the target's own page too.
+    page = client.get(reverse("admin:opsapp_target_change", args=[targets["eu_a"].pk])).content.decode()
+    assert "region=eu, tier=prod" in page
 
 
 def test_filters_by_state_and_tag(client, admin_user, fleet_rows):
