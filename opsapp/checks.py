@@ -54,12 +54,12 @@ def check_targets_file(app_configs=None, **kwargs) -> list[Error]:
     The values of the file's valid targets (URL, alembic.ini, isolation
     level) are checked by `check_targets` like any target, also with lines.
     """
-    path = getattr(settings, "OPS_TARGETS_FILE", "")
+    path = settings.OPS_TARGETS_FILE
     if not path:
         return []
     loaded = load_targets_file(path, os.environ)
     errors = [Error(p.message, id=f"opsapp.{p.code}", obj=f"OPS_TARGETS_FILE {path}") for p in loaded.problems]
-    for name in sorted(set(loaded.targets) & set(getattr(settings, "OPS_ENV_TARGET_NAMES", ()))):
+    for name in sorted(set(loaded.targets) & set(settings.OPS_ENV_TARGET_NAMES)):
         line = loaded.targets[name]["LINES"][""]
         errors.append(
             Error(
