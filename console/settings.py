@@ -220,8 +220,13 @@ OPS_AUDIT_PUBLIC_KEY_FILE = env.str("OPS_AUDIT_PUBLIC_KEY_FILE", default="")
 OPS_AUDIT_CHECKPOINT_DIR = Path(env.str("OPS_AUDIT_CHECKPOINT_DIR", default=str(VAR_DIR / "audit-checkpoints")))
 
 # Targets: raw strings here, parsed and validated by opsapp.targets / opsapp.checks.
+# OPS_TARGETS_FILE (TOML, opsapp.targets_file) declares more; the demo target "shop" is the
+# default only when neither OPS_TARGETS nor OPS_TARGETS_FILE is set.
+OPS_TARGETS_FILE = env.str("OPS_TARGETS_FILE", default="")
 OPS_TARGETS = {}
-for _name in [n.strip() for n in env.str("OPS_TARGETS", default="shop").split(",") if n.strip()]:
+for _name in [
+    n.strip() for n in env.str("OPS_TARGETS", default="" if OPS_TARGETS_FILE else "shop").split(",") if n.strip()
+]:
     _key = _name.upper()
     _defaults = (
         {"URL": f"sqlite:///{VAR_DIR / 'shop.sqlite3'}", "ALEMBIC_INI": str(BASE_DIR / "alembic.ini")}
@@ -233,6 +238,15 @@ for _name in [n.strip() for n in env.str("OPS_TARGETS", default="shop").split(",
         "ALEMBIC_INI": env.str(f"OPS_TARGET_{_key}_ALEMBIC_INI", default=_defaults["ALEMBIC_INI"]),
         "ISOLATION_LEVEL": env.str(f"OPS_TARGET_{_key}_ISOLATION_LEVEL", default="SERIALIZABLE"),
     }
+
+# The names declared by environment variables: a file target of the same name is an
+# error (opsapp.E085), and the environment's definition is the one kept meanwhile.
+OPS_ENV_TARGET_NAMES = tuple(OPS_TARGETS)
+if OPS_TARGETS_FILE:
+    from opsapp.targets_file import load_targets_file
+
+    for _name, _raw in load_targets_file(OPS_TARGETS_FILE, os.environ).targets.items():
+        OPS_TARGETS.setdefault(_name, _raw)
 
 # Django's error pages and reports mask target passwords (OPS_TARGETS and URLs in tracebacks).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "opsapp.targets.MaskingExceptionReporterFilter"
@@ -249,6 +263,25 @@ OPS_LOCK_WAIT_SECONDS = env.float("OPS_LOCK_WAIT_SECONDS", default=5.0)
 OPS_LOCK_TIMEOUT_MS = env.int("OPS_LOCK_TIMEOUT_MS", default=5000)
 OPS_SERIALIZATION_RETRIES = env.int("OPS_SERIALIZATION_RETRIES", default=3)
 OPS_CONNECT_TIMEOUT_SECONDS = env.int("OPS_CONNECT_TIMEOUT_SECONDS", default=5)
+# Statement and lock timeout of a sync's read of alembic_version (a table locked by a running
+# migration must not stall sync_revisions --all): the target is recorded unreachable instead.
+OPS_READ_TIMEOUT_SECONDS = env.float("OPS_READ_TIMEOUT_SECONDS", default=5.0)
+# Default --jobs of sync_revisions / check_drift: targets read at once (I/O-bound threads).
+OPS_SYNC_JOBS = env.int("OPS_SYNC_JOBS", default=1)
+# Cron jobs (opsapp.services.cron): seconds that may pass between two runs of each job, on
+# top of the defaults from docs/production.md's crontab; "job=0" stops watching a job.
+# A value that is not whole seconds is kept as text and refused by opsapp.E087.
+OPS_CRON_INTERVALS = {
+    _job: int(_value) if _value.strip().isdigit() else _value
+    for _job, _value in env.dict("OPS_CRON_INTERVALS", default={}).items()
+}
+OPS_CRON_GRACE_SECONDS = env.int("OPS_CRON_GRACE_SECONDS", default=120)
+# /metrics (Prometheus): a bearer token (or OPS_METRICS_TOKEN_FILE) and/or an allow-list of
+# client addresses / networks; each one set must pass. Neither set: /metrics answers 404.
+OPS_METRICS_TOKEN = env.str("OPS_METRICS_TOKEN", default="")
+if not OPS_METRICS_TOKEN and os.environ.get("OPS_METRICS_TOKEN_FILE"):
+    OPS_METRICS_TOKEN = Path(os.environ["OPS_METRICS_TOKEN_FILE"]).read_text().strip()
+OPS_METRICS_ALLOWED_IPS = env.list("OPS_METRICS_ALLOWED_IPS", default=[])
 OPS_PG_DUMP = env.str("OPS_PG_DUMP", default="pg_dump")
 OPS_PG_RESTORE = env.str("OPS_PG_RESTORE", default="pg_restore")
 # Rehearsals (issue 14): a PostgreSQL server where the console may create and drop

@@ -6,6 +6,14 @@ below READ COMMITTED or unknown · E006 bad target name · E007 no targets ·
 E008 verification codes would stay on this machine with DEBUG off · E009
 EMAIL_URL=filemail:// names a relative directory · W001 (check --deploy)
 verification codes would not be e-mailed (DEBUG on).
+E080-E086 OPS_TARGETS_FILE: E080 unreadable · E081 not valid TOML (line and column) ·
+E082 wrong structure or unknown key · E083 target without a name or declared twice ·
+E084 url / url_env missing, both, unset variable or a password in the file · E085 a target
+declared both in the file and by environment variables · E086 bad tags. Messages name the
+file and line.
+E087 OPS_CRON_INTERVALS names an unknown job or a value that is not whole seconds.
+E088 OPS_METRICS_ALLOWED_IPS holds an entry that is no address or network · E089
+OPS_METRICS_TOKEN shorter than 32 characters.
 E020 (check --deploy) two-factor sign-in off with DEBUG off, without OPS_ALLOW_NO_2FA=1.
 E040 (check --deploy) no audit MAC key with DEBUG off · E041 audit key unreadable or too short ·
 E042 (check --deploy) no checkpoint signing or public key with DEBUG off · E043 checkpoint key
@@ -17,6 +25,7 @@ E031 OPS_HEARTBEAT_SECONDS, OPS_JOB_LOCK_WAIT_SECONDS or OPS_SNAPSHOT_RETRIES ou
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -24,16 +33,93 @@ from django.core.checks import Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from opsapp.targets import validate_target
+from opsapp.targets_file import load_targets_file
 
 
 @register(Tags.compatibility)
 def check_targets(app_configs=None, **kwargs) -> list[Error]:
     errors: list[Error] = []
     if not settings.OPS_TARGETS:
-        errors.append(Error("OPS_TARGETS names no target.", hint="Set OPS_TARGETS=shop,...", id="opsapp.E007"))
+        errors.append(
+            Error(
+                "OPS_TARGETS names no target.",
+                hint="Set OPS_TARGETS=shop,... or OPS_TARGETS_FILE (a TOML file of [[target]] tables).",
+                id="opsapp.E007",
+            )
+        )
     for name in settings.OPS_TARGETS:
         for check_id, message in validate_target(name):
             errors.append(Error(message, id=check_id, obj=f"target {name}"))
+    return errors
+
+
+@register(Tags.compatibility)
+def check_targets_file(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E080-E086: the TOML targets file, with the file and line of each problem.
+
+    The values of the file's valid targets (URL, alembic.ini, isolation
+    level) are checked by `check_targets` like any target, also with lines.
+    """
+    path = settings.OPS_TARGETS_FILE
+    if not path:
+        return []
+    loaded = load_targets_file(path, os.environ)
+    errors = [Error(p.message, id=f"opsapp.{p.code}", obj=f"OPS_TARGETS_FILE {path}") for p in loaded.problems]
+    for name in sorted(set(loaded.targets) & set(settings.OPS_ENV_TARGET_NAMES)):
+        line = loaded.targets[name]["LINES"][""]
+        errors.append(
+            Error(
+                f"{path}, line {line}: target {name!r} is declared both in this file and by environment variables "
+                f"(OPS_TARGETS / OPS_TARGET_{name.upper()}_*).",
+                hint="Declare each target in one place only.",
+                id="opsapp.E085",
+                obj=f"target {name}",
+            )
+        )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_cron_intervals(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E087: every OPS_CRON_INTERVALS entry names a known job and whole seconds."""
+    from opsapp.services.cron.schedule import interval_problems
+
+    return [
+        Error(
+            f"OPS_CRON_INTERVALS: {problem}.",
+            hint="e.g. OPS_CRON_INTERVALS=sync_revisions=300,reconcile=600",
+            id="opsapp.E087",
+        )
+        for problem in interval_problems(getattr(settings, "OPS_CRON_INTERVALS", {}) or {})
+    ]
+
+
+@register(Tags.security)
+def check_metrics_access(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E088 / E089: /metrics is protected by a real allow-list and a token that is hard to guess."""
+    import ipaddress
+
+    errors = []
+    for entry in getattr(settings, "OPS_METRICS_ALLOWED_IPS", []):
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            errors.append(
+                Error(
+                    f"OPS_METRICS_ALLOWED_IPS: {entry!r} is not an IP address or network.",
+                    hint="e.g. OPS_METRICS_ALLOWED_IPS=10.0.0.0/8,192.0.2.7",
+                    id="opsapp.E088",
+                )
+            )
+    token = getattr(settings, "OPS_METRICS_TOKEN", "")
+    if token and len(token) < 32:
+        errors.append(
+            Error(
+                f"OPS_METRICS_TOKEN is {len(token)} characters long: a short token can be guessed.",
+                hint="Use 32 characters or more, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
+                id="opsapp.E089",
+            )
+        )
     return errors
 
 

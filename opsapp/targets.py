@@ -17,6 +17,7 @@ from django.conf import settings
 from django.views.debug import SafeExceptionReporterFilter
 
 from opsapp.services.errors import TargetMisconfigured, TargetNotConfigured
+from opsapp.targets_file import where
 
 ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 SUPPORTED_DIALECTS = ("postgresql", "sqlite")
@@ -81,6 +82,8 @@ class TargetConfig:
     url: str = field(repr=False)
     alembic_ini: Path
     isolation_level: str = "SERIALIZABLE"
+    # From OPS_TARGETS_FILE only (e.g. {"region": "eu", "tier": "prod"}).
+    tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def masked_url(self) -> str:
@@ -145,7 +148,8 @@ def validate_target(name: str) -> list[tuple[str, str]]:
         )
     url = (raw.get("URL") or "").strip()
     if not url:
-        problems.append(("opsapp.E001", f"Target {name!r} has no URL: set OPS_TARGET_{name.upper()}_URL."))
+        fix = f"set {raw['URL_ENV']}" if raw.get("URL_ENV") else f"set OPS_TARGET_{name.upper()}_URL"
+        problems.append(("opsapp.E001", f"Target {name!r}{where(raw, 'url_env')} has no URL: {fix}."))
     else:
         try:
             from sqlalchemy.engine import make_url
@@ -161,38 +165,52 @@ def validate_target(name: str) -> list[tuple[str, str]]:
             problems.append(
                 (
                     "opsapp.E002",
-                    f"Target {name!r} has a malformed URL {mask_url(url)!r}: {mask_url(str(exc))}.",
+                    f"Target {name!r}{where(raw, 'url_env' if raw.get('URL_ENV') else 'url')} has a malformed URL {mask_url(url)!r}: {mask_url(str(exc))}.",
                 )
             )
     ini = (raw.get("ALEMBIC_INI") or "").strip()
     if not ini:
         problems.append(
-            ("opsapp.E003", f"Target {name!r} has no alembic.ini: set OPS_TARGET_{name.upper()}_ALEMBIC_INI.")
+            (
+                "opsapp.E003",
+                f"Target {name!r}{where(raw, 'alembic_ini')} has no alembic.ini: "
+                + ('add alembic_ini = "...".' if raw.get("SOURCE") else f"set OPS_TARGET_{name.upper()}_ALEMBIC_INI."),
+            )
         )
     elif not Path(ini).is_file():
-        problems.append(("opsapp.E003", f"Target {name!r}: alembic.ini {ini!r} does not exist."))
+        problems.append(
+            ("opsapp.E003", f"Target {name!r}{where(raw, 'alembic_ini')}: alembic.ini {ini!r} does not exist.")
+        )
     else:
         cfg = TargetConfig(name=name, url=url, alembic_ini=Path(ini))
         location = cfg.script_location
         if location is None:
-            problems.append(("opsapp.E004", f"Target {name!r}: {ini!r} has no [alembic] script_location."))
+            problems.append(
+                (
+                    "opsapp.E004",
+                    f"Target {name!r}{where(raw, 'alembic_ini')}: {ini!r} has no [alembic] script_location.",
+                )
+            )
         elif not (location / "env.py").is_file():
             problems.append(
-                ("opsapp.E004", f"Target {name!r}: script directory {str(location)!r} is missing or has no env.py.")
+                (
+                    "opsapp.E004",
+                    f"Target {name!r}{where(raw, 'alembic_ini')}: script directory {str(location)!r} is missing or has no env.py.",
+                )
             )
     level = (raw.get("ISOLATION_LEVEL") or "SERIALIZABLE").strip().upper().replace("_", " ")
     if level not in ISOLATION_LEVELS:
         problems.append(
             (
                 "opsapp.E005",
-                f"Target {name!r}: unknown isolation level {level!r}; use one of {', '.join(ISOLATION_LEVELS[1:])}.",
+                f"Target {name!r}{where(raw, 'isolation_level')}: unknown isolation level {level!r}; use one of {', '.join(ISOLATION_LEVELS[1:])}.",
             )
         )
     elif level == "READ UNCOMMITTED":
         problems.append(
             (
                 "opsapp.E005",
-                f"Target {name!r}: isolation level READ UNCOMMITTED is refused; operations run at READ COMMITTED or stricter.",
+                f"Target {name!r}{where(raw, 'isolation_level')}: isolation level READ UNCOMMITTED is refused; operations run at READ COMMITTED or stricter.",
             )
         )
     return problems
@@ -210,7 +228,11 @@ def get_target(name: str) -> TargetConfig:
         raise TargetMisconfigured("; ".join(msg for _, msg in problems), target=name)
     level = (raw.get("ISOLATION_LEVEL") or "SERIALIZABLE").strip().upper().replace("_", " ")
     return TargetConfig(
-        name=name, url=raw["URL"].strip(), alembic_ini=Path(raw["ALEMBIC_INI"]).resolve(), isolation_level=level
+        name=name,
+        url=raw["URL"].strip(),
+        alembic_ini=Path(raw["ALEMBIC_INI"]).resolve(),
+        isolation_level=level,
+        tags=dict(raw.get("TAGS") or {}),
     )
 
 

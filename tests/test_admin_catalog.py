@@ -405,8 +405,9 @@ def test_a_database_at_an_unknown_revision_says_unknown_instead_of_everything_pe
 
     pending = target_page.split("field-pending_display")[1].split('<div class="readonly">')[1].split("</div>")[0]
     assert pending.strip() == "unknown"
-    row = dashboard.split('id="dashboard-targets"')[1].split("</tr>")[1]
-    assert "<td>unknown</td>" in row
+    # The fleet matrix puts the target in its "unknown" column, not in "behind N".
+    row = next(r for r in dashboard.split('id="fleet-matrix"')[1].split("<tr") if f">{branchy.name}</a>" in r)
+    assert 'class="fleet-cell here state-unknown"' in row and "behind" not in row, row
     nodes = re.findall(r'<g class="node (\w+)[^"]*" data-revision="(\w+)"', graph)
     drawn = {state for state, revision in nodes if not revision.startswith("legend")}
     assert drawn == {"unknown"}, nodes

@@ -39,6 +39,7 @@ from opsapp.models import AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
 from opsapp.services.audit.export import CONTENT_TYPES, FORMATS, iter_export, start_export
 from opsapp.services.audit.verify import last_verification
+from opsapp.services.cron.runs import job_status
 
 EXPORT_PERMISSION = "opsapp.export_auditevent"
 # Below this many rows an exact count is cheap; above, estimate.
@@ -235,6 +236,8 @@ class AuditEventAdmin(admin.ModelAdmin):
         query.pop("e", None)
         context = {
             "audit_last_verification": last_verification(),
+            # "Never verified" and "overdue" come from the same CronRun record as check_cron and /metrics.
+            "audit_verify_job": job_status("verify_audit_log"),
             "audit_success": AuditOutcome.SUCCESS,
             "audit_can_export": request.user.has_perm(EXPORT_PERMISSION),
             "audit_export_query": ("?" + query.urlencode()) if query else "",

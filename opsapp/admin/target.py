@@ -60,12 +60,13 @@ class TargetAdmin(admin.ModelAdmin):
         "script_heads_display",
         "last_synced_at",
         "revision_count",
+        "tags_display",
     )
     list_display_links = ("name",)
     search_fields = ("name",)
     fieldsets = (
         # state_detail is shown above the fieldsets (the drift explanation), not repeated here.
-        (None, {"fields": ("name", "masked_url", "dialect", "alembic_ini", "state_display")}),
+        (None, {"fields": ("name", "masked_url", "dialect", "alembic_ini", "tags_display", "state_display")}),
         ("Heads", {"fields": ("current_heads_display", "script_heads_display", "pending_display", "revision_count")}),
         ("Sync", {"fields": ("script_fingerprint", "last_synced_at", "last_checked_at")}),
     )
@@ -74,6 +75,7 @@ class TargetAdmin(admin.ModelAdmin):
         "masked_url",
         "dialect",
         "alembic_ini",
+        "tags_display",
         "state_display",
         "current_heads_display",
         "script_heads_display",
@@ -113,6 +115,11 @@ class TargetAdmin(admin.ModelAdmin):
 
         # A database at a revision the scripts lack (or unreachable) has no known place in the history.
         return "unknown" if obj.state in UNKNOWN_STATES else obj.pending_count
+
+    @admin.display(description="tags")
+    def tags_display(self, obj: Target) -> str:
+        # From OPS_TARGETS_FILE; the admin index's fleet matrix filters on them.
+        return ", ".join(f"{key}={value}" for key, value in sorted((obj.tags or {}).items())) or "—"
 
     @admin.display(description="current heads (database)")
     def current_heads_display(self, obj: Target) -> str:

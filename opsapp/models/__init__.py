@@ -1,6 +1,7 @@
 """The console's own tables. Model names are part of the interface (docs/design.md)."""
 
 from opsapp.models.audit import AuditAction, AuditEvent, AuditOutcome
+from opsapp.models.cron import CronRun
 from opsapp.models.operation import ACTIVE_STATES, Operation, OperationKind, OperationState
 from opsapp.models.rehearsal import Rehearsal, RehearsalStatus
 from opsapp.models.revision import Revision
@@ -22,6 +23,7 @@ __all__ = [
     "AuditOutcome",
     "Rehearsal",
     "RehearsalStatus",
+    "CronRun",
     "Revision",
     "RollbackRequest",
     "RollbackStatus",

@@ -23,6 +23,8 @@ class Target(models.Model):
     url_masked = models.CharField("URL (password masked)", max_length=1000, blank=True, editable=False)
     dialect = models.CharField(max_length=30, blank=True, editable=False)
     alembic_ini = models.CharField(max_length=1000, blank=True, editable=False)
+    # From OPS_TARGETS_FILE (e.g. {"region": "eu", "tier": "prod"}); the fleet matrix filters on them.
+    tags = models.JSONField(default=dict, blank=True, editable=False)
     script_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
     script_heads = models.JSONField(default=list, editable=False)
     current_heads = models.JSONField(default=list, editable=False)

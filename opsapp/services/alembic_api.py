@@ -54,14 +54,22 @@ def script_directory(target: TargetConfig) -> ScriptDirectory:
         raise ScriptDirectoryError(f"Target {target.name!r}: {exc}", target=target.name) from exc
 
 
-def create_engine(target: TargetConfig, **kwargs: object) -> sa.engine.Engine:
-    """An engine for the target with a bounded connect timeout and no pooling surprises."""
+def create_engine(target: TargetConfig, *, read_timeout: bool = False, **kwargs: object) -> sa.engine.Engine:
+    """An engine for the target with a bounded connect timeout and no pooling surprises.
+
+    `read_timeout` also bounds every statement and lock wait by
+    OPS_READ_TIMEOUT_SECONDS (PostgreSQL): for the plain reads of a sync,
+    where a table locked by a long migration must not hold up the fleet.
+    """
     from django.conf import settings
 
     connect_args: dict[str, object] = {}
     if target.is_postgresql:
         connect_args["connect_timeout"] = settings.OPS_CONNECT_TIMEOUT_SECONDS
         connect_args["application_name"] = "ops-console"
+        if read_timeout:
+            ms = max(1, int(settings.OPS_READ_TIMEOUT_SECONDS * 1000))
+            connect_args["options"] = f"-c statement_timeout={ms} -c lock_timeout={ms}"
     return sa.create_engine(target.sqlalchemy_url, connect_args=connect_args, poolclass=sa.pool.NullPool, **kwargs)
 
 
@@ -79,12 +87,12 @@ def _missing_sqlite_file(target: TargetConfig) -> Path | None:
     return None if path.exists() else path
 
 
-_SHARED_ENGINES: dict[tuple[str, int], sa.engine.Engine] = {}
+_SHARED_ENGINES: dict[tuple[str, int, float], sa.engine.Engine] = {}
 _SHARED_ENGINES_LOCK = threading.Lock()
 
 
 def _shared_engine(target: TargetConfig) -> sa.engine.Engine:
-    """One NullPool engine per target URL for plain reads (alembic_version).
+    """One NullPool engine per target URL for plain reads (alembic_version), with read timeouts.
 
     Still no pooled connections to managed databases (NullPool: every read
     opens and closes its own); what is shared is the initialised dialect,
@@ -93,11 +101,11 @@ def _shared_engine(target: TargetConfig) -> sa.engine.Engine:
     """
     from django.conf import settings
 
-    key = (target.sqlalchemy_url, settings.OPS_CONNECT_TIMEOUT_SECONDS)
+    key = (target.sqlalchemy_url, settings.OPS_CONNECT_TIMEOUT_SECONDS, settings.OPS_READ_TIMEOUT_SECONDS)
     with _SHARED_ENGINES_LOCK:
         engine = _SHARED_ENGINES.get(key)
         if engine is None:
-            engine = _SHARED_ENGINES[key] = create_engine(target)
+            engine = _SHARED_ENGINES[key] = create_engine(target, read_timeout=True)
         return engine
 
 

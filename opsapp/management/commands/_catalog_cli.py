@@ -24,6 +24,30 @@ def target_names(option: str | None) -> list[str]:
     return [option]
 
 
+def add_fleet_arguments(parser) -> None:
+    """--target NAME | --all, and --jobs N (sync_revisions, check_drift)."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--target", metavar="NAME", help="only this target")
+    which.add_argument("--all", action="store_true", help="every configured target (the default)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        default=None,
+        help=f"targets read at once (default OPS_SYNC_JOBS={settings.OPS_SYNC_JOBS}); "
+        "a down or slow target holds one of them for at most the connect/read timeout",
+    )
+
+
+def jobs_option(options: dict[str, Any]) -> int:
+    jobs = options.get("jobs")
+    if jobs is None:
+        return max(1, settings.OPS_SYNC_JOBS)
+    if jobs < 1:
+        raise CommandError("--jobs must be at least 1.", returncode=2)
+    return jobs
+
+
 def command_actor() -> Actor:
     return Actor.cli(getpass.getuser())
 

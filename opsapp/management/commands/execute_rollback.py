@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
 from opsapp.management.commands._rollback_cli import emit, named_actor, result_json
+from opsapp.management.cron import CronRecorded
 from opsapp.models import RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError, RollbackFailed, TargetNotConfigured
@@ -35,7 +35,7 @@ def _read_code() -> str:
     return code
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
     help = (
         "Execute a rollback request with its verification code (the gate is checked first), or --reconcile "
         "requests left running by a process that died. --json prints {id, status, gate, message, heads}; a failed downgrade adds failed_revision, failed_statement "
@@ -59,6 +59,10 @@ class Command(OpsCommand):
             help="check the gate and the code here, then queue the downgrade for a worker (which checks gates 1-4 "
             "again under the lock) and print the operation id; the code never enters the queue",
         )
+
+    def cron_job_for(self, options) -> str:
+        # Only the cron half: executing one request is an operator's act, not a scheduled job.
+        return "reconcile" if options.get("reconcile") else ""
 
     def handle(self, *args, **options) -> None:
         if options["reconcile"]:

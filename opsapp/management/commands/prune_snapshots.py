@@ -7,13 +7,14 @@ import json
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
+from opsapp.management.cron import CronRecorded
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetNotConfigured
 from opsapp.services.snapshots.lifecycle import prune_snapshots
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
+    cron_job = "prune_snapshots"
     help = (
         "Delete old snapshot files and mark their rows pruned. Per target the N newest complete/verified "
         "snapshots stay, and so do the newest verified one and any attached to an open rollback request; "

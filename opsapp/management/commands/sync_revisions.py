@@ -1,8 +1,11 @@
-"""sync_revisions [--target NAME] [--force] [--json]: sync the revision catalog of each target.
+"""sync_revisions [--target NAME | --all] [--jobs N] [--force] [--enqueue] [--json]: sync the revision catalog of each target.
 
 Re-reads a script directory only when its fingerprint changed (or --force),
 reads each database's alembic_version, and records a "heads changed" audit
-event when the heads moved since the last look. Exit 1 when a target is
+event when the heads moved since the last look. `--jobs N` syncs N targets
+at once; a target that is down or slow is recorded unreachable after the
+connect (OPS_CONNECT_TIMEOUT_SECONDS) or read (OPS_READ_TIMEOUT_SECONDS)
+timeout without holding up the others. Exit 1 when a target is
 unreachable or its script directory cannot be read; 2 on bad usage.
 """
 
@@ -12,23 +15,23 @@ import json
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
-from opsapp.management.commands._catalog_cli import command_actor, target_names
+from opsapp.management.commands._catalog_cli import add_fleet_arguments, command_actor, jobs_option, target_names
 from opsapp.management.commands._operations_cli import print_queued
+from opsapp.management.cron import CronRecorded
 from opsapp.models import OperationKind, TargetState
-from opsapp.services.catalog.sync import sync_target
+from opsapp.services.fleet.parallel import sync_targets
 from opsapp.services.operations.queue import enqueue
 
 PROBLEM_STATES = (TargetState.UNREACHABLE, TargetState.SCRIPT_ERROR)
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
+    cron_job = "sync_revisions"
     help = "Sync each target's revision catalog (incremental) and database state."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--target", metavar="NAME", help="only this target (default: all configured targets)")
+        add_fleet_arguments(parser)
         parser.add_argument("--force", action="store_true", help="re-read the script directory even if unchanged")
-        parser.add_argument("--all", action="store_true", help="every configured target (the default without --target)")
         parser.add_argument("--json", action="store_true", help="print machine-readable output on stdout")
         parser.add_argument(
             "--enqueue", action="store_true", help="queue one sync job per target and print the operation ids"
@@ -36,8 +39,6 @@ class Command(OpsCommand):
 
     def handle(self, *args, **options) -> None:
         actor = command_actor()
-        if options["all"] and options["target"]:
-            raise CommandError("--all and --target exclude each other.", returncode=2)
         if options["enqueue"]:
             if options["force"]:
                 raise CommandError("--force cannot be queued; run it in process.", returncode=2)
@@ -45,10 +46,9 @@ class Command(OpsCommand):
             ops = [enqueue(OperationKind.SYNC, name, actor=actor) for name in target_names(options["target"])]
             print_queued(self, options, ops, single=bool(options["target"]))
             return
-        results = []
-        for name in target_names(options["target"]):
-            target = sync_target(name, actor=actor, force=options["force"])
-            results.append(target)
+        jobs = jobs_option(options)
+        results = sync_targets(target_names(options["target"]), actor=actor, force=options["force"], jobs=jobs)
+        for target in results:
             if not options["json"] and options["verbosity"] >= 1:
                 reread = "re-read" if target.catalog_reread else "unchanged"
                 self.stdout.write(

@@ -11,8 +11,8 @@ import json
 from django.core.management.base import CommandError
 from django.template.defaultfilters import filesizeformat
 
-from opsapp.management.base import OpsCommand
 from opsapp.management.commands._operations_cli import print_queued
+from opsapp.management.cron import CronRecorded
 from opsapp.models import OperationKind, SnapshotStatus
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, SnapshotError, TargetNotConfigured
@@ -21,7 +21,8 @@ from opsapp.services.snapshots.lifecycle import take_snapshot
 from opsapp.targets import configured_names
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
+    cron_job = "take_snapshot"
     help = (
         "Take a full snapshot (pg_dump custom format / SQLite backup) of a target and verify it. "
         "Without --target, every configured target. --json prints {id, status, sha256, size, heads} "

@@ -19,7 +19,7 @@ import re
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
-from opsapp.management.base import OpsCommand
+from opsapp.management.cron import CronRecorded
 from opsapp.services.actors import Actor
 from opsapp.services.audit.verify import run_verification
 from opsapp.services.errors import OpsError
@@ -27,7 +27,8 @@ from opsapp.services.errors import OpsError
 ANCHOR = re.compile(r"^\s*#?(\d+)[:\s]+([0-9a-f]{64})\s*$")
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
+    cron_job = "verify_audit_log"
     help = "Recompute the audit log's hash chain; exit 1 naming the first broken sequence number."
 
     def add_arguments(self, parser) -> None:

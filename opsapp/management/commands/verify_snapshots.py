@@ -7,7 +7,7 @@ import json
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
+from opsapp.management.cron import CronRecorded
 from opsapp.models import SnapshotStatus, Target
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured
@@ -15,7 +15,8 @@ from opsapp.services.snapshots.lifecycle import snapshots_to_verify, verify_snap
 from opsapp.targets import get_target
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
+    cron_job = "verify_snapshots"
     help = (
         "Verify snapshots: the file exists, its SHA-256 still matches, and the archive reads back "
         "(pg_restore --list / PRAGMA integrity_check). Exit 1 if any snapshot checked failed."

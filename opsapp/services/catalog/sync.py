@@ -56,6 +56,7 @@ def ensure_target_row(name: str) -> Target:
         "url_masked": mask_url(url)[:1000],
         "dialect": url.split(":", 1)[0].split("+", 1)[0].lower()[:30] if url else "",
         "alembic_ini": str(raw.get("ALEMBIC_INI") or "")[:1000],
+        "tags": dict(raw.get("TAGS") or {}),
     }
     target, created = Target.objects.get_or_create(name=name, defaults=values)
     if not created:

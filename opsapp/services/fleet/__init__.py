@@ -1,0 +1,1 @@
+"""The fleet: many targets at once (parallel sync, the state matrix)."""
