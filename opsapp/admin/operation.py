@@ -98,6 +98,7 @@ class OperationAdmin(admin.ModelAdmin):
         "snapshot",
         "retry_of",
         "attempt",
+        "params",
         "requested_by_username",
         "worker",
         "queued_at",
