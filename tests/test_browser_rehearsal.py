@@ -75,7 +75,7 @@ def test_an_operator_rehearses_then_executes_with_the_code_from_the_email_carryi
     request, snap = shop_request
     refunds = pg_query(pg_url, "SELECT count(*) FROM refunds")[0][0]
     emails = pg_query(pg_url, "SELECT count(email) FROM accounts")[0][0]
-    worker = start_worker(worker_env(settings, OPS_TEST_MAIL_DIR=str(tmp_path)))
+    worker = None
     try:
         with chromium_browser() as browser:
             page = new_page(browser, live_server.url)
@@ -90,7 +90,16 @@ def test_an_operator_rehearses_then_executes_with_the_code_from_the_email_carryi
 
             # The page returns at once, on the operation's own page.
             assert re.search(r"Rehearsal queued as operation #\d+", messages_text(page)), messages_text(page)
-            assert page.locator("#operation-state").inner_text() in ("queued", "running")
+            assert page.locator("#operation-state").inner_text() == "queued"  # no worker yet
+            operation_url = page.url
+            navigate(page, page.get_by_role("link", name=f"Rollback request #{request.pk}"))
+            queued = page.locator("#rehearsal-operation").inner_text()
+            assert re.search(r"A rehearsal is queued as operation #\d+", queued), queued
+            for width, height in ((1280, 800), (1920, 1080)):
+                page.set_viewport_size({"width": width, "height": height})
+                screenshot(page, f"rehearsal-queued-{width}x{height}")
+            worker = start_worker(worker_env(settings, OPS_TEST_MAIL_DIR=str(tmp_path)))
+            page.goto(operation_url)
             lines = follow(page)
             assert page.locator("#operation-state").inner_text() == "succeeded", page.content()
             assert lines[-1].startswith("copy restored; ") and lines[-1].endswith(" steps reverted on it"), lines
@@ -128,7 +137,8 @@ def test_an_operator_rehearses_then_executes_with_the_code_from_the_email_carryi
             assert f"Heads now: {MERGE}." in done, done
             page.context.close()
     finally:
-        stop_worker(worker)
+        if worker is not None:
+            stop_worker(worker)
     assert heads(pg_url) == [MERGE]
     request.refresh_from_db()
     assert request.status == RollbackStatus.SUCCEEDED
