@@ -93,7 +93,8 @@ def enqueue_rehearsal(request_id: int, *, actor: Actor, round_trip: bool = False
 
     The worker makes every check (snapshot, plan) and audits a refusal. Here
     only: the request exists and no rehearsal of it is queued or running
-    already (its scratch copy is named after the request). Raises OpsError.
+    already (one at a time per request; a duplicate is refused, audited).
+    Raises OpsError.
     """
     from opsapp.services.rehearsal.run import refuse_rehearsal
 
