@@ -19,6 +19,10 @@ os.environ.setdefault("OPS_VAR_DIR", tempfile.mkdtemp(prefix="ops-test-var-"))
 from console.settings import *  # noqa: E402,F403
 
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+if os.environ.get("OPS_TEST_MAIL_DIR"):
+    # A worker process started by a test writes its mail where the test reads it (tests/operations_support.py).
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = os.environ["OPS_TEST_MAIL_DIR"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 AXES_ENABLED = False
 

@@ -119,3 +119,27 @@ def fill_big_table(url: str, rows: int = 200_000) -> None:
             "FROM generate_series(1, %s) g",
             (rows,),
         )
+
+
+def mailed_by_worker(directory) -> list:
+    """The messages a worker child wrote with OPS_TEST_MAIL_DIR=`directory`, oldest first (.to, .subject, .body)."""
+    import email
+    from email import policy
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    messages = []
+    for path in sorted(Path(directory).glob("*.log"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
+        for chunk in path.read_bytes().split(b"\n" + b"-" * 79 + b"\n"):
+            if not chunk.strip():
+                continue
+            message = email.message_from_bytes(chunk, policy=policy.default)
+            body = message.get_body(preferencelist=("plain",))
+            messages.append(
+                SimpleNamespace(
+                    to=[a.strip() for a in str(message["To"] or "").split(",") if a.strip()],
+                    subject=str(message["Subject"] or ""),
+                    body=body.get_content() if body is not None else "",
+                )
+            )
+    return messages

@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 MEMBERS = [
     "request.json",
+    "rehearsals.json",
     "events.jsonl",
     "checkpoint.json",
     "public_key.pem",
@@ -121,6 +122,80 @@ def test_a_request_bundle_verifies_offline_and_any_changed_member_is_named(ready
     assert result.returncode == 1 and "request.json" in result.stdout, result.stdout
     with pytest.raises(CommandError, match="does not verify"):
         call_command("verify_evidence", str(damaged), "--public-key", str(key), stdout=StringIO())
+
+
+def resign(source: Path, target: Path, member: str, data: bytes) -> None:
+    """A bundle with `member` replaced and its manifest re-signed with the console's own key.
+
+    What only someone holding the signing key could make: the checks that remain are the
+    cross-checks between members (here: rehearsals.json against events.jsonl).
+    """
+    import hashlib
+    import json
+
+    from opsapp.services.audit.keys import signing_key
+
+    with zipfile.ZipFile(source) as old:
+        members = {info.filename: old.read(info) for info in old.infolist()}
+    members[member] = data
+    manifest = json.loads(members["MANIFEST.json"])
+    manifest["members"][member] = hashlib.sha256(data).hexdigest()
+    members["MANIFEST.json"] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    members["MANIFEST.sig"] = signing_key().sign(members["MANIFEST.json"]).hex().encode() + b"\n"
+    with zipfile.ZipFile(target, "w") as new:
+        for name, value in members.items():
+            new.writestr(name, value)
+
+
+def test_the_requests_rehearsals_are_in_the_bundle_with_their_audit_events_and_verify_offline(
+    ready_request, operator, tmp_path
+):
+    import json
+
+    from rollback_fixtures import operator_actor
+
+    from opsapp.models import Operation
+    from opsapp.services.operations.queue import enqueue_rehearsal
+    from tests.operations_support import run_queued_jobs
+
+    request = ready_request.request
+    op = enqueue_rehearsal(request.pk, actor=operator_actor(operator))
+    assert run_queued_jobs() == 1
+    op = Operation.objects.get(pk=op.pk)
+    assert op.state == "succeeded", op.error
+    bundle = tmp_path / "evidence.zip"
+    call_command("export_evidence", str(request.pk), "--output", str(bundle), stderr=StringIO())
+
+    with zipfile.ZipFile(bundle) as z:
+        (rehearsal,) = json.loads(z.read("rehearsals.json"))
+        events = {e["seq"]: e for e in map(json.loads, z.read("events.jsonl").decode().splitlines())}
+    assert rehearsal["id"] == op.result["rehearsal"] and rehearsal["status"] == "succeeded"
+    assert rehearsal["snapshot"] == ready_request.snapshot.pk
+    assert rehearsal["plan_fingerprint"] == request.plan_fingerprint
+    assert rehearsal["destroyed"]["rows"] == {"notes": 2}
+    assert rehearsal["operation"]["id"] == op.pk and rehearsal["operation"]["requested_by"] == operator.username
+    assert [events[seq]["action"] for seq in rehearsal["audit_events"]] == [
+        "rehearsal_started",
+        "rehearsal_succeeded",
+    ]
+    key = write_public_key(tmp_path)
+    result = offline(tmp_path, str(bundle), "--public-key", str(key))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rehearsal(s), each with its audit events in the segment" in result.stdout
+
+    # A rehearsal left out of rehearsals.json is found from its audit events, even under a valid signature.
+    emptied = tmp_path / "no-rehearsals.zip"
+    resign(bundle, emptied, "rehearsals.json", b"[]")
+    result = offline(tmp_path, str(emptied), "--public-key", str(key))
+    assert result.returncode == 1
+    assert f"rehearsals.json: rehearsal #{rehearsal['id']} (event #{rehearsal['audit_events'][0]}) is missing" in (
+        result.stdout
+    )
+    # A rehearsal whose events are not the ones named fails too.
+    forged = tmp_path / "forged.zip"
+    resign(bundle, forged, "rehearsals.json", json.dumps([{**rehearsal, "audit_events": [1]}]).encode())
+    result = offline(tmp_path, str(forged), "--public-key", str(key))
+    assert result.returncode == 1 and "rehearsals.json: event #1 of rehearsal" in result.stdout, result.stdout
 
 
 def test_a_bundle_checked_with_another_key_fails(ready_request, tmp_path):

@@ -104,6 +104,45 @@ def test_the_scrape_parses_and_holds_fleet_requests_audit_and_cron(client, setti
     assert got[("ops_cron_expected_interval_seconds", (("job", "sync_revisions"),))] == 300
 
 
+def test_the_scrape_counts_queued_and_running_operations_by_kind_and_the_oldest_queued_ones_age(
+    client, settings, fleet
+):
+    from opsapp.models import Operation, OperationKind, OperationState
+
+    settings.OPS_METRICS_TOKEN = TOKEN
+    target = Target.objects.get(name="eu1")
+    now = timezone.now()
+
+    def operation(kind: str, state: str, queued_minutes_ago: float) -> None:
+        op = Operation.objects.create(kind=kind, state=state, target=target)
+        Operation.objects.filter(pk=op.pk).update(queued_at=now - timedelta(minutes=queued_minutes_ago))
+
+    operation(OperationKind.SNAPSHOT, OperationState.QUEUED, 7)
+    operation(OperationKind.SNAPSHOT, OperationState.QUEUED, 1)
+    operation(OperationKind.REHEARSAL, OperationState.QUEUED, 3)
+    operation(OperationKind.REHEARSAL, OperationState.RUNNING, 60)  # running: not in the queue's age
+    operation(OperationKind.DOWNGRADE, OperationState.SUCCEEDED, 120)  # finished: not counted
+    operation(OperationKind.SYNC, OperationState.FAILED, 1)
+
+    got = samples(scrape(client, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode())
+
+    assert got[("ops_operations", (("kind", "snapshot"), ("state", "queued")))] == 2
+    assert got[("ops_operations", (("kind", "snapshot"), ("state", "running")))] == 0
+    assert got[("ops_operations", (("kind", "rehearsal"), ("state", "queued")))] == 1
+    assert got[("ops_operations", (("kind", "rehearsal"), ("state", "running")))] == 1
+    assert got[("ops_operations", (("kind", "downgrade"), ("state", "queued")))] == 0
+    assert got[("ops_operations", (("kind", "sync"), ("state", "running")))] == 0
+    assert not any(name == "ops_operations" and dict(labels)["state"] == "succeeded" for name, labels in got)
+    assert 7 * 60 <= got[("ops_operations_queue_age_seconds", ())] < 7 * 60 + 600
+
+
+def test_an_empty_queue_has_age_zero(client, settings):
+    settings.OPS_METRICS_TOKEN = TOKEN
+    got = samples(scrape(client, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode())
+    assert got[("ops_operations_queue_age_seconds", ())] == 0
+    assert got[("ops_operations", (("kind", "downgrade"), ("state", "running")))] == 0
+
+
 def test_never_verified_audit_log_reads_as_infinitely_old(client, settings):
     settings.OPS_METRICS_TOKEN = TOKEN
     got = samples(scrape(client, HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode())

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from opsapp.models import ACTIVE_STATES, Operation, OperationKind, OperationState
+from opsapp.models.operation import UNCANCELLABLE_WHILE_RUNNING
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
 
@@ -35,6 +36,10 @@ def progress_text(op: Operation) -> str:
         of = f" of {filesizeformat(total)}" if total else ""
         pct = f" ({op.percent}%)" if op.percent is not None else ""
         return f"{filesizeformat(done)} written{of}{pct}"
+    if op.kind == OperationKind.REHEARSAL and total:
+        if done == 0:
+            return "restoring the snapshot into a scratch copy"
+        return f"copy restored; {done - 1} of {total - 1} steps reverted on it"
     if op.progress_unit == "steps" and total:
         return f"{done} of {total} steps reverted"
     return ""
@@ -43,7 +48,11 @@ def progress_text(op: Operation) -> str:
 def result_text(op: Operation) -> str:
     """What a finished operation did, in one sentence ("" while it runs or when it failed)."""
     result = op.result or {}
-    if op.state != OperationState.SUCCEEDED or not isinstance(result, dict):
+    if not isinstance(result, dict):
+        return ""
+    if op.kind == OperationKind.REHEARSAL and result.get("message"):
+        return str(result["message"])  # a failed rehearsal's finding is its result too
+    if op.state != OperationState.SUCCEEDED:
         return ""
     if op.kind == OperationKind.SNAPSHOT:
         attached = f", attached to rollback request #{op.request_id}" if op.request_id else ""
@@ -89,6 +98,7 @@ class OperationAdmin(admin.ModelAdmin):
         "snapshot",
         "retry_of",
         "attempt",
+        "params",
         "requested_by_username",
         "worker",
         "queued_at",
@@ -165,7 +175,7 @@ class OperationAdmin(admin.ModelAdmin):
             return False
         if op.state == OperationState.QUEUED:
             return True
-        return op.state == OperationState.RUNNING and op.kind != OperationKind.SYNC
+        return op.state == OperationState.RUNNING and op.kind not in UNCANCELLABLE_WHILE_RUNNING
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """GET: the confirmation page. POST: cancel (queued) or ask the worker to stop (running)."""

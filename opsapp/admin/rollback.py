@@ -37,7 +37,7 @@ from opsapp.admin.rollback_forms import (
     sql_lines,
     verified_snapshots,
 )
-from opsapp.models import OperationKind, RollbackRequest, RollbackStatus
+from opsapp.models import OperationKind, OperationState, RollbackRequest, RollbackStatus
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError
 
@@ -81,7 +81,16 @@ def rehearsal_context(obj: RollbackRequest) -> dict:
     from opsapp.services.rehearsal.summary import rehearsal_required, result_line, static_differences
 
     rehearsal = obj.rehearsals.order_by("-started_at", "-id").first()
-    context: dict = {"rehearsal": rehearsal, "rehearsal_required": rehearsal_required(_is_pg(obj))}
+    # The newest rehearsal operation: queued or running (followed on its page), or refused before any copy.
+    operation = obj.operations.filter(kind=OperationKind.REHEARSAL).order_by("-queued_at", "-id").first()
+    context: dict = {
+        "rehearsal": rehearsal,
+        "rehearsal_required": rehearsal_required(_is_pg(obj)),
+        "rehearsal_operation": operation,
+        "rehearsal_operation_refused": operation is not None
+        and operation.state == OperationState.FAILED
+        and not (operation.result or {}).get("rehearsal"),
+    }
     if rehearsal is None:
         return context
     before, after = rehearsal.rows_before or {}, rehearsal.rows_after or {}
@@ -361,31 +370,26 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         return self._back(obj)
 
     def rehearse_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        """POST only: rehearse the request's plan on a scratch copy of its snapshot (in process for now)."""
+        """POST only: queue a rehearsal of the request's plan; the operation page follows it."""
         _require(request, PERM_CHANGE)
         if request.method != "POST":
             return _method_not_allowed()
         obj = self._get(request, object_id)
-        from opsapp.services.rehearsal.run import run_rehearsal
-        from opsapp.services.rehearsal.summary import result_line
+        from opsapp.services.operations.queue import enqueue_rehearsal
 
-        steps: list[str] = []
         try:
-            rehearsal = run_rehearsal(
-                obj.pk,
-                actor=Actor.from_request(request),
-                round_trip=request.POST.get("round_trip") == "1",
-                progress=steps.append,
+            op = enqueue_rehearsal(
+                obj.pk, actor=Actor.from_request(request), round_trip=request.POST.get("round_trip") == "1"
             )
         except OpsError as exc:
-            messages.error(request, f"Rehearsal refused: {exc}")
-        else:
-            line = f"Rehearsal #{rehearsal.pk}: {result_line(rehearsal)}."
-            if rehearsal.status == "succeeded":
-                messages.success(request, line)
-            else:
-                messages.error(request, line)
-        return self._back(obj)
+            messages.error(request, f"Rehearsal not queued: {exc}")
+            return self._back(obj)
+        messages.success(
+            request,
+            f"Rehearsal queued as operation #{op.pk}; a worker restores the snapshot into a scratch copy, "
+            "then runs the plan there. The result appears on the request's page.",
+        )
+        return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))
 
     def evidence_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: the request's evidence bundle as a download (exporting it is audited)."""

@@ -8,6 +8,7 @@ class OperationKind(models.TextChoices):
     SYNC = "sync", "sync"
     SNAPSHOT = "snapshot", "snapshot"
     DOWNGRADE = "downgrade", "downgrade"
+    REHEARSAL = "rehearsal", "rehearsal"
 
 
 class OperationState(models.TextChoices):
@@ -20,6 +21,8 @@ class OperationState(models.TextChoices):
 
 
 ACTIVE_STATES = (OperationState.QUEUED, OperationState.RUNNING)
+# A running sync is short and a running rehearsal touches only its scratch copy: neither is stopped half-way.
+UNCANCELLABLE_WHILE_RUNNING = (OperationKind.SYNC, OperationKind.REHEARSAL)
 
 
 class Operation(models.Model):
@@ -62,7 +65,11 @@ class Operation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True, editable=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
-    # Progress: bytes written of the database's size (snapshot), steps done of total (downgrade).
+    # What the operation was asked to do beyond its kind and request: a rehearsal's {"round_trip": true}.
+    # Never a secret.
+    params = models.JSONField(default=dict, blank=True, editable=False)
+    # Progress: bytes written of the database's size (snapshot), steps done of total (downgrade; rehearsal:
+    # the restore, then each step).
     progress_done = models.BigIntegerField(null=True, blank=True, editable=False)
     progress_total = models.BigIntegerField(null=True, blank=True, editable=False)
     progress_unit = models.CharField(max_length=10, blank=True, editable=False)  # "bytes" | "steps"

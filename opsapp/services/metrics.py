@@ -2,7 +2,7 @@
 
 Reads the console's own tables only (never a target database): the fleet
 matrix (opsapp.services.fleet.matrix), open rollback requests, the latest
-audit verification and the cron run records. Metric names are part of the
+audit verification, the cron run records and the jobs queue (operations). Metric names are part of the
 interface (docs/production.md has alert rules on them).
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from django.db.models import Count
+from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from opsapp.models import AuditOutcome, RollbackRequest
+from opsapp.models import ACTIVE_STATES, AuditOutcome, Operation, OperationKind, OperationState, RollbackRequest
 from opsapp.models.rollback import OPEN_STATUSES
 from opsapp.services.audit.verify import last_verification
 from opsapp.services.cron.runs import cron_status
@@ -101,9 +101,32 @@ def cron_metrics() -> Iterator[Metric]:
     yield from (age, interval, exit_status, state)
 
 
-# Each family source, in exposition order. The jobs queue's metrics (operations running and
-# queued, queue age) belong here as `operations_metrics` once that model is on main.
-SOURCES = (fleet_metrics, request_metrics, audit_metrics, cron_metrics)
+def operations_metrics() -> Iterator[Metric]:
+    """The jobs queue: operations queued and running by kind, and how long the oldest queued one has waited."""
+    counts = {
+        (kind, state): n
+        for kind, state, n in Operation.objects.filter(state__in=ACTIVE_STATES)
+        .values_list("kind", "state")
+        .annotate(n=Count("pk"))
+        .order_by()
+    }
+    gauge = GaugeMetricFamily(
+        "ops_operations", "Operations queued or running, by kind and state.", labels=["kind", "state"]
+    )
+    for kind in OperationKind.values:
+        for state in ACTIVE_STATES:
+            gauge.add_metric([kind, str(state)], float(counts.get((kind, state), 0)))
+    oldest = Operation.objects.filter(state=OperationState.QUEUED).aggregate(at=Min("queued_at"))["at"]
+    age = GaugeMetricFamily(
+        "ops_operations_queue_age_seconds",
+        "Seconds the oldest queued operation has waited for a worker (0: none queued).",
+    )
+    age.add_metric([], max(0.0, (timezone.now() - oldest).total_seconds()) if oldest else 0.0)
+    yield from (gauge, age)
+
+
+# Each family source, in exposition order.
+SOURCES = (fleet_metrics, request_metrics, audit_metrics, cron_metrics, operations_metrics)
 
 
 class ConsoleCollector(Collector):

@@ -5,6 +5,10 @@ Members (all stored uncompressed, so a damaged byte names its member):
                   preview with its SHA-256, destructive analysis); the code's
                   issue, recipients, expiry and attempts (never the code nor its
                   hash); the snapshot's metadata and checksum;
+- rehearsals.json: every rehearsal of the request (issue 14): what it ran
+                  on (snapshot, plan fingerprint, server), its outcome and
+                  what it measured, the operation that ran it, and the seqs of
+                  its own audit events (all of which are in events.jsonl);
 - events.jsonl:   every audit event from the request's first one up to the
                   nearest signed checkpoint, as exported (hash, key id, MAC);
 - checkpoint.json: that checkpoint, exactly as published, with its signature;
@@ -28,7 +32,7 @@ from typing import Any
 
 from django.conf import settings
 
-from opsapp.models import AuditAction, AuditEvent, AuditOutcome, RollbackRequest
+from opsapp.models import AuditAction, AuditEvent, AuditOutcome, Operation, OperationKind, RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.audit.chain import DETAIL, ROW_FIELDS, batches, canonical_encoder, iso_utc
 from opsapp.services.audit.checkpoints import Checkpoint, load_checkpoints, read_checkpoint_document
@@ -44,6 +48,8 @@ Made {made} by {actor} with the ops console.
 What it holds
   request.json     the request, its plan, SQL preview (with SHA-256), destructive analysis,
                    verification-code metadata (never the code) and the snapshot's metadata
+  rehearsals.json  every rehearsal of the request: outcome, durations, rows and values destroyed,
+                   the operation that ran it and the seqs of its audit events in events.jsonl
   events.jsonl     audit events #{first}..#{last}: every event of the request ({count}) and the
                    chain linking them to the signed checkpoint
   checkpoint.json  the checkpoint of event #{last}, signed with the console's Ed25519 key
@@ -115,6 +121,64 @@ def request_facts(request: RollbackRequest) -> dict[str, Any]:
     }
 
 
+def rehearsal_facts(request: RollbackRequest) -> list[dict[str, Any]]:
+    """What rehearsals.json says: each rehearsal of the request, oldest first, with its audit events' seqs."""
+    events: dict[int, list[int]] = {}
+    for seq, detail in (
+        AuditEvent.objects.filter(request_id=request.pk, action__startswith="rehearsal_")
+        .order_by("seq")
+        .values_list("seq", "detail")
+    ):
+        rehearsal_id = (detail or {}).get("rehearsal") if isinstance(detail, dict) else None
+        if rehearsal_id is not None:
+            events.setdefault(int(rehearsal_id), []).append(seq)
+    operations: dict[int, Operation] = {}
+    for op in Operation.objects.filter(request=request, kind=OperationKind.REHEARSAL).order_by("id"):
+        if isinstance(op.result, dict) and op.result.get("rehearsal") is not None:
+            operations[int(op.result["rehearsal"])] = op
+    facts = []
+    for rehearsal in request.rehearsals.order_by("started_at", "id"):
+        op = operations.get(rehearsal.pk)
+        facts.append(
+            {
+                "id": rehearsal.pk,
+                "status": rehearsal.status,
+                "started_by": rehearsal.started_by,
+                "started_at": _iso(rehearsal.started_at),
+                "finished_at": _iso(rehearsal.finished_at),
+                "snapshot": rehearsal.snapshot_id,
+                "plan_fingerprint": rehearsal.plan_fingerprint,
+                "script_fingerprint": rehearsal.script_fingerprint,
+                "isolation_level": rehearsal.isolation_level,
+                "server": rehearsal.server,
+                "round_trip": rehearsal.round_trip,
+                "restore_ms": rehearsal.restore_ms,
+                "downgrade_ms": rehearsal.downgrade_ms,
+                "duration_ms": rehearsal.duration_ms,
+                "steps": rehearsal.steps,
+                "failed_revision": rehearsal.failed_revision,
+                "failed_statement": rehearsal.failed_statement,
+                "sqlstate": rehearsal.sqlstate,
+                "error": rehearsal.error,
+                "rows_before": rehearsal.rows_before,
+                "rows_after": rehearsal.rows_after,
+                "destroyed": rehearsal.destroyed,
+                "round_trip_report": rehearsal.round_trip_report if rehearsal.round_trip else None,
+                "operation": None
+                if op is None
+                else {
+                    "id": op.pk,
+                    "state": op.state,
+                    "requested_by": op.requested_by_username,
+                    "queued_at": _iso(op.queued_at),
+                    "worker": f"{op.worker_host}:{op.worker_pid}" if op.worker_pid else "",
+                },
+                "audit_events": events.get(rehearsal.pk, []),
+            }
+        )
+    return facts
+
+
 def _segment(first: int, last: int) -> list[dict[str, Any]]:
     events = []
     for rows in batches(first - 1, 5000):
@@ -169,6 +233,7 @@ def build_evidence(request_id: int, *, actor: Actor) -> tuple[str, bytes]:
     made = datetime.now(UTC).isoformat(timespec="seconds")
     members = {
         "request.json": json.dumps(request_facts(request), indent=1, ensure_ascii=False).encode(),
+        "rehearsals.json": json.dumps(rehearsal_facts(request), indent=1, ensure_ascii=False).encode(),
         "events.jsonl": "".join(canonical_encoder(e) + "\n" for e in events).encode(),
         "checkpoint.json": json.dumps(read_checkpoint_document(checkpoint.path), sort_keys=True, indent=1).encode(),
         "public_key.pem": public_key_pem(private.public_key()),

@@ -151,6 +151,38 @@ def verify_export(path: Path, checkpoint_dir: Path, key: Ed25519PublicKey) -> tu
     return findings, notes
 
 
+def check_rehearsals(rehearsals: list[dict], events: list[dict], request_id: int) -> list[str]:
+    """Each rehearsal in rehearsals.json is audited in the segment, and each audited one is listed."""
+    findings = []
+    listed = set()
+    by_seq = {e["seq"]: e for e in events}
+    for rehearsal in rehearsals:
+        listed.add(rehearsal["id"])
+        seqs = rehearsal.get("audit_events") or []
+        if not seqs:
+            findings.append(f"rehearsals.json: rehearsal #{rehearsal['id']} has no audit event")
+        for seq in seqs:
+            event = by_seq.get(seq)
+            if (
+                event is None
+                or event["request_id"] != request_id
+                or not str(event["action"]).startswith("rehearsal_")
+                or (event.get("detail") or {}).get("rehearsal") != rehearsal["id"]
+            ):
+                findings.append(f"rehearsals.json: event #{seq} of rehearsal #{rehearsal['id']} is not in events.jsonl")
+    for event in events:
+        detail = event.get("detail") or {}
+        if (
+            event["request_id"] == request_id
+            and str(event["action"]).startswith("rehearsal_")
+            and isinstance(detail, dict)
+            and detail.get("rehearsal") is not None
+            and detail["rehearsal"] not in listed
+        ):
+            findings.append(f"rehearsals.json: rehearsal #{detail['rehearsal']} (event #{event['seq']}) is missing")
+    return sorted(set(findings))
+
+
 def verify_bundle(path: Path, key: Ed25519PublicKey) -> tuple[list[str], list[str]]:
     """(findings, notes) for an evidence bundle from `manage.py export_evidence`."""
     findings: list[str] = []
@@ -202,9 +234,17 @@ def verify_bundle(path: Path, key: Ed25519PublicKey) -> tuple[list[str], list[st
     for seq in manifest["event_seqs"]:
         if seq not in by_seq or by_seq[seq]["request_id"] != request_id:
             findings.append(f"events.jsonl: event #{seq} of request #{request_id} is not in the segment")
+    rehearsals: list[dict] = []
+    if "rehearsals.json" in members:  # bundles made before rehearsals were queued have none
+        try:
+            rehearsals = json.loads(members["rehearsals.json"])
+        except ValueError as exc:
+            return [*findings, f"rehearsals.json: unreadable ({exc})"], []
+        findings += check_rehearsals(rehearsals, events, request_id)
     notes = [
         f"request #{request_id}: {len(manifest['event_seqs'])} events, chain #{events[0]['seq'] if events else '?'}.."
-        f"#{body['seq']} signed by checkpoint of {body['time']} (signer {body['signer']})"
+        f"#{body['seq']} signed by checkpoint of {body['time']} (signer {body['signer']})",
+        f"{len(rehearsals)} rehearsal(s), each with its audit events in the segment",
     ]
     return findings, notes
 

@@ -22,11 +22,18 @@ from opsapp.models import (
     OperationState,
     RollbackRequest,
 )
+from opsapp.models.operation import UNCANCELLABLE_WHILE_RUNNING
 from opsapp.services.actors import Actor
 from opsapp.services.audit.log import append_event, request_context
 from opsapp.services.catalog.sync import ensure_target_row
 from opsapp.services.errors import OpsError
 from opsapp.targets import get_target
+
+_UNITS = {
+    OperationKind.DOWNGRADE: "steps",
+    OperationKind.REHEARSAL: "steps",
+    OperationKind.SNAPSHOT: "bytes",
+}
 
 
 class OperationNotFound(OpsError):
@@ -44,6 +51,7 @@ def create_operation(
     actor: Actor,
     request: RollbackRequest | None = None,
     retry_of: Operation | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Operation:
     """Create an Operation and enqueue `run_operation(id)`; both in one transaction. Must run inside one."""
     from opsapp.services.operations.tasks import run_operation
@@ -60,9 +68,8 @@ def create_operation(
         requested_by_id=actor.user_id,
         requested_by_username=actor.username[:150],
         client_ip=actor.client_ip,
-        progress_unit="steps"
-        if kind == OperationKind.DOWNGRADE
-        else ("bytes" if kind == OperationKind.SNAPSHOT else ""),
+        params=params or {},
+        progress_unit=_UNITS.get(OperationKind(kind), ""),
     )
     result = run_operation.enqueue(op.pk)
     op.task_id = str(result.id)[:64]
@@ -79,6 +86,38 @@ def enqueue(kind: str, target_name: str, *, actor: Actor, attach_to: RollbackReq
         raise OpsError(f"{kind!r} cannot be queued this way.")
     with transaction.atomic():
         return create_operation(kind, target_name, actor=actor, request=attach_to)
+
+
+def enqueue_rehearsal(request_id: int, *, actor: Actor, round_trip: bool = False) -> Operation:
+    """Queue a rehearsal of rollback request `request_id`; return the queued Operation.
+
+    The worker makes every check (snapshot, plan) and audits a refusal. Here
+    only: the request exists and no rehearsal of it is queued or running
+    already (one at a time per request; a duplicate is refused, audited).
+    Raises OpsError.
+    """
+    from opsapp.services.rehearsal.run import refuse_rehearsal
+
+    request = RollbackRequest.objects.select_related("target").filter(pk=request_id).first()
+    if request is None:
+        raise OpsError(f"Rollback request #{request_id} does not exist.", reason="not_found")
+    with transaction.atomic():
+        # Serialises two clicks on one request: the second sees the first's operation.
+        RollbackRequest.objects.select_for_update().filter(pk=request.pk).first()
+        queued = Operation.objects.filter(
+            request=request, kind=OperationKind.REHEARSAL, state__in=ACTIVE_STATES
+        ).first()
+        if queued is None:
+            return create_operation(
+                OperationKind.REHEARSAL,
+                request.target.name,
+                actor=actor,
+                request=request,
+                params={"round_trip": bool(round_trip)},
+            )
+    raise refuse_rehearsal(
+        request, f"A rehearsal of request #{request.pk} is already {queued.state} as operation #{queued.pk}.", actor
+    )
 
 
 def get_operation(operation_id: int) -> Operation:
@@ -119,8 +158,15 @@ def cancel_operation(operation_id: int, *, actor: Actor) -> Operation:
             _audit_cancel(op, actor, f"Operation #{op.pk} ({op.kind} of {op.target.name}) cancelled before it started.")
             op.refresh_from_db()
             return op
-        if op.kind == OperationKind.SYNC:
-            raise CannotCancel(f"Operation #{op.pk} is a sync that is {op.state}; a running sync cannot be cancelled.")
+        if op.kind in UNCANCELLABLE_WHILE_RUNNING:
+            raise CannotCancel(
+                f"Operation #{op.pk} is a {op.kind} that is {op.state}; a running {op.kind} cannot be cancelled"
+                + (
+                    " (it works on a scratch copy, dropped when it ends)."
+                    if op.kind == OperationKind.REHEARSAL
+                    else "."
+                )
+            )
         if not Operation.objects.filter(
             pk=op.pk, state=OperationState.RUNNING, cancel_requested_at__isnull=True
         ).update(cancel_requested_at=now, cancel_requested_by=actor.username[:150]):
@@ -175,6 +221,7 @@ def operation_summary(op: Operation) -> dict[str, Any]:
         "request": op.request_id,
         "snapshot": op.snapshot_id,
         "retry_of": op.retry_of_id,
+        "params": op.params,
         "attempt": op.attempt,
         "requested_by": op.requested_by_username,
         "worker": f"{op.worker_host}:{op.worker_pid}" if op.worker_pid else "",

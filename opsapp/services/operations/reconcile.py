@@ -10,6 +10,12 @@ free lock proves the worker process is gone. Then:
 - downgrade: its request is closed by the rollback reconcile, which decides
   from the target's lock (rollback.execute.reconcile); until the target's
   lock is free too, the operation is left running. Never retried;
+- rehearsal: the rehearsal reconcile (rehearsal.run.reconcile) drops every
+  scratch copy whose lock is free and marks its Rehearsal `interrupted`; it
+  runs at every reconcile, so copies left by any dead rehearsal (in a worker
+  or a command) go too. Until the server has dropped the dead worker's
+  session (the copy's lock still held), the operation is left running. Never
+  retried: rehearse again;
 - sync: interrupted.
 
 The queue's own row of a dead job is marked failed, so no worker picks it
@@ -24,7 +30,16 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from opsapp.models import AuditAction, AuditOutcome, Operation, OperationKind, OperationState, RollbackStatus
+from opsapp.models import (
+    AuditAction,
+    AuditOutcome,
+    Operation,
+    OperationKind,
+    OperationState,
+    Rehearsal,
+    RehearsalStatus,
+    RollbackStatus,
+)
 from opsapp.services.actors import Actor
 from opsapp.services.operations import liveness
 from opsapp.services.operations.queue import audit_operation, create_operation
@@ -43,6 +58,7 @@ def reconcile_operations(*, actor: Actor) -> list[Operation]:
     dead = [op for op in running if not liveness.worker_alive(op.pk)]
     if any(op.kind == OperationKind.DOWNGRADE for op in dead):
         reconcile_requests(actor=actor)
+    reconcile_scratch_copies(actor)
     done: list[Operation] = []
     for op in dead:
         message = _close_work(op, actor)
@@ -85,7 +101,27 @@ def _close_work(op: Operation, actor: Actor) -> str | None:
         if op.request.status == RollbackStatus.PENDING:
             return f"{base} before the downgrade started; the code is spent: issue a new code."
         return f"{base}; request #{op.request_id}: {op.request.error or op.request.status}"
+    if op.kind == OperationKind.REHEARSAL:
+        rehearsal_id = (op.result or {}).get("rehearsal") if isinstance(op.result, dict) else None
+        rehearsal = Rehearsal.objects.filter(pk=rehearsal_id).first() if rehearsal_id else None
+        if rehearsal is None:
+            return f"{base} before its scratch copy was made; nothing to clean up. Rehearse again."
+        if rehearsal.status == RehearsalStatus.RUNNING:
+            return None  # its scratch copy's lock is still held (the server has not seen the session die yet)
+        if rehearsal.status == RehearsalStatus.INTERRUPTED:
+            return f"{base}; rehearsal #{rehearsal.pk} interrupted, its scratch copy {rehearsal.scratch_name} dropped."
+        return f"{base}; rehearsal #{rehearsal.pk} had recorded its result ({rehearsal.status})."
     return f"{base}."
+
+
+def reconcile_scratch_copies(actor: Actor) -> None:
+    """Drop scratch copies of dead rehearsals and mark those rehearsals interrupted; never blocks a worker."""
+    from opsapp.services.rehearsal.run import reconcile as reconcile_rehearsals
+
+    try:
+        reconcile_rehearsals(actor=actor)
+    except Exception:  # noqa: BLE001 - an unreachable rehearsal server must not stop the queue
+        log.exception("reconciling the rehearsals' scratch copies failed")
 
 
 def _fail_queue_row(op: Operation) -> None:

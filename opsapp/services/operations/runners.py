@@ -1,10 +1,12 @@
-"""One function per kind of operation, run by a worker (worker.run) with the operation's heartbeat.
+"""One function per kind of operation (RUNNERS), run by a worker (worker.run) with the operation's heartbeat.
 
 Each holds the target's lock (services/locks.py) for its whole run, so two
 workers never run two operations on one target at once, while operations on
 different targets run in parallel. A job waits up to OPS_JOB_LOCK_WAIT_SECONDS
 for the lock (its label says who holds it). A downgrade takes the lock on its
-own working connection (rollback.execute), as the gate requires.
+own working connection (rollback.execute), as the gate requires. A rehearsal
+takes no target lock: it only reads the target's heads and works on a scratch
+copy (services/rehearsal).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.conf import settings
 from django.utils import timezone
 from sqlalchemy.engine import make_url
 
-from opsapp.models import Operation, Snapshot
+from opsapp.models import Operation, OperationKind, Rehearsal, RehearsalStatus, Snapshot
 from opsapp.services.actors import Actor
 from opsapp.services.alembic_api import connect
 from opsapp.services.catalog.sync import sync_target
@@ -153,3 +155,58 @@ def run_downgrade(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any
         raise
     beat.report(progress_done=len(steps), progress_label="done")
     return {"request": result.request_id, "status": result.status, "heads": result.heads, "message": result.message}
+
+
+# ----------------------------------------------------------------- rehearsal
+class RehearsalFailed(OpsError):
+    """The rehearsal ran and its downgrade failed on the copy: the finding is the operation's failure."""
+
+
+def run_rehearsal_operation(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
+    """The request's plan on a scratch copy of its snapshot; progress: the restore, then each step.
+
+    The Rehearsal's id is on the operation (`result`) as soon as it exists, so
+    reconcile can close it if this worker dies. A refusal (no usable snapshot,
+    the plan changed) fails the operation with the refusal's message; a
+    rehearsal whose downgrade failed fails it too, keeping the result.
+    """
+    from opsapp.services.rehearsal.run import run_rehearsal
+    from opsapp.services.rehearsal.summary import result_line
+
+    request = op.request
+    assert request is not None
+    beat.report(progress_done=0, progress_total=len(request.steps) + 1, progress_label="checking the snapshot")
+
+    def created(rehearsal: Rehearsal) -> None:
+        Operation.objects.filter(pk=op.pk).update(result={"rehearsal": rehearsal.pk})
+
+    def counted(done: int, total: int) -> None:
+        beat.report(progress_done=done, progress_total=total)
+
+    rehearsal = run_rehearsal(
+        request.pk,
+        actor=actor,
+        round_trip=bool((op.params or {}).get("round_trip")),
+        progress=lambda text: beat.report(progress_label=text[:500]),
+        counter=counted,
+        on_created=created,
+    )
+    line = f"Rehearsal #{rehearsal.pk}: {result_line(rehearsal)}."
+    result = {
+        "rehearsal": rehearsal.pk,
+        "status": rehearsal.status,
+        "message": line,
+        "round_trip_ok": (rehearsal.round_trip_report or {}).get("ok") if rehearsal.round_trip else None,
+    }
+    if rehearsal.status != RehearsalStatus.SUCCEEDED:
+        raise RehearsalFailed(line, result=result)
+    beat.report(progress_label="done")
+    return result
+
+
+RUNNERS = {
+    OperationKind.SNAPSHOT: run_snapshot,
+    OperationKind.SYNC: run_sync,
+    OperationKind.DOWNGRADE: run_downgrade,
+    OperationKind.REHEARSAL: run_rehearsal_operation,
+}

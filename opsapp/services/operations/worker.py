@@ -137,15 +137,12 @@ def run(operation_id: int) -> str:
         beat.start()
         state, result, error = OperationState.FAILED, None, ""
         try:
-            runner = {
-                OperationKind.SNAPSHOT: runners.run_snapshot,
-                OperationKind.SYNC: runners.run_sync,
-                OperationKind.DOWNGRADE: runners.run_downgrade,
-            }[OperationKind(op.kind)]
+            runner = runners.RUNNERS[OperationKind(op.kind)]
             result = runner(op, actor_of(op), beat)
             state = OperationState.SUCCEEDED
         except OpsError as exc:
             error = str(exc)
+            result = getattr(exc, "result", None)  # what a failed run still found (a failed rehearsal's record)
             state = OperationState.CANCELLED if beat.cancelled.is_set() else OperationState.FAILED
         except Exception as exc:  # noqa: BLE001 - recorded on the row; the worker goes on with the next job
             log.exception("operation %s failed unexpectedly", op.pk)

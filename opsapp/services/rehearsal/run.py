@@ -51,6 +51,8 @@ from opsapp.targets import TargetConfig, get_target, mask_url
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+# (done, total): the restore is the first of 1 + the plan's steps; each reverted step one more.
+Counter = Callable[[int, int], None]
 
 
 class RehearsalRefused(OpsError):
@@ -64,7 +66,8 @@ def _load(request_id: int) -> RollbackRequest:
         raise OpsError(f"Rollback request #{request_id} does not exist.", reason="not_found") from None
 
 
-def _refuse(request: RollbackRequest, message: str, actor: Actor, reason: str) -> RehearsalRefused:
+def refuse_rehearsal(request: RollbackRequest, message: str, actor: Actor, reason: str = "queued") -> RehearsalRefused:
+    """Audit a refused rehearsal (nothing restored) and return the error to raise."""
     append_event(
         action=AuditAction.REHEARSAL_FAILED,
         outcome=AuditOutcome.REFUSED,
@@ -78,23 +81,23 @@ def _refuse(request: RollbackRequest, message: str, actor: Actor, reason: str) -
 
 def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> Preview:
     if request.status != RollbackStatus.PENDING:
-        raise _refuse(
+        raise refuse_rehearsal(
             request, f"Request #{request.pk} is {request.get_status_display()}, not pending.", actor, "status"
         )
     snap = request.snapshot
     if snap is None:
-        raise _refuse(
+        raise refuse_rehearsal(
             request, f"No snapshot is attached to request #{request.pk}; attach one first.", actor, "snapshot"
         )
     if snap.target_id != request.target_id or snap.status != "verified":
-        raise _refuse(
+        raise refuse_rehearsal(
             request,
             f"Snapshot #{snap.pk} is {snap.status} or of another target; attach a verified one.",
             actor,
             "snapshot",
         )
     if sorted(snap.heads) != sorted(request.from_heads):
-        raise _refuse(
+        raise refuse_rehearsal(
             request,
             f"Snapshot #{snap.pk} was taken at heads {snap.heads}, not at the plan's from-heads {request.from_heads}.",
             actor,
@@ -102,18 +105,28 @@ def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> P
         )
     problem = snapshot_file_problem(snap)
     if problem:
-        raise _refuse(request, f"Snapshot file check failed: {problem}", actor, "snapshot")
+        raise refuse_rehearsal(request, f"Snapshot file check failed: {problem}", actor, "snapshot")
     # Gate "plan"'s own check, with the snapshot's heads standing in for the target's (the copy will hold them).
     message, preview = check_plan(request, config, list(snap.heads), regenerate=True)
     if message or preview is None:
-        raise _refuse(request, message or "The plan cannot be re-generated.", actor, "plan")
+        raise refuse_rehearsal(request, message or "The plan cannot be re-generated.", actor, "plan")
     return preview
 
 
 def run_rehearsal(
-    request_id: int, *, actor: Actor, round_trip: bool = False, progress: Progress | None = None
+    request_id: int,
+    *,
+    actor: Actor,
+    round_trip: bool = False,
+    progress: Progress | None = None,
+    counter: Counter | None = None,
+    on_created: Callable[[Rehearsal], None] | None = None,
 ) -> Rehearsal:
     """Rehearse request `request_id` on a scratch copy of its snapshot; return the recorded Rehearsal.
+
+    `progress` gets each phase as text, `counter` the phases done of all
+    (the restore, then each step), `on_created` the Rehearsal row as soon as
+    it exists (before the restore).
 
     A rehearsal whose downgrade fails is returned with status `failed` (the
     failing revision, statement and SQLSTATE recorded), not raised. Raises
@@ -136,7 +149,7 @@ def run_rehearsal(
             else:
                 copy = stack.enter_context(scratch.sqlite_scratch(snapshot_path(snap), request.pk))
         except scratch.RehearsalUnavailable as exc:
-            raise _refuse(request, str(exc), actor, "unavailable") from exc
+            raise refuse_rehearsal(request, str(exc), actor, "unavailable") from exc
         rehearsal = Rehearsal.objects.create(
             request=request,
             snapshot=snap,
@@ -157,7 +170,9 @@ def run_rehearsal(
             detail={"rehearsal": rehearsal.pk, "scratch": copy.name, "round_trip": round_trip},
             **request_context(request),
         )
-        _Run(request, rehearsal, config, preview, copy, actor, say).run()
+        if on_created is not None:
+            on_created(rehearsal)
+        _Run(request, rehearsal, config, preview, copy, actor, say, counter).run()
     rehearsal.refresh_from_db()
     _notify(request, rehearsal, actor)
     return rehearsal
@@ -174,13 +189,14 @@ def _drop_leftovers(server: scratch.Server) -> None:
 class _Run:
     """One rehearsal on a live scratch copy; records its outcome on `rehearsal`."""
 
-    def __init__(self, request, rehearsal, config, preview, copy, actor, say) -> None:
+    def __init__(self, request, rehearsal, config, preview, copy, actor, say, counter=None) -> None:
         self.request: RollbackRequest = request
         self.rehearsal: Rehearsal = rehearsal
         self.preview: Preview = preview
         self.copy = copy
         self.actor: Actor = actor
         self.say: Progress = say
+        self.count: Counter = counter or (lambda _done, _total: None)
         self.config = config
         self.scratch_config = dataclasses.replace(config, url=copy.url)
         self.started = time.monotonic()
@@ -200,6 +216,7 @@ class _Run:
             heads = read_current_heads(self.scratch_config)
             if sorted(heads) != sorted(snap.heads):
                 raise OpsError(f"The restored copy is at heads {heads}, not the snapshot's {snap.heads}.")
+            self.count(1, len(self.preview.steps) + 1)
             with execution_connection(self.scratch_config) as conn:
                 self._downgrade_and_measure(conn, restore_ms)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the rehearsal
@@ -226,6 +243,7 @@ class _Run:
             if self.rehearsal.round_trip:
                 states.append(compare.schema_of(step_conn, version_table))
             self._progress(f"step {len(steps)} of {total}: reverted {', '.join(revisions)}")
+            self.count(1 + len(steps), 1 + total)
             mark[0] = time.monotonic()
 
         self._progress(f"downgrading the copy to {self.request.to_revision}")
