@@ -446,7 +446,7 @@ def render_svg(
 LEGEND_ITEMS = (
     (GraphNode("legend-applied", applied=True), "applied in the database"),
     (GraphNode("legend-pending"), "pending (not applied)"),
-    (GraphNode("legend-unknown", applied=None), "unknown (database at a revision the scripts lack)"),
+    (GraphNode("legend-unknown", applied=None), "unknown (database revision not in scripts)"),
     (GraphNode("legend-current", applied=True, is_current=True), "current (in alembic_version)"),
     (GraphNode("legend-head", is_head=True), "head"),
     (GraphNode("legend-base", is_base=True), "base"),
@@ -456,22 +456,32 @@ LEGEND_ITEMS = (
 )
 
 
-def render_legend() -> str:
-    """A small SVG legend matching the node classes and the two edge styles."""
+def render_legend(columns: int = 3, column_width: int = 330) -> str:
+    """A small SVG legend matching the node classes and the two edge styles, in `columns` columns."""
     row = 20
-    height = row * (len(LEGEND_ITEMS) + 2) + 8
-    out = [
-        f'<svg xmlns="{SVG_NS}" class="ops-graph ops-graph-legend" width="420" height="{height}" role="img" aria-label="Legend">'
+    # Each entry is drawn around y = 0 and moved into place by its group's transform.
+    entries = [
+        (
+            f'<g class="{node_classes(node)}"><circle class="ring" cx="14" cy="0" r="{NODE_RADIUS + 4}"/>'
+            f"{_mark(node, 14, 0)}</g>",
+            text,
+        )
+        for node, text in LEGEND_ITEMS
     ]
-    out.append(f"<style>{STYLE}</style>")
-    for i, (node, text) in enumerate(LEGEND_ITEMS):
-        y = 14 + i * row
-        out.append(f'<g class="{node_classes(node)}">')
-        out.append(f'<circle class="ring" cx="14" cy="{y}" r="{NODE_RADIUS + 4}"/>{_mark(node, 14, y)}')
-        out.append(f'<text x="34" y="{y}">{escape(text)}</text></g>')
-    y = 14 + len(LEGEND_ITEMS) * row
-    out.append(f'<path class="edge" d="M4 {y} L24 {y}"/><text x="34" y="{y}">parent link (down_revision)</text>')
-    y += row
-    out.append(f'<path class="dep-edge" d="M4 {y} L24 {y}"/><text x="34" y="{y}">depends_on</text>')
+    entries.append(('<path class="edge" d="M4 0 L24 0"/>', "parent link (down_revision)"))
+    entries.append(('<path class="dep-edge" d="M4 0 L24 0"/>', "depends_on (each in its own lane)"))
+    per_column = -(-len(entries) // columns)
+    height = row * per_column + 8
+    width = column_width * columns
+    out = [
+        f'<svg xmlns="{SVG_NS}" class="ops-graph ops-graph-legend" width="{width}" height="{height}" role="img" aria-label="Legend">',
+        f"<style>{STYLE}</style>",
+    ]
+    for i, (drawing, text) in enumerate(entries):
+        x0 = (i // per_column) * column_width
+        y = 14 + (i % per_column) * row
+        out.append(f'<g transform="translate({x0} {y})">')
+        out.append(drawing)
+        out.append(f'<text x="34" y="0">{escape(text)}</text></g>')
     out.append("</svg>")
     return "".join(out)
