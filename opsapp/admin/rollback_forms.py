@@ -96,14 +96,23 @@ class SqlLine:
 
 
 def sql_lines(sql: str, destructive: list[dict] | None = None) -> list[SqlLine]:
-    """The preview split into lines, the lines of destructive statements marked for highlighting."""
+    """The preview split into lines for display, the lines of destructive statements marked for highlighting.
+
+    Alembic's offline output puts a blank line after every statement, which reads double-spaced:
+    the display keeps one blank line only before each "-- Running downgrade" step, so a step's
+    statements sit together. The stored preview (and its hash) is untouched.
+    """
     marked: set[str] = set()
     for item in destructive or []:
         marked.update(line.strip() for line in str(item.get("statement") or "").splitlines() if line.strip())
-    return [
-        SqlLine(line, bool(_DESTRUCTIVE_LINE.match(line)) or line.strip() in marked)
-        for line in (sql or "").splitlines()
-    ]
+    lines: list[SqlLine] = []
+    for line in (sql or "").splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("-- ") and lines:
+            lines.append(SqlLine("", False))
+        lines.append(SqlLine(line, bool(_DESTRUCTIVE_LINE.match(line)) or line.strip() in marked))
+    return lines
 
 
 def max_code_attempts() -> int:
