@@ -395,3 +395,16 @@ def test_every_label_the_readme_walk_through_names_is_on_the_pages_it_visits(cli
         seen += html.unescape(response.content.decode())
     missing = [label for label in sorted(labels) if label not in seen]
     assert missing == [], f"README names labels no page shows: {missing}"
+
+
+def test_alembic_version_bookkeeping_is_not_highlighted_as_destructive():
+    """A branch that ends deletes its alembic_version row: no data is lost, so it is not shown in red."""
+    from opsapp.admin.rollback_forms import sql_lines
+
+    sql = (
+        "-- Running downgrade a -> b\n\nDROP TABLE daily_totals;\n\n"
+        "DELETE FROM alembic_version WHERE alembic_version.version_num = 'a';\n\nDELETE FROM orders;\n"
+    )
+    marked = {line.text: line.destructive for line in sql_lines(sql)}
+    assert marked["DROP TABLE daily_totals;"] and marked["DELETE FROM orders;"]
+    assert not marked["DELETE FROM alembic_version WHERE alembic_version.version_num = 'a';"]

@@ -12,6 +12,7 @@ from opsapp.models import Snapshot, SnapshotStatus
 from opsapp.targets import configured_names
 
 # Statements the destructive analysis flags; used only to highlight lines of the preview.
+_VERSION_TABLE = re.compile(r"^\s*DELETE\s+FROM\s+alembic_version\b", re.IGNORECASE)
 _DESTRUCTIVE_LINE = re.compile(
     r"^\s*(DROP\s+TABLE|TRUNCATE|DELETE\s+FROM|ALTER\s+TABLE\s+.*\b(DROP\s+COLUMN|TYPE)\b)",
     re.IGNORECASE,
@@ -111,7 +112,9 @@ def sql_lines(sql: str, destructive: list[dict] | None = None) -> list[SqlLine]:
             continue
         if line.startswith("-- ") and lines:
             lines.append(SqlLine("", False))
-        lines.append(SqlLine(line, bool(_DESTRUCTIVE_LINE.match(line)) or line.strip() in marked))
+        # Alembic's own bookkeeping (DELETE FROM alembic_version when a branch ends) loses no data.
+        bookkeeping = bool(_VERSION_TABLE.match(line))
+        lines.append(SqlLine(line, (bool(_DESTRUCTIVE_LINE.match(line)) and not bookkeeping) or line.strip() in marked))
     return lines
 
 
