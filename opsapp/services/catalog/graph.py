@@ -456,7 +456,7 @@ LEGEND_ITEMS = (
 )
 
 
-def render_legend(columns: int = 3, column_width: int = 330) -> str:
+def render_legend(columns: int = 3, column_width: int = 370) -> str:
     """A small SVG legend matching the node classes and the two edge styles, in `columns` columns."""
     row = 20
     # Each entry is drawn around y = 0 and moved into place by its group's transform.
