@@ -425,7 +425,7 @@ def render_svg(
         tip = f"{rev}{' (' + ', '.join(node.branch_labels) + ')' if node.branch_labels else ''}: {node.message}"
         if node.folded:
             tip = f"{node.message}: open the full graph at this run"
-        out.append(f'<g class="{node_classes(node)}" id="{escape(node_id(rev))}" data-revision="{escape(rev)}">')
+        out.append(f'<g class="{node_classes(node)}" data-revision="{escape(rev)}" id="{escape(node_id(rev))}">')
         out.append(f"<title>{escape(tip)}</title>")
         if node.folded:
             link = run_href(node) if run_href else ""
