@@ -100,8 +100,8 @@ def sql_lines(sql: str, destructive: list[dict] | None = None) -> list[SqlLine]:
     """The preview split into lines for display, the lines of destructive statements marked for highlighting.
 
     Alembic's offline output puts a blank line after every statement, which reads double-spaced:
-    the display keeps one blank line only before each "-- Running downgrade" step, so a step's
-    statements sit together. The stored preview (and its hash) is untouched.
+    the display keeps one blank line only before each "-- Running downgrade" step (and the final
+    COMMIT), so a step's statements sit together. The stored preview (and its hash) is untouched.
     """
     marked: set[str] = set()
     for item in destructive or []:
@@ -110,7 +110,7 @@ def sql_lines(sql: str, destructive: list[dict] | None = None) -> list[SqlLine]:
     for line in (sql or "").splitlines():
         if not line.strip():
             continue
-        if line.startswith("-- ") and lines:
+        if (line.startswith("-- ") or line.strip().upper() == "COMMIT;") and lines:
             lines.append(SqlLine("", False))
         # Alembic's own bookkeeping (DELETE FROM alembic_version when a branch ends) loses no data.
         bookkeeping = bool(_VERSION_TABLE.match(line))
