@@ -112,3 +112,40 @@ def test_dates_have_one_form_with_the_time_zone(client, auditor):
     stamp = timezone.localtime(event.created_at).strftime("%Y-%m-%d %H:%M:%S")
     assert f"{stamp} UTC" in listing and f"{stamp} UTC" in dashboard
     assert "a.m." not in listing and "p.m." not in listing
+
+
+def test_the_index_sidebar_shows_the_users_own_audited_actions_and_finished_operations(client, operator, auditor):
+    """Django's "Recent actions" (LogEntry) was always empty here: the sidebar reads the audit log instead."""
+    from django.utils import timezone
+
+    from opsapp.models import Operation, Target
+
+    mine = append_event(
+        action=AuditAction.SNAPSHOT_ATTACHED,
+        outcome=AuditOutcome.SUCCESS,
+        actor=Actor.from_user(operator),
+        target="shop",
+        message="mine",
+    )
+    append_event(action=AuditAction.STAMP, outcome=AuditOutcome.INFO, actor=Actor.from_user(auditor), message="x")
+    target = Target.objects.create(name="shop")
+    done = Operation.objects.create(
+        kind="snapshot", target=target, state="succeeded", requested_by_username="olga", finished_at=timezone.now()
+    )
+    Operation.objects.create(kind="snapshot", target=target, state="queued", requested_by_username="olga")
+    client.force_login(operator)
+
+    page = client.get(reverse("admin:index")).content.decode()
+
+    sidebar = page.split('id="content-related"')[1]
+    assert "None available" not in page and "My actions" not in page
+    assert "Your recent actions" in sidebar
+    actions = sidebar.split('class="actionlist ops-recent"')[1].split("</ul>")[0]
+    assert mine.get_action_display().capitalize() in actions and "shop" in actions
+    assert actions.count("<li>") == 1  # the auditor's event is not the operator's
+    assert reverse("admin:opsapp_auditevent_change", args=[mine.pk]) in actions
+    finished = sidebar.split('class="actionlist ops-finished"')[1].split("</ul>")[0]
+    assert reverse("admin:opsapp_operation_change", args=[done.pk]) in finished
+    assert finished.count("<li>") == 1  # the queued one is on the dashboard's own panel, not here
+
+    assert reverse("admin:opsapp_auditevent_changelist") in sidebar

@@ -76,6 +76,28 @@ def test_requesting_a_downgrade_shows_the_plan_sql_destructive_rows_and_gates_bu
     unchanged(bare_world)
 
 
+def test_the_sql_preview_is_not_double_spaced_but_keeps_a_blank_line_between_steps(client, world, operator):
+    """Alembic's offline SQL has a blank line after every statement; the page shows one per step only."""
+    import html
+    import re
+
+    client.force_login(operator)
+    req = world.request
+    assert "\n\n" in req.sql_preview  # what Alembic rendered (stored and hashed as is)
+    page = client.get(url("change", req.pk)).content.decode()
+    markup = page.split('<pre class="ops-sql"')[1].split(">", 1)[1].split("</pre>")[0]
+    # A destructive line is a display:block span: it ends its own line.
+    pre = html.unescape(markup.replace('<span class="destructive">', "").replace("</span>", "\n"))
+    shown = pre.split("\n")
+    statements = [line for line in req.sql_preview.splitlines() if line.strip()]
+    assert [line for line in shown if line.strip()] == statements  # nothing lost, order kept
+    text = "\n".join(line.rstrip() for line in pre.splitlines())
+    blocks = [block for block in re.split(r"\n\s*\n", text.strip()) if block.strip() not in ("", "COMMIT;")]
+    steps = [line for line in statements if line.startswith("-- Running downgrade")]
+    assert len(blocks) == len(steps) + (0 if statements[0].startswith("-- ") else 1)
+    assert all(block.lstrip().startswith("-- Running downgrade") for block in blocks[-len(steps) :])
+
+
 def test_an_unknown_revision_is_refused_with_the_planners_message_and_nothing_is_created(client, bare_world, operator):
     client.force_login(operator)
     response = client.post(url("add"), {"target": bare_world.name, "to": "zzz999", "reason": "typo"})
@@ -373,3 +395,16 @@ def test_every_label_the_readme_walk_through_names_is_on_the_pages_it_visits(cli
         seen += html.unescape(response.content.decode())
     missing = [label for label in sorted(labels) if label not in seen]
     assert missing == [], f"README names labels no page shows: {missing}"
+
+
+def test_alembic_version_bookkeeping_is_not_highlighted_as_destructive():
+    """A branch that ends deletes its alembic_version row: no data is lost, so it is not shown in red."""
+    from opsapp.admin.rollback_forms import sql_lines
+
+    sql = (
+        "-- Running downgrade a -> b\n\nDROP TABLE daily_totals;\n\n"
+        "DELETE FROM alembic_version WHERE alembic_version.version_num = 'a';\n\nDELETE FROM orders;\n"
+    )
+    marked = {line.text: line.destructive for line in sql_lines(sql)}
+    assert marked["DROP TABLE daily_totals;"] and marked["DELETE FROM orders;"]
+    assert not marked["DELETE FROM alembic_version WHERE alembic_version.version_num = 'a';"]

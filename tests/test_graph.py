@@ -202,3 +202,136 @@ def test_the_graph_page_draws_a_300_revision_history_with_30_merges(
     assert sum(1 for g in nodes.values() if "merge-point" in classes(g)) == 30
     assert {rev for rev, g in nodes.items() if "current" in classes(g)} == {revisions[150]}
     assert_no_label_overlaps(svg)
+
+
+# ------------------------------------------------------------------ overview: collapse, jumps, arc lanes
+def structure(nodes: list[graph.GraphNode]) -> tuple[set[str], set[str], set[str], set[str]]:
+    """Heads, bases, branch points and merge points, from the parent links alone."""
+    known = {n.revision for n in nodes}
+    children: dict[str, int] = dict.fromkeys(known, 0)
+    for n in nodes:
+        for p in set(n.parents):
+            children[p] += 1
+    heads = {rev for rev, count in children.items() if count == 0}
+    bases = {n.revision for n in nodes if not n.parents}
+    branch_points = {rev for rev, count in children.items() if count > 1}
+    merges = {n.revision for n in nodes if len(n.parents) > 1}
+    return heads, bases, branch_points, merges
+
+
+def test_collapsing_linear_runs_cuts_the_rows_and_keeps_every_head_branch_point_and_merge():
+    nodes = nodes_from_plan(300, 5, seed=4)  # five merges over 300 revisions: chains of ~10 and a long tail
+    collapsed = graph.collapse_runs(nodes)
+    svg = ET.fromstring(graph.render_svg(collapsed, href=lambda rev: f"/r/{rev}", run_href=lambda n: "#"))
+    drawn, pairs, deps = parsed(svg)
+    assert len(drawn) < len(nodes) // 3, f"{len(drawn)} rows for {len(nodes)} revisions"
+    runs = {rev: g for rev, g in drawn.items() if "run" in classes(g)}
+    assert runs
+    # Every revision is either drawn or counted in exactly one run.
+    assert len(drawn) - len(runs) + sum(n.folded for n in collapsed) == len(nodes)
+    assert all(n.folded >= graph.MIN_RUN for n in collapsed if n.folded)
+    heads, bases, branch_points, merges = structure(nodes)
+    for rev in heads | bases | branch_points | merges:
+        assert rev in drawn and rev not in runs, f"{rev} was folded away"
+    # Every depends_on arc keeps both its ends.
+    original_deps = {(d, rev) for rev, d in graph.compute_layout(nodes).dep_edges}
+    assert deps == original_deps
+    # A run's label says how many revisions it holds.
+    for node in collapsed:
+        if node.folded:
+            assert f"{node.folded} revisions" in graph.node_label(node)
+    # Parent links still connect: each run hangs between its oldest member's parent and the newest's child.
+    assert all(p in drawn for p, _ in pairs) and all(c in drawn for _, c in pairs)
+    assert_no_label_overlaps(svg)
+
+
+def test_collapse_never_folds_the_current_revision_or_a_kept_one():
+    chain = [graph.GraphNode("r0", (), applied=True)]
+    for i in range(1, 10):
+        chain.append(graph.GraphNode(f"r{i}", (f"r{i - 1}",), applied=i <= 6, is_current=i == 6))
+    folded = graph.collapse_runs(chain)
+    drawn = {n.revision for n in folded}
+    assert {"r0", "r6", "r9"} <= drawn
+    assert [n.folded for n in folded if n.folded] == [5]  # r1..r5 (r7, r8 are too short a run)
+    assert "r3" in {n.revision for n in graph.collapse_runs(chain, keep=["r3"])}
+
+
+def test_depends_on_arcs_that_overlap_get_distinct_lanes_right_of_the_parent_lanes():
+    nodes = nodes_from_plan(300, 30, seed=1)
+    layout = graph.compute_layout(nodes)
+    assert len(layout.dep_edges) >= 5
+    spans = [sorted((layout.row[a], layout.row[b])) for a, b in layout.dep_edges]
+    for i in range(len(spans)):
+        for j in range(i + 1, len(spans)):
+            (t1, b1), (t2, b2) = spans[i], spans[j]
+            if t1 <= b2 and t2 <= b1:
+                assert layout.dep_lane[i] != layout.dep_lane[j], f"arcs {i} and {j} overlap in one lane"
+    svg = ET.fromstring(graph.render_svg(nodes))
+    rightmost_node = max(float(c.get("cx")) for c in svg.iterfind(".//svg:circle", NS) if c.get("class") == "ring")
+    lanes_x = set()
+    for path in svg.iterfind(".//svg:path", NS):
+        if path.get("class") == "dep-edge":
+            x = float(path.get("d").split(" L")[1].split()[0])  # the vertical run of the arc
+            assert x > rightmost_node
+            lanes_x.add((path.get("data-lane"), x))
+    assert len(lanes_x) == layout.dep_lanes == len({lane for lane, _ in lanes_x})
+
+
+def test_the_legend_explains_unknown_nodes_and_collapsed_runs():
+    legend = ET.fromstring(graph.render_legend())
+    texts = " ".join(t.text for t in legend.iterfind(".//svg:text", NS))
+    assert "unknown" in texts and "collapsed" in texts
+    assert any("unknown" in classes(g) for g in legend.iterfind(".//svg:g", NS))
+
+
+@pytest.mark.django_db
+def test_the_graph_page_jumps_and_collapses_on_a_300_revision_history(
+    client, admin_user, pg_url, script_dir_factory, configure_target
+):
+    sd = script_dir_factory()
+    revisions = generate_history(sd, 300, merges=5, seed=6)
+    configure_target("big", pg_url, sd.ini)
+    middle = revisions[120]
+    stamp("big", middle)
+    target = sync_target("big")
+    client.force_login(admin_user)
+    url = reverse("admin:opsapp_target_graph", args=[target.pk])
+
+    def ids_and_anchors(html: str) -> tuple[set[str], list[str]]:
+        svg = main_svg(html)
+        ids = {g.get("id") for g in svg.iterfind(".//svg:g", NS) if g.get("id")}
+        nav = html.split('class="ops-graph-nav"', 1)[1].split("</nav>", 1)[0]
+        return ids, re.findall(r'href="#([^"]+)"', nav)
+
+    full = client.get(url).content.decode()
+    ids, anchors = ids_and_anchors(full)
+    assert len(ids) == 300
+    assert f"rev-{middle}" in anchors  # jump to the current revision
+    heads = set(Revision.objects.filter(target=target, is_head=True).values_list("revision", flat=True))
+    assert {f"rev-{h}" for h in heads} <= set(anchors)
+    assert set(anchors) <= ids  # every jump link lands on an element of the SVG
+
+    folded = client.get(url, {"collapse": "1"}).content.decode()
+    ids_c, anchors_c = ids_and_anchors(folded)
+    assert len(ids_c) < 150
+    assert set(anchors_c) <= ids_c
+    nodes, _, _ = parsed(main_svg(folded))
+    rows = Revision.objects.filter(target=target)
+    for r in rows:
+        if r.is_head or r.is_branch_point or r.is_merge_point or r.is_base or r.is_current:
+            assert r.revision in nodes and "run" not in classes(nodes[r.revision])
+    assert "Show every revision" in folded
+
+    # Jump by id prefix, server-side: a redirect to the node's anchor, which exists on the page it names.
+    hidden = next(r.revision for r in rows if r.revision not in nodes)  # folded in a run
+    response = client.get(url, {"rev": hidden[:8], "collapse": "1"})
+    assert response.status_code == 302
+    location = response["Location"]
+    assert location.endswith(f"#rev-{hidden}")
+    landed, _ = ids_and_anchors(client.get(location.split("#")[0]).content.decode())
+    assert f"rev-{hidden}" in landed  # the run holding it is split open so the anchor exists
+
+    # A bad id is a clear message on the page, not an error.
+    response = client.get(url, {"rev": "zz-nope"})
+    assert response.status_code == 200
+    assert "No revision &#x27;zz-nope&#x27; here" in response.content.decode()

@@ -12,6 +12,7 @@ from opsapp.models import Snapshot, SnapshotStatus
 from opsapp.targets import configured_names
 
 # Statements the destructive analysis flags; used only to highlight lines of the preview.
+_VERSION_TABLE = re.compile(r"^\s*DELETE\s+FROM\s+alembic_version\b", re.IGNORECASE)
 _DESTRUCTIVE_LINE = re.compile(
     r"^\s*(DROP\s+TABLE|TRUNCATE|DELETE\s+FROM|ALTER\s+TABLE\s+.*\b(DROP\s+COLUMN|TYPE)\b)",
     re.IGNORECASE,
@@ -96,14 +97,25 @@ class SqlLine:
 
 
 def sql_lines(sql: str, destructive: list[dict] | None = None) -> list[SqlLine]:
-    """The preview split into lines, the lines of destructive statements marked for highlighting."""
+    """The preview split into lines for display, the lines of destructive statements marked for highlighting.
+
+    Alembic's offline output puts a blank line after every statement, which reads double-spaced:
+    the display keeps one blank line only before each "-- Running downgrade" step (and the final
+    COMMIT), so a step's statements sit together. The stored preview (and its hash) is untouched.
+    """
     marked: set[str] = set()
     for item in destructive or []:
         marked.update(line.strip() for line in str(item.get("statement") or "").splitlines() if line.strip())
-    return [
-        SqlLine(line, bool(_DESTRUCTIVE_LINE.match(line)) or line.strip() in marked)
-        for line in (sql or "").splitlines()
-    ]
+    lines: list[SqlLine] = []
+    for line in (sql or "").splitlines():
+        if not line.strip():
+            continue
+        if (line.startswith("-- ") or line.strip().upper() == "COMMIT;") and lines:
+            lines.append(SqlLine("", False))
+        # Alembic's own bookkeeping (DELETE FROM alembic_version when a branch ends) loses no data.
+        bookkeeping = bool(_VERSION_TABLE.match(line))
+        lines.append(SqlLine(line, (bool(_DESTRUCTIVE_LINE.match(line)) and not bookkeeping) or line.strip() in marked))
+    return lines
 
 
 def max_code_attempts() -> int:

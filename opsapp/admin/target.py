@@ -29,6 +29,28 @@ if TYPE_CHECKING:
     from opsapp.services.catalog.sync import DbRead
 
 
+GRAPH_JUMP_HEADS = 12  # the graph page lists at most this many heads as jump links
+
+
+def resolve_revision(wanted: str, rows: list[Revision]) -> str:
+    """The full id of the revision `wanted` names (an id, a unique prefix of one, or a branch label).
+
+    Otherwise a message starting with a space (so it can never be mistaken for an id).
+    """
+    ids = [r.revision for r in rows]
+    if wanted in ids:
+        return wanted
+    labelled = [r.revision for r in rows if wanted in (r.branch_labels or [])]
+    if len(labelled) == 1:
+        return labelled[0]
+    matches = [rev for rev in ids if rev.startswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        return f" {wanted!r} matches {len(matches)} revisions ({short_ids(matches[:5])}{', …' if len(matches) > 5 else ''}): type more of the id."
+    return f" No revision {wanted!r} here: give a revision id, a prefix of one, or a branch label."
+
+
 def short_ids(ids: list[str] | None) -> str:
     return ", ".join(i[:12] for i in ids or []) or "—"
 
@@ -321,8 +343,30 @@ class TargetAdmin(admin.ModelAdmin):
 
         from opsapp.admin.revision import UNKNOWN_STATES
 
+        page_url = reverse("admin:opsapp_target_graph", args=[target.pk])
+        collapse = request.GET.get("collapse") == "1"
+        wanted = request.GET.get("rev", "").strip()
+        if wanted:  # the "jump to a revision" form: resolve the id server-side, then land on its anchor
+            found = resolve_revision(wanted, rows)
+            if not found.startswith(" "):
+                query = urlencode({"collapse": 1, "show": found}) if collapse else ""
+                return HttpResponseRedirect(f"{page_url}?{query}#{graph.node_id(found)}")
+            messages.error(request, found.strip())
         nodes = graph.nodes_from_revisions(rows, applied_known=target.state not in UNKNOWN_STATES)
-        svg = graph.render_svg(nodes, href=href, title=f"Revision graph of {target.name}") if nodes else ""
+        full_total = len(nodes)
+        if collapse:
+            nodes = graph.collapse_runs(nodes, keep=[request.GET.get("show", "")])
+
+        def run_href(node: graph.GraphNode) -> str:
+            return f"{page_url}#{graph.node_id(node.revision)}"  # the full graph, scrolled to the run
+
+        svg = (
+            graph.render_svg(nodes, href=href, run_href=run_href, title=f"Revision graph of {target.name}")
+            if nodes
+            else ""
+        )
+        current = [r.revision for r in rows if r.is_current]
+        heads = [r.revision for r in rows if r.is_head]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -333,6 +377,14 @@ class TargetAdmin(admin.ModelAdmin):
             "svg": svg,
             "legend": graph.render_legend(),
             "revision_total": len(rows),
+            "row_total": len(nodes),
+            "collapsed_total": full_total - len(nodes),
+            "collapse": collapse,
+            "page_url": page_url,
+            "wanted": wanted,
+            "jump_current": [(rev[:12], graph.node_id(rev)) for rev in current],
+            "jump_heads": [(rev[:12], graph.node_id(rev)) for rev in heads[:GRAPH_JUMP_HEADS]],
+            "more_heads": max(len(heads) - GRAPH_JUMP_HEADS, 0),
             "merge_total": sum(1 for r in rows if r.is_merge_point),
             "current_heads": short_ids(target.current_heads),
             "target_url": reverse("admin:opsapp_target_change", args=[target.pk]),

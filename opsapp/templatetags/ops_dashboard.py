@@ -196,3 +196,44 @@ def ops_dashboard(context) -> dict[str, Any]:
     }
     data["any"] = any(value is not None for value in data.values())
     return {"dashboard": data}
+
+
+SIDEBAR_ROWS = 8
+
+
+@register.inclusion_tag("admin/opsapp/sidebar.html", takes_context=True)
+def ops_sidebar(context) -> dict[str, Any]:
+    """The index's sidebar, in place of Django's "Recent actions" (LogEntry, never written here).
+
+    "Your recent actions": this user's own audit events (everyone sees their own; linked only
+    for those who may view the audit log). "Finished operations": the latest ones that ended,
+    since the dashboard already lists the running and queued ones.
+    """
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_active or not user.is_staff:
+        return {"sidebar": None}
+    may_view_events = user.has_perm("opsapp.view_auditevent")
+    mine = [
+        {"obj": ev, "url": _url("admin:opsapp_auditevent_change", ev.pk) if may_view_events else None}
+        for ev in AuditEvent.objects.filter(actor_user_id=user.pk).order_by("-seq")[:SIDEBAR_ROWS]
+    ]
+    finished = None
+    if user.has_perm("opsapp.view_operation"):
+        from opsapp.models import Operation
+        from opsapp.models.operation import ACTIVE_STATES
+
+        finished = [
+            {"obj": op, "url": _url("admin:opsapp_operation_change", op.pk)}
+            for op in Operation.objects.exclude(state__in=ACTIVE_STATES)
+            .select_related("target")
+            .order_by("-finished_at", "-pk")[:SIDEBAR_ROWS]
+        ]
+    return {
+        "sidebar": {
+            "mine": mine,
+            "finished": finished,
+            "audit_url": _url("admin:opsapp_auditevent_changelist") if may_view_events else None,
+            "operations_url": _url("admin:opsapp_operation_changelist") if finished is not None else None,
+        }
+    }
