@@ -278,7 +278,7 @@ def stored_summary(request: RollbackRequest) -> str:
     Never connects to the target nor reads the snapshot file: a list of N
     requests must not cost N connect timeouts when a target is down. The live
     checks (current heads, script files, the lock) are on the request page,
-    and all five gates are checked again at execution.
+    and every gate is checked again at execution.
     """
     if request.status != RollbackStatus.PENDING:
         return request.get_status_display()
