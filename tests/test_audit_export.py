@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
@@ -79,11 +81,16 @@ def test_copy_export_carries_the_same_values_as_the_python_writer(tmp_path):
 
 
 @pytest.mark.django_db
-def test_copy_export_honours_the_filters_and_order():
+@pytest.mark.parametrize("debug_cursor", [False, True])  # DEBUG=1 (the demo) logs SQL through another cursor class
+def test_copy_export_honours_the_filters_and_order(debug_cursor):
     add_odd_events()
     qs = audit_export.filter_events(target="billing") | AuditEvent.objects.filter(message__icontains="ÜNÏCODE")
-    rows = parsed("".join(audit_export.iter_csv_copy(qs)))
+    qs = qs | AuditEvent.objects.filter(message__icontains="it's '; DROP TABLE x; --")
+    with CaptureQueriesContext(connection) if debug_cursor else contextlib.nullcontext() as captured:
+        rows = parsed("".join(audit_export.iter_csv_copy(qs)))
     assert [(row["seq"], row["target_name"]) for row in rows] == [("2", "shop"), ("3", "billing")]
+    if debug_cursor:
+        assert any(query["sql"].startswith("COPY (SELECT") for query in captured.captured_queries)
 
 
 @pytest.mark.django_db

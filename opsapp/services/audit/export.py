@@ -117,23 +117,32 @@ def iter_csv(qs: QuerySet[AuditEvent], *, batch_size: int = BATCH_SIZE) -> Itera
     yield buffer.getvalue()
 
 
-def _copy_statement(qs: QuerySet[AuditEvent]) -> tuple[str, tuple]:
-    """COPY (the rows of `qs`, EXPORT_FIELDS as the chain reads them, oldest first) TO STDOUT as CSV."""
+def _copy_statement(qs: QuerySet[AuditEvent]) -> str:
+    """COPY (the rows of `qs`, EXPORT_FIELDS as the chain reads them, oldest first) TO STDOUT as CSV.
+
+    COPY takes no bound parameters, so psycopg's client-side binding quotes
+    the filter values into the statement (the admin's search words among them).
+    """
+    from psycopg import ClientCursor
+
     columns = {
         f"export_{name}": RawSQL("detail::text" if name == "detail" else pg_column(name), ()) for name in EXPORT_FIELDS
     }
     rows = qs.order_by("seq").annotate(**columns).values_list(*columns)
     sql, params = rows.query.sql_with_params()
-    return f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params
+    connection.ensure_connection()
+    select = ClientCursor(connection.connection).mogrify(sql, params)
+    return f"COPY ({select}) TO STDOUT WITH (FORMAT csv)"
 
 
 def iter_csv_copy(qs: QuerySet[AuditEvent]) -> Iterator[str]:
     """CSV text in chunks from PostgreSQL's COPY: a header row, then one row per event."""
-    statement, params = _copy_statement(qs)
+    statement = _copy_statement(qs)
     yield ",".join(EXPORT_FIELDS) + "\n"
     chunk: list[bytes] = []
     size = 0
-    with connection.cursor() as cursor, cursor.copy(statement, params) as copy:
+    # Django's debug cursor (DEBUG=1) wraps copy() with the statement alone, hence no params here.
+    with connection.cursor() as cursor, cursor.copy(statement) as copy:
         for data in copy:
             chunk.append(bytes(data))
             size += len(data)
