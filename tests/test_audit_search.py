@@ -183,3 +183,24 @@ def test_sqlite_searches_and_exports_without_the_index(tmp_path):
     checked = run_offline(offline_verifier(tmp_path), export)  # docs/audit.md's standard-library snippet
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "3 events checked; last #3" in checked.stdout, checked.stdout
+
+
+@pytest.mark.django_db
+def test_a_search_counts_exactly_only_up_to_a_small_bound(events, client, auditor, monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from opsapp.admin.audit import SearchCountPaginator
+
+    monkeypatch.setattr(SearchCountPaginator, "exact_limit", 3)
+    client.force_login(auditor)
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(reverse(LIST_URL), {"q": "snapshot verified"})  # 8 matches
+    cl = response.context["cl"]
+    assert isinstance(cl.paginator, SearchCountPaginator)
+    assert cl.result_count >= 4 and len(cl.result_list) == 8  # beyond the bound: the planner's estimate
+    counts = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT COUNT(*)")]
+    assert counts and all("LIMIT 4" in sql for sql in counts), counts
+    # Without a search the list keeps the larger exact bound.
+    response = client.get(reverse(LIST_URL))
+    assert not isinstance(response.context["cl"].paginator, SearchCountPaginator)
+    assert response.context["cl"].result_count == len(events)
