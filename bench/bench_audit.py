@@ -160,8 +160,10 @@ def page_figures(requests: int, n: int) -> list[Result]:
         "filtered audit changelist (target, action, month)",
         url + "?target_name=billing&action__exact=snapshot_failed&created_at__year=2025&created_at__month=1",
     )
-    # Full-text-ish search (icontains over message and revisions): reported, no goal.
-    page("audit search changelist", url + "?q=warehouse+event+4242", None)
+    # The auditor's search (icontains over message and revisions, served by the pg_trgm index of
+    # migration 0017): a rare phrase, and a single common word (matches a fifth of the table).
+    page("audit search changelist", url + "?q=warehouse+event+4242")
+    page("audit search changelist (common word)", url + "?q=billing")
     return results
 
 
@@ -182,14 +184,15 @@ def export_figures(n: int) -> list[Result]:
 
     from opsapp.models import AuditEvent
     from opsapp.services.audit import export as audit_export
-    from opsapp.services.audit.chain import HASHED_FIELDS
+    from opsapp.services.audit.chain import EXPORT_FIELDS
 
     total = AuditEvent.objects.count()
-    qs = audit_export.filter_events() if hasattr(audit_export, "filter_events") else AuditEvent.objects.all()
+    qs = audit_export.filter_events()
     sink = _CountingSink()
     with common.RssPeak() as mem:
         elapsed, _ = common.timed(lambda: audit_export.export_csv(sink, qs))
-    cols = ", ".join((*HASHED_FIELDS, "hash"))
+    # The baseline: the same columns, as stored (no formatting), straight out of COPY.
+    cols = ", ".join(EXPORT_FIELDS)
     with psycopg.connect(common.database_url(common.CONSOLE_DB)) as conn, conn.cursor() as cur:
         start = time.perf_counter()
         raw_bytes = 0
@@ -205,7 +208,10 @@ def export_figures(n: int) -> list[Result]:
             "rows/s",
             raw_rate,
             rate / raw_rate,
-            note=f"{elapsed:.1f} s, {sink.bytes / 1e6:.0f} MB; baseline = psql-style COPY (SELECT ...) TO STDOUT CSV",
+            ">= 0.5x COPY",
+            rate / raw_rate >= 0.5,
+            note=f"{elapsed:.1f} s, {sink.bytes / 1e6:.0f} MB; baseline = psql-style COPY (SELECT <the same columns> "
+            f"ORDER BY seq) TO STDOUT CSV, {raw_bytes / 1e6:.0f} MB",
         ),
         Result(
             f"CSV export peak memory (RSS growth), {total:,} events",

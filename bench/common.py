@@ -24,7 +24,8 @@ REPO_ROOT = BENCH_DIR.parent
 WORK_DIR = BENCH_DIR / "work"
 RESULTS_DIR = BENCH_DIR / "results"
 PG_SERVER = os.environ.get("OPS_BENCH_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
-CONSOLE_DB = "ops_bench"
+# Overridable so two people (or helpers) can bench on one server without dropping each other's database.
+CONSOLE_DB = os.environ.get("OPS_BENCH_CONSOLE_DB", "ops_bench")
 
 # Target name -> (database name, script directory under bench/work/).
 TARGETS: dict[str, tuple[str, str]] = {

@@ -218,6 +218,9 @@ OPS_AUDIT_PREVIOUS_KEYS_FILE = env.str("OPS_AUDIT_PREVIOUS_KEYS_FILE", default="
 OPS_AUDIT_SIGNING_KEY_FILE = env.str("OPS_AUDIT_SIGNING_KEY_FILE", default="")
 OPS_AUDIT_PUBLIC_KEY_FILE = env.str("OPS_AUDIT_PUBLIC_KEY_FILE", default="")
 OPS_AUDIT_CHECKPOINT_DIR = Path(env.str("OPS_AUDIT_CHECKPOINT_DIR", default=str(VAR_DIR / "audit-checkpoints")))
+# Also e-mail each new signed checkpoint to the active members of the auditors group (a copy outside
+# the operators' reach); verify_audit_log exits 1 when it cannot.
+OPS_AUDIT_CHECKPOINT_MAIL = env.bool("OPS_AUDIT_CHECKPOINT_MAIL", default=False)
 
 # Targets: raw strings here, parsed and validated by opsapp.targets / opsapp.checks.
 # OPS_TARGETS_FILE (TOML, opsapp.targets_file) declares more; the demo target "shop" is the

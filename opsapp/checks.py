@@ -21,6 +21,7 @@ file unreadable or not Ed25519.
 E070 OPS_REHEARSAL_URL is not a PostgreSQL URL · E071 OPS_REHEARSAL_RESTORE_JOBS below 1.
 E030 the task queue is not django-tasks-db's database backend (operations would not be durable) ·
 E031 OPS_HEARTBEAT_SECONDS, OPS_JOB_LOCK_WAIT_SECONDS or OPS_SNAPSHOT_RETRIES out of range.
+W044 (database checks, as at `migrate`) the audit search has no pg_trgm index on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -333,3 +334,34 @@ def check_task_queue(app_configs=None, **kwargs) -> list[Error]:
             bound = "between 0.05 and 60" if name == "OPS_HEARTBEAT_SECONDS" else "zero or more"
             errors.append(Error(f"{name}={value!r} must be {bound}.", id="opsapp.E031", obj=name))
     return errors
+
+
+@register(Tags.database)
+def check_audit_search_index(app_configs=None, databases=None, **kwargs) -> list[Warning]:
+    """opsapp.W044 (with --database, and at `migrate`): the audit search has no trigram index on PostgreSQL.
+
+    Search still works without it, by scanning the whole audit table; at a
+    million events that takes seconds per page. Migration 0017 builds the
+    index when the console's role may create pg_trgm.
+    """
+    from django.db import DatabaseError, connections
+
+    from opsapp.services.audit.search import INDEX_NAME, search_index_missing
+
+    if not databases or "default" not in databases:
+        return []
+    try:
+        missing = search_index_missing(connections["default"])
+    except DatabaseError:
+        return []  # no database to look at: other checks and the first query say so
+    if not missing:
+        return []
+    return [
+        Warning(
+            f"The audit log has no search index ({INDEX_NAME}): searching it scans the whole table.",
+            hint="As a superuser run CREATE EXTENSION pg_trgm; in the console database, then "
+            "re-run migration 0016_audit_search_trigram (`manage.py migrate opsapp` to the migration before it, "
+            "then `manage.py migrate`).",
+            id="opsapp.W044",
+        )
+    ]

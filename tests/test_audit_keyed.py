@@ -176,6 +176,37 @@ def test_each_verify_writes_a_signed_read_only_checkpoint_of_the_head(settings):
 
 
 @pytest.mark.django_db
+def test_with_checkpoint_mail_each_new_checkpoint_goes_to_the_auditors(settings, mailoutbox, auditor, operator):
+    from opsapp.services.audit.keys import public_key
+    from opsapp.services.audit.offline import check_checkpoint
+
+    settings.OPS_AUDIT_CHECKPOINT_MAIL = True
+    add_events(2)
+    out, error = verify_command("--json")
+    assert error is None and "mailed to 1 auditor(s)" in json.loads(out)["message"]
+    (path,) = settings.OPS_AUDIT_CHECKPOINT_DIR.iterdir()
+    (message,) = mailoutbox
+    assert message.to == [auditor.email] and "#2" in message.subject  # the operator gets no copy
+    ((name, content, mimetype),) = message.attachments
+    assert name == path.name and content == path.read_bytes() and mimetype == "application/json"
+    assert check_checkpoint(json.loads(content), public_key(), name)["seq"] == 2
+
+
+@pytest.mark.django_db
+def test_a_checkpoint_that_cannot_be_mailed_fails_the_run_and_is_recorded(settings, mailoutbox, auditor):
+    settings.OPS_AUDIT_CHECKPOINT_MAIL = True
+    auditor.email = ""
+    auditor.save()
+    add_events(1)
+    out, error = verify_command("--print-head")
+    assert error is not None and error.returncode == 1 and out == ""
+    assert "not mailed" in str(error) and "auditors group" in str(error)
+    assert mailoutbox == []
+    recorded = AuditEvent.objects.order_by("-seq").first()
+    assert recorded.action == AuditAction.AUDIT_VERIFIED and "not mailed" in recorded.message
+
+
+@pytest.mark.django_db
 def test_an_altered_checkpoint_fails_verification_naming_the_file(settings):
     add_events(2)
     assert verify_command()[1] is None

@@ -161,3 +161,61 @@ def test_sqlite_replace_cannot_rewrite_an_event(verb, tmp_path):
     verify = subprocess.run([sys.executable, "manage.py", "verify_audit_log", "--json"], **run)
     assert verify.returncode == 0, verify.stderr
     assert json.loads(verify.stdout)["ok"] is True
+
+
+def _sqlite_console(tmp_path, db) -> dict:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "DATABASE_URL": f"sqlite:///{db}",
+        "DEBUG": "1",
+        "SECRET_KEY": "test-secret-key-for-sqlite",
+        "OPS_IGNORE_DOTENV": "1",
+        "OPS_VAR_DIR": str(tmp_path),  # the checkpoints go to tmp_path/audit-checkpoints, shared by the copies
+    }
+    return {"cwd": REPO_ROOT, "env": env, "capture_output": True, "text": True, "timeout": 120}
+
+
+SQLITE_ATTACKS = {
+    # name: (SQL run with the triggers dropped, the seq cron's verify must name)
+    "cut tail": (f"DELETE FROM {TABLE} WHERE seq >= 3", 3),
+    "row edit": (f"UPDATE {TABLE} SET message = 'nothing happened' WHERE seq = 2", 2),
+    "truncate": (f"DELETE FROM {TABLE}", 1),
+    "forged append": (
+        f"INSERT INTO {TABLE} (seq, created_at, actor, action, outcome, target_name, from_revision, to_revision, "
+        "message, detail, user_agent, prev_hash, hash, key_id, mac) SELECT seq + 1, created_at, actor, "
+        "'rollback_succeeded', outcome, target_name, '', '', 'rollback succeeded', '{}', '', hash, hash, key_id, mac "
+        f"FROM {TABLE} WHERE seq = (SELECT MAX(seq) FROM {TABLE})",
+        5,  # after the 3 events and the verification's own #4
+    ),
+}
+
+
+@pytest.mark.slow
+def test_sqlite_attacks_by_someone_with_the_database_file_are_caught(tmp_path):
+    """On SQLite whoever can write the file can drop the triggers: the keyed chain and checkpoints still catch it."""
+    import shutil
+
+    pristine = tmp_path / "console.sqlite3"
+    run = _sqlite_console(tmp_path, pristine)
+    assert subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], **run).returncode == 0
+    assert subprocess.run([sys.executable, "-c", SQLITE_SCRIPT], **run).returncode == 0
+    verify = subprocess.run([sys.executable, "manage.py", "verify_audit_log", "--print-head"], **run)
+    assert verify.returncode == 0, verify.stderr  # checkpoint of #3
+
+    for name, (sql, seq) in SQLITE_ATTACKS.items():
+        db = tmp_path / f"{name.replace(' ', '-')}.sqlite3"
+        shutil.copy(pristine, db)
+        conn = sqlite3.connect(db)
+        triggers = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+        assert triggers, "the append-only triggers are missing"
+        for trigger in triggers:
+            conn.execute(f'DROP TRIGGER "{trigger}"')
+        conn.execute(sql)
+        conn.commit()
+        conn.close()
+        cron = subprocess.run(
+            [sys.executable, "manage.py", "verify_audit_log", "--print-head"], **_sqlite_console(tmp_path, db)
+        )
+        assert cron.returncode == 1, f"{name}: went unnoticed ({cron.stdout})"
+        assert f"#{seq}" in cron.stderr and cron.stdout == "", f"{name}: {cron.stderr}"

@@ -53,6 +53,13 @@ class AuditOutcome(models.TextChoices):
     INFO = "info", "info"
 
 
+FEW_EVENTS = 1000
+
+
+def _period_of(moment: datetime, kind: str, tz) -> datetime:
+    return datetime(moment.year, 1 if kind == "year" else moment.month, 1 if kind != "day" else moment.day, tzinfo=tz)
+
+
 class AuditEventQuerySet(models.QuerySet):
     """Cheap `datetimes()` for the admin's date hierarchy on a table of millions of rows.
 
@@ -66,6 +73,13 @@ class AuditEventQuerySet(models.QuerySet):
         if field_name != "created_at" or kind not in ("year", "month", "day") or kwargs:
             return super().datetimes(field_name, kind, order, tzinfo, **kwargs)
         tz = tzinfo or timezone.get_current_timezone()
+        if self.query.where:
+            # A filtered list (a search above all) often matches few events, and each probe below would run
+            # the filter again: read their times once, and probe only when there are many.
+            moments = list(self.order_by().values_list("created_at", flat=True)[: FEW_EVENTS + 1])
+            if len(moments) <= FEW_EVENTS:
+                periods = sorted({_period_of(timezone.localtime(moment, tz), kind, tz) for moment in moments})
+                return periods if order == "ASC" else periods[::-1]
         bounds = self.aggregate(first=Min("created_at"), last=Max("created_at"))
         if bounds["first"] is None:
             return []

@@ -100,17 +100,19 @@ _encode = canonical_encoder
 _string = json.encoder.encode_basestring  # what the canonical encoder uses for str (ensure_ascii=False)
 
 
+def pg_column(name: str) -> str:
+    """A column as PostgreSQL should hand it to the chain: created_at as iso_utc() prints it, the bare address."""
+    if name == "created_at":
+        # Exactly iso_utc(): 2026-01-31T12:00:00.123456+00:00
+        return """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+    if name == "client_ip":
+        return "host(client_ip)"
+    return connection.ops.quote_name(name)
+
+
 def _pg_select() -> str:
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
-    columns = []
-    for name in ROW_FIELDS:
-        if name == "created_at":
-            # Exactly iso_utc(): 2026-01-31T12:00:00.123456+00:00
-            columns.append("""to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')""")
-        elif name == "client_ip":
-            columns.append("host(client_ip)")
-        else:
-            columns.append(connection.ops.quote_name(name))
+    columns = [pg_column(name) for name in ROW_FIELDS]
     return f"SELECT {', '.join(columns)} FROM {table} WHERE seq > %s ORDER BY seq LIMIT %s"
 
 

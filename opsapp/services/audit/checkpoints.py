@@ -145,3 +145,37 @@ def write_checkpoint(directory: Path, key: Ed25519PrivateKey, body: dict[str, An
 
 def read_checkpoint_document(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def mail_checkpoint(path: Path) -> list[str]:
+    """E-mail the signed checkpoint file to every active auditor with an address; return the addresses.
+
+    The file goes as an attachment, byte for byte: the auditors keep it and
+    check it with the public key (docs/audit.md). Raises AuditError when no
+    auditor has an address or the mail cannot be sent.
+    """
+    import smtplib
+
+    from django.contrib.auth import get_user_model
+    from django.core.mail import EmailMessage
+
+    auditors = get_user_model().objects.filter(is_active=True, groups__name="auditors").exclude(email="")
+    recipients = sorted(set(auditors.values_list("email", flat=True)))
+    if not recipients:
+        raise AuditError(f"{path.name} was not mailed: no active member of the auditors group has an e-mail address")
+    body = read_checkpoint_document(path)["checkpoint"]
+    message = EmailMessage(
+        subject=f"[ops console] signed audit checkpoint #{body['seq']}",
+        body=(
+            f"The audit log held {body['count']} events at {body['time']}; event #{body['seq']} has hash "
+            f"{body['hash']}.\nKeep the attached file: verify it, and later exports and evidence bundles, "
+            "with the checkpoint public key (docs/audit.md, offline verification).\n"
+        ),
+        to=recipients,
+    )
+    message.attach(path.name, path.read_bytes(), "application/json")
+    try:
+        message.send()
+    except (OSError, smtplib.SMTPException) as exc:
+        raise AuditError(f"{path.name} was not mailed to the auditors: {exc}") from exc
+    return recipients

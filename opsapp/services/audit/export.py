@@ -1,10 +1,20 @@
 """Export audit events for auditors: CSV or JSON Lines, streamed.
 
-Rows leave in `seq` order, read with keyset pagination in batches, so memory
-stays constant however many events there are (1,000,000 is fine). Every row
-carries the hashed fields exactly as hashed plus `key_id`, `hash` and `mac`,
-so the file verifies offline (docs/audit.md: the standard-library snippet, or
-offline.py against the signed checkpoints).
+Rows leave in `seq` order, so memory stays constant however many events
+there are (1,000,000 is fine). Every row carries the hashed fields exactly as
+hashed plus `key_id`, `hash` and `mac`, so the file verifies offline
+(docs/audit.md: the standard-library snippet, or offline.py against the
+signed checkpoints).
+
+CSV on PostgreSQL is PostgreSQL's own `COPY (SELECT ...) TO STDOUT CSV`,
+streamed in ~256 KB chunks: Python formatting each row capped the export at
+~0.07x the speed of COPY. The columns are formatted by the same SQL the chain
+verifier reads them with (chain.pg_column); `detail` is the stored JSON as
+PostgreSQL prints it, which the verifiers parse and re-serialize canonically,
+exactly as verify_chain does with the same text. That CSV ends lines with LF
+and quotes empty strings (`""`, while NULL is an empty cell); a CSV reader
+gives back the same values as from the Python writer that SQLite and JSON
+Lines still use (keyset pagination in batches).
 """
 
 from __future__ import annotations
@@ -16,18 +26,21 @@ from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from typing import IO, Any
 
+from django.db import connection
 from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit.chain import EXPORT_FIELDS, iso_utc
+from opsapp.services.audit.chain import EXPORT_FIELDS, iso_utc, pg_column
 from opsapp.services.audit.log import append_event
 
 FORMATS = ("csv", "jsonl")
 CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 BATCH_SIZE = 2000
+COPY_CHUNK_BYTES = 256 * 1024
 
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
@@ -104,6 +117,43 @@ def iter_csv(qs: QuerySet[AuditEvent], *, batch_size: int = BATCH_SIZE) -> Itera
     yield buffer.getvalue()
 
 
+def _copy_statement(qs: QuerySet[AuditEvent]) -> str:
+    """COPY (the rows of `qs`, EXPORT_FIELDS as the chain reads them, oldest first) TO STDOUT as CSV.
+
+    COPY takes no bound parameters, so psycopg's client-side binding quotes
+    the filter values into the statement (the admin's search words among them).
+    """
+    from psycopg import ClientCursor
+
+    columns = {
+        f"export_{name}": RawSQL("detail::text" if name == "detail" else pg_column(name), ()) for name in EXPORT_FIELDS
+    }
+    rows = qs.order_by("seq").annotate(**columns).values_list(*columns)
+    sql, params = rows.query.sql_with_params()
+    connection.ensure_connection()
+    select = ClientCursor(connection.connection).mogrify(sql, params)
+    return f"COPY ({select}) TO STDOUT WITH (FORMAT csv)"
+
+
+def iter_csv_copy(qs: QuerySet[AuditEvent]) -> Iterator[str]:
+    """CSV text in chunks from PostgreSQL's COPY: a header row, then one row per event."""
+    statement = _copy_statement(qs)
+    yield ",".join(EXPORT_FIELDS) + "\n"
+    chunk: list[bytes] = []
+    size = 0
+    # Django's debug cursor (DEBUG=1) wraps copy() with the statement alone, hence no params here.
+    with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for data in copy:
+            chunk.append(bytes(data))
+            size += len(data)
+            if size >= COPY_CHUNK_BYTES:
+                yield b"".join(chunk).decode("utf-8")
+                chunk.clear()
+                size = 0
+    if chunk:
+        yield b"".join(chunk).decode("utf-8")
+
+
 def iter_jsonl(qs: QuerySet[AuditEvent], *, batch_size: int = BATCH_SIZE) -> Iterator[str]:
     """JSON Lines text in chunks: one object per event."""
     chunk: list[str] = []
@@ -119,11 +169,15 @@ def iter_jsonl(qs: QuerySet[AuditEvent], *, batch_size: int = BATCH_SIZE) -> Ite
 def iter_export(fmt: str, qs: QuerySet[AuditEvent]) -> Iterator[str]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (use one of: {', '.join(FORMATS)})")
-    return iter_csv(qs) if fmt == "csv" else iter_jsonl(qs)
+    return _csv(qs) if fmt == "csv" else iter_jsonl(qs)
+
+
+def _csv(qs: QuerySet[AuditEvent]) -> Iterator[str]:
+    return iter_csv_copy(qs) if connection.vendor == "postgresql" else iter_csv(qs)
 
 
 def export_csv(stream: IO[str], qs: QuerySet[AuditEvent]) -> None:
-    for chunk in iter_csv(qs):
+    for chunk in _csv(qs):
         stream.write(chunk)
 
 

@@ -45,10 +45,12 @@ from opsapp.services.audit.checkpoints import (
     CheckpointError,
     checkpoint_body,
     load_checkpoints,
+    mail_checkpoint,
     write_checkpoint,
 )
 from opsapp.services.audit.keys import public_key, signing_key, verification_keys
 from opsapp.services.audit.log import append_event
+from opsapp.services.errors import AuditError
 
 EDITED = "edited"
 MISSING = "missing"
@@ -156,7 +158,8 @@ def run_verification(
     """What cron runs: check the checkpoints, verify the chain, sign a new checkpoint, record the result.
 
     A new checkpoint is written only for a chain that verified, and only when
-    this host has the signing key. Raises AuditError when it cannot write the
+    this host has the signing key, and mailed to the auditors with
+    OPS_AUDIT_CHECKPOINT_MAIL. Raises AuditError when it cannot write or mail the
     checkpoint or record the result (the command exits 1).
     """
     directory = settings.OPS_AUDIT_CHECKPOINT_DIR
@@ -176,6 +179,14 @@ def run_verification(
         )
         path = write_checkpoint(directory, private, body)
         result = replace(result, checkpoint_written=str(path), message=f"{result.message}; signed {path.name}")
+        if settings.OPS_AUDIT_CHECKPOINT_MAIL:
+            try:
+                recipients = mail_checkpoint(path)
+            except AuditError as exc:
+                # The chain holds, but the copy outside the operators' reach is missing: record it, then fail.
+                record_verification(replace(result, message=f"{result.message}; {exc}"), actor=actor)
+                raise
+            result = replace(result, message=f"{result.message}, mailed to {len(recipients)} auditor(s)")
     elif result.ok and checkpoint and private is None:
         result = replace(result, message=f"{result.message}; no checkpoint signed (no OPS_AUDIT_SIGNING_KEY_FILE)")
     record_verification(result, actor=actor)
