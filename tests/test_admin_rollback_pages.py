@@ -114,6 +114,21 @@ def test_after_a_wrong_code_gate_5_shows_the_refusal_on_both_pages(client, world
     assert AuditEvent.objects.filter(request_id=world.request.pk, outcome="refused").exists()
 
 
+def test_every_gate_number_the_request_page_quotes_is_the_row_of_that_gate_in_its_checklist(client, world, operator):
+    """The checklist numbers the gates 1-6 (request, snapshot, rehearsal, plan, lock, code); the prose must agree."""
+    client.force_login(operator)
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    rows = re.findall(r'data-gate="(\w+)"', page)
+    assert rows == ["request", "snapshot", "rehearsal", "plan", "lock", "code"]
+    text = re.sub(r"<[^>]+>", " ", page.split('id="plan-hash"')[1].split("</p>")[0])
+    assert "plan" in text
+    for number, name in re.findall(r"gate (\d) \((\w+)\)", text) + re.findall(r"(\d)\w* gate", text):
+        assert rows[int(number) - 1] == name, text
+    assert not re.search(r"gate \d(?! \()", text), f"a bare gate number that names no gate: {text}"
+
+
 # ------------------------------------------------------------------- the approver's view
 def test_an_approver_sees_what_to_check_who_asked_why_where_the_code_is_and_when_it_expires(client, world, approver):
     client.force_login(approver)

@@ -117,7 +117,7 @@ def check_snapshot(request: RollbackRequest, current_heads: list[str] | None, he
     return None
 
 
-# ------------------------------------------------------------------ gate 2b
+# ------------------------------------------------------------------ gate 3
 def check_rehearsal(request: RollbackRequest, config: TargetConfig) -> str | None:
     """When rehearsals are required: the latest rehearsal of this plan on this snapshot succeeded.
 
@@ -142,7 +142,7 @@ def check_rehearsal(request: RollbackRequest, config: TargetConfig) -> str | Non
     return None
 
 
-# ------------------------------------------------------------------ gate 3
+# ------------------------------------------------------------------ gate 4
 def check_plan(
     request: RollbackRequest,
     config: TargetConfig,
@@ -207,7 +207,7 @@ def check_plan(
     return None, preview
 
 
-# ------------------------------------------------------------------ gate 5
+# ------------------------------------------------------------------ gate 6
 def check_code(request: RollbackRequest, code: str, actor: Actor) -> None:
     """Raise GateRefused unless `code` is right, unexpired and unused; a wrong code counts an attempt."""
     limit = settings.OPS_CODE_MAX_ATTEMPTS
@@ -278,7 +278,7 @@ def stored_summary(request: RollbackRequest) -> str:
     Never connects to the target nor reads the snapshot file: a list of N
     requests must not cost N connect timeouts when a target is down. The live
     checks (current heads, script files, the lock) are on the request page,
-    and all five gates are checked again at execution.
+    and all six gates are checked again at execution.
     """
     if request.status != RollbackStatus.PENDING:
         return request.get_status_display()

@@ -5,7 +5,7 @@ and "Execution"). The work lives in submodules:
 
 - `plan`              offline SQL preview, destructive analysis, plan hash
 - `codes`             verification codes and the approver emails
-- `gate`              the five gates and the refusal record
+- `gate`              the six gates and the refusal record
 - `execute`           the lock, the atomic downgrade, reconcile, gate preview
 
 Shapes stored on a request (for pages and commands):
