@@ -143,6 +143,29 @@ def test_an_approver_sees_what_to_check_who_asked_why_where_the_code_is_and_when
     assert world.request.plan_hash[:8] in view
 
 
+def test_the_approver_is_asked_to_check_the_rehearsal_when_one_is_required(client, world, approver, settings):
+    """The approver's checklist (from before rehearsals existed) names the rehearsal gate's evidence too."""
+    settings.OPS_REQUIRE_REHEARSAL = True
+    client.force_login(approver)
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    view = page.split('id="approver-view"')[1].split("</div>")[0]
+    assert 'href="#rehearsal"' in view and "none yet" in view and "required" in view
+    assert 'id="rehearsal"' in page  # the link lands on the rehearsal panel
+
+
+def test_the_approver_checklist_leaves_the_rehearsal_out_when_none_is_required_or_done(
+    client, world, approver, settings
+):
+    settings.OPS_REQUIRE_REHEARSAL = False
+    client.force_login(approver)
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    assert 'href="#rehearsal"' not in page.split('id="approver-view"')[1].split("</div>")[0]
+
+
 def test_the_request_page_explains_the_plan_hash_and_repeats_no_raw_json(client, world, operator):
     client.force_login(operator)
 
