@@ -42,6 +42,30 @@ def test_an_operator_rehearses_from_the_request_page_and_sees_the_measured_losse
     assert r.env.state() == before
 
 
+def test_the_operator_is_told_that_the_rehearsal_replaced_the_code(client, ready_request, operator, settings):
+    """A rehearsal re-sends the approvers' email with its result and a NEW code: the old one stops working.
+
+    The page said only "Rehearsal #N: ..."; an operator holding the old code then typed it and spent a
+    wrong attempt without knowing why.
+    """
+    from django.core import mail
+
+    settings.OPS_REQUIRE_REHEARSAL = True
+    r = ready_request
+    old_hash = r.request.code_hash
+    assert old_hash
+    client.force_login(operator)
+    mail.outbox.clear()
+
+    response = client.post(url("rehearse", r.request.pk), follow=True)
+
+    r.request.refresh_from_db()
+    assert r.request.code_hash and r.request.code_hash != old_hash and mail.outbox
+    shown = " ".join(str(m) for m in response.context["messages"])
+    assert "new verification code" in shown and "the old code no longer works" in shown
+    assert ", ".join(r.request.code_recipients) in shown
+
+
 def test_the_page_flags_where_the_rehearsal_and_the_static_analysis_disagree(client, ready_request, operator):
     r = ready_request
     # A note added after the request was analysed: the snapshot now holds 3, the analysis said 2.

@@ -370,6 +370,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         from opsapp.services.rehearsal.summary import result_line
 
         steps: list[str] = []
+        code_before = obj.code_hash
         try:
             rehearsal = run_rehearsal(
                 obj.pk,
@@ -385,6 +386,14 @@ class RollbackRequestAdmin(admin.ModelAdmin):
                 messages.success(request, line)
             else:
                 messages.error(request, line)
+            obj.refresh_from_db()
+            if obj.code_hash and obj.code_hash != code_before:
+                # The approvers' email is sent again with the result, and with it a new code.
+                messages.warning(
+                    request,
+                    f"The approvers' email was sent again with this result and a new verification code, to: "
+                    f"{', '.join(obj.code_recipients)}; the old code no longer works.",
+                )
         return self._back(obj)
 
     def evidence_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
