@@ -129,6 +129,42 @@ def test_every_gate_number_the_request_page_quotes_is_the_row_of_that_gate_in_it
     assert not re.search(r"gate \d(?! \()", text), f"a bare gate number that names no gate: {text}"
 
 
+def test_while_the_downgrade_is_queued_the_request_page_says_so_and_links_its_operation(client, world, operator):
+    """The code is spent when the downgrade is queued; the page still offered it as "entered at execution".
+
+    With no worker running (or a busy one), the operator came back to a pending request whose checklist
+    passed, typed the spent code again and was refused, with nothing on the page pointing at the queue.
+    """
+    from opsapp.models import Operation
+
+    client.force_login(operator)
+    code = codes_in_outbox()[-1]
+    response = client.post(url("execute", world.request.pk), {"code": code, "confirmed": "yes"})
+    op = Operation.objects.get(request=world.request)
+    assert response.status_code == 302 and op.state == "queued"
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    code_row = page.split('data-gate="code"')[1].split("</tr>")[0]
+    assert f"queued as operation #{op.pk}" in code_row and "attempt(s) left" not in code_row
+    assert reverse("admin:opsapp_operation_change", args=[op.pk]) in page
+
+
+def test_after_a_worker_refused_the_queued_downgrade_the_page_says_the_code_is_spent(client, world, operator):
+    from opsapp.models import Operation
+
+    client.force_login(operator)
+    client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"})
+    Operation.objects.filter(request=world.request).update(state="failed", error="Refused at gate 'plan'.")
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    code_row = page.split('data-gate="code"')[1].split("</tr>")[0]
+    assert "refuses" in code_row and "already used" in code_row and "re-issue" in code_row
+    op = Operation.objects.get(request=world.request)
+    assert reverse("admin:opsapp_operation_change", args=[op.pk]) in page
+
+
 # ------------------------------------------------------------------- the approver's view
 def test_an_approver_sees_what_to_check_who_asked_why_where_the_code_is_and_when_it_expires(client, world, approver):
     client.force_login(approver)

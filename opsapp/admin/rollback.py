@@ -239,6 +239,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "can_reconcile": may_reconcile(user),
             **rehearsal_context(obj),
             "can_export_evidence": may_export_evidence(user),
+            "downgrade_operations": list(obj.operations.filter(kind=OperationKind.DOWNGRADE).order_by("-id")[:5]),
         }
 
     # ------------------------------------------------------------------ views
