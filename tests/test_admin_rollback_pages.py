@@ -148,6 +148,8 @@ def test_while_the_downgrade_is_queued_the_request_page_says_so_and_links_its_op
     code_row = page.split('data-gate="code"')[1].split("</tr>")[0]
     assert f"queued as operation #{op.pk}" in code_row and "attempt(s) left" not in code_row
     assert reverse("admin:opsapp_operation_change", args=[op.pk]) in page
+    dashboard = client.get(reverse("admin:index")).content.decode().split('id="dashboard-requests"')[1]
+    assert "spent on a queued downgrade" in dashboard.split("</table>")[0]
 
 
 def test_after_a_worker_refused_the_queued_downgrade_the_page_says_the_code_is_spent(client, world, operator):

@@ -287,6 +287,8 @@ def stored_summary(request: RollbackRequest) -> str:
         return "blocked at 'request': expired (pending longer than OPS_REQUEST_TTL_SECONDS)"
     if not request.code_hash:
         return f"blocked at 'request': {request.last_refusal_message or 'no verification code issued'}"
+    if request.code_used_at is not None:
+        return "code accepted and spent on a queued downgrade; the request page links its operation"
     snap = request.snapshot
     if snap is None:
         return "blocked at 'snapshot': no snapshot attached"
