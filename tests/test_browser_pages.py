@@ -114,6 +114,7 @@ def test_every_main_page_fits_1280_px_is_accessible_and_is_screenshotted_at_both
             screenshot(page, f"pages-{role}-{name}-{width}")
             if width == 1280:
                 problems.update({f"{name} layout": table_overflow(page)} if table_overflow(page) else {})
+                problems.update({f"{name} width": page_overflow(page)} if page_overflow(page) else {})
                 violations = [
                     f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
                     for v in axe.run(page).response["violations"]
