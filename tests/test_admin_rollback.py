@@ -279,6 +279,32 @@ def test_the_list_and_the_dashboard_never_connect_to_a_target_only_the_request_p
     assert "unreachable" in checklist
 
 
+def test_the_list_and_the_dashboard_say_blocked_at_rehearsal_until_a_required_rehearsal_succeeded(
+    client, world, operator, settings
+):
+    """The stored-fields summary knew five gates: with rehearsals required it said "ready so far" unrehearsed."""
+    from opsapp.models import Rehearsal
+
+    settings.OPS_REQUIRE_REHEARSAL = True
+    client.force_login(operator)
+    for page_url, table in ((url("changelist"), 'id="result_list"'), (reverse("admin:index"), "dashboard-requests")):
+        row = client.get(page_url).content.decode().split(table)[1].split("</table>")[0]
+        assert "blocked at &#x27;rehearsal&#x27;: not rehearsed yet" in row, row
+    # A failed rehearsal of this plan on this snapshot blocks too; a successful one lets the summary go on.
+    common = {
+        "request": world.request,
+        "snapshot": world.snapshot,
+        "plan_fingerprint": world.request.plan_fingerprint,
+        "scratch_name": "ops_rehearsal_test",
+    }
+    Rehearsal.objects.create(status="failed", **common)
+    row = client.get(url("changelist")).content.decode().split('id="result_list"')[1].split("</table>")[0]
+    assert "blocked at &#x27;rehearsal&#x27;: the latest rehearsal failed" in row, row
+    Rehearsal.objects.create(status="succeeded", **common)
+    row = client.get(url("changelist")).content.decode().split('id="result_list"')[1].split("</table>")[0]
+    assert "ready so far" in row, row
+
+
 def test_the_list_summary_names_the_first_blocked_gate_from_stored_fields(client, world, operator):
     RollbackRequest.objects.filter(pk=world.request.pk).update(snapshot=None)
     client.force_login(operator)

@@ -114,6 +114,59 @@ def test_after_a_wrong_code_gate_5_shows_the_refusal_on_both_pages(client, world
     assert AuditEvent.objects.filter(request_id=world.request.pk, outcome="refused").exists()
 
 
+def test_every_gate_number_the_request_page_quotes_is_the_row_of_that_gate_in_its_checklist(client, world, operator):
+    """The checklist numbers the gates 1-6 (request, snapshot, rehearsal, plan, lock, code); the prose must agree."""
+    client.force_login(operator)
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    rows = re.findall(r'data-gate="(\w+)"', page)
+    assert rows == ["request", "snapshot", "rehearsal", "plan", "lock", "code"]
+    text = re.sub(r"<[^>]+>", " ", page.split('id="plan-hash"')[1].split("</p>")[0])
+    assert "plan" in text
+    for number, name in re.findall(r"gate (\d) \((\w+)\)", text) + re.findall(r"(\d)\w* gate", text):
+        assert rows[int(number) - 1] == name, text
+    assert not re.search(r"gate \d(?! \()", text), f"a bare gate number that names no gate: {text}"
+
+
+def test_while_the_downgrade_is_queued_the_request_page_says_so_and_links_its_operation(client, world, operator):
+    """The code is spent when the downgrade is queued; the page still offered it as "entered at execution".
+
+    With no worker running (or a busy one), the operator came back to a pending request whose checklist
+    passed, typed the spent code again and was refused, with nothing on the page pointing at the queue.
+    """
+    from opsapp.models import Operation
+
+    client.force_login(operator)
+    code = codes_in_outbox()[-1]
+    response = client.post(url("execute", world.request.pk), {"code": code, "confirmed": "yes"})
+    op = Operation.objects.get(request=world.request)
+    assert response.status_code == 302 and op.state == "queued"
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    code_row = page.split('data-gate="code"')[1].split("</tr>")[0]
+    assert f"queued as operation #{op.pk}" in code_row and "attempt(s) left" not in code_row
+    assert reverse("admin:opsapp_operation_change", args=[op.pk]) in page
+    dashboard = client.get(reverse("admin:index")).content.decode().split('id="dashboard-requests"')[1]
+    assert "spent on a queued downgrade" in dashboard.split("</table>")[0]
+
+
+def test_after_a_worker_refused_the_queued_downgrade_the_page_says_the_code_is_spent(client, world, operator):
+    from opsapp.models import Operation
+
+    client.force_login(operator)
+    client.post(url("execute", world.request.pk), {"code": codes_in_outbox()[-1], "confirmed": "yes"})
+    Operation.objects.filter(request=world.request).update(state="failed", error="Refused at gate 'plan'.")
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    code_row = page.split('data-gate="code"')[1].split("</tr>")[0]
+    assert "refuses" in code_row and "already used" in code_row and "re-issue" in code_row
+    op = Operation.objects.get(request=world.request)
+    assert reverse("admin:opsapp_operation_change", args=[op.pk]) in page
+
+
 # ------------------------------------------------------------------- the approver's view
 def test_an_approver_sees_what_to_check_who_asked_why_where_the_code_is_and_when_it_expires(client, world, approver):
     client.force_login(approver)
@@ -126,6 +179,29 @@ def test_an_approver_sees_what_to_check_who_asked_why_where_the_code_is_and_when
     assert "in your email" in view and "expires" in view
     assert "destructive statements" in view and "plan hash" in view
     assert world.request.plan_hash[:8] in view
+
+
+def test_the_approver_is_asked_to_check_the_rehearsal_when_one_is_required(client, world, approver, settings):
+    """The approver's checklist (from before rehearsals existed) names the rehearsal gate's evidence too."""
+    settings.OPS_REQUIRE_REHEARSAL = True
+    client.force_login(approver)
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    view = page.split('id="approver-view"')[1].split("</div>")[0]
+    assert 'href="#rehearsal"' in view and "none yet" in view and "required" in view
+    assert 'id="rehearsal"' in page  # the link lands on the rehearsal panel
+
+
+def test_the_approver_checklist_leaves_the_rehearsal_out_when_none_is_required_or_done(
+    client, world, approver, settings
+):
+    settings.OPS_REQUIRE_REHEARSAL = False
+    client.force_login(approver)
+
+    page = client.get(url("change", world.request.pk)).content.decode()
+
+    assert 'href="#rehearsal"' not in page.split('id="approver-view"')[1].split("</div>")[0]
 
 
 def test_the_request_page_explains_the_plan_hash_and_repeats_no_raw_json(client, world, operator):

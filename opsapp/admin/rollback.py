@@ -122,7 +122,7 @@ def _is_pg(obj: RollbackRequest) -> bool:
 
 
 def with_last_code_refusal(obj: RollbackRequest, checks: list) -> list:
-    """Gate 5 cannot be previewed; after a wrong code it shows that refusal instead of "at execution"."""
+    """Gate 6 (code) cannot be previewed; after a wrong code it shows that refusal instead of "at execution"."""
     if obj.last_refusal_gate != "code" or not obj.code_attempts:
         return checks
     return mark_refusal(
@@ -248,6 +248,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             "can_reconcile": may_reconcile(user),
             **rehearsal_context(obj),
             "can_export_evidence": may_export_evidence(user),
+            "downgrade_operations": list(obj.operations.filter(kind=OperationKind.DOWNGRADE).order_by("-id")[:5]),
         }
 
     # ------------------------------------------------------------------ views
@@ -387,7 +388,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         messages.success(
             request,
             f"Rehearsal queued as operation #{op.pk}; a worker restores the snapshot into a scratch copy, "
-            "then runs the plan there. The result appears on the request's page.",
+            "then runs the plan there. The result appears on the request's page, and the approvers get it by email "
+            "with a new verification code (the current code then stops working).",
         )
         return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))
 
@@ -435,8 +437,8 @@ class RollbackRequestAdmin(admin.ModelAdmin):
         """The confirmation step (Django's delete-confirmation pattern), then the gate, then the queue.
 
         GET: restates target, environment, from, to, steps and the rows destroyed, and asks for the code.
-        POST with `confirmed=yes` (the confirmation page's button): gates 1-5 here (the code last, spent),
-        then the downgrade is queued; a worker checks gates 1-4 again under the target's lock.
+        POST with `confirmed=yes` (the confirmation page's button): gates 1-6 here (the code last, spent),
+        then the downgrade is queued; a worker checks gates 1-5 again under the target's lock.
         A POST without it (a stale form, a script) only shows the confirmation page: nothing runs.
         """
         _require(request, PERM_EXECUTE)
@@ -448,7 +450,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
             from opsapp.services.operations.downgrade import enqueue_downgrade
 
             try:
-                # Gates 1-5 here, the code last and spent; a worker checks gates 1-4 again under the lock.
+                # Gates 1-6 here, the code last and spent; a worker checks gates 1-5 again under the lock.
                 op = enqueue_downgrade(obj.pk, code=form.cleaned_data["code"], actor=Actor.from_request(request))
             except GateRefused as exc:
                 error = f"Refused by gate '{exc.gate}': {exc}"
@@ -487,7 +489,7 @@ class RollbackRequestAdmin(admin.ModelAdmin):
 
 
 def mark_refusal(checks: list, gate: str, message: str) -> list:
-    """The gate preview with the gate that just refused shown as refusing (gate 5 cannot be previewed)."""
+    """The gate preview with the gate that just refused shown as refusing (gate 6, the code, cannot be previewed)."""
     from opsapp.services.rollback.gate import GateCheck
 
     return [GateCheck(gate=c.gate, ok=False, message=message) if c.gate == gate else c for c in checks]

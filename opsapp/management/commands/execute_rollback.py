@@ -56,8 +56,8 @@ class Command(CronRecorded):
         parser.add_argument(
             "--enqueue",
             action="store_true",
-            help="check the gate and the code here, then queue the downgrade for a worker (which checks gates 1-4 "
-            "again under the lock) and print the operation id; the code never enters the queue",
+            help="check the gate and the code here, then queue the downgrade for a worker (which checks the "
+            "gate again under the lock) and print the operation id; the code never enters the queue",
         )
 
     def cron_job_for(self, options) -> str:

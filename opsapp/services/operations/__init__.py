@@ -1,7 +1,7 @@
 """Long operations as durable jobs on Django's Tasks API (issue 13).
 
 - `queue`      create an Operation and put its id on the queue; cancel; summaries
-- `downgrade`  the web/command side of a queued downgrade: gates 1-5, the code spent, then queued
+- `downgrade`  the web/command side of a queued downgrade: gates 1-6, the code spent, then queued
 - `tasks`      the one task, `run_operation(operation_id)`: only an id enters the queue
 - `worker`     what a worker does with an id: claim, heartbeat, progress, cancel, finish
 - `runners`    one function per kind: snapshot, sync, downgrade

@@ -110,7 +110,7 @@ def run_sync(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
 
 # ----------------------------------------------------------------- downgrade
 def run_downgrade(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
-    """Gates 1-4 again under the target's lock, the spent code confirmed last, then the atomic downgrade.
+    """Gates 1-5 again under the target's lock, the spent code confirmed last, then the atomic downgrade.
 
     Never retried: a failure or an interruption needs a new code.
     """

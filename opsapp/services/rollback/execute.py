@@ -2,13 +2,13 @@
 
 Order (docs/design.md, "The downgrade gate" and "Execution"):
 
-1. Gates 1-3 (request, snapshot, plan) are checked once without the lock, so
+1. Gates 1-4 (request, snapshot, rehearsal, plan) are checked once without the lock, so
    a request that cannot pass is refused with its real reason even while
    another operation holds the lock.
-2. Gate 4: the target's lock is taken with a bounded wait; a timeout refuses
+2. Gate 5: the target's lock is taken with a bounded wait; a timeout refuses
    at gate "lock", naming the holder.
-3. Under the lock, gates 1-3 are checked again (this time the SQL preview
-   is re-rendered and compared), then gate 5, the code, last.
+3. Under the lock, gates 1-4 are checked again (this time the SQL preview
+   is re-rendered and compared), then gate 6, the code, last.
 4. A correct code is consumed by the same conditional UPDATE that marks the
    request `running` (committed and audited before the first statement runs
    on the target, so a crash leaves it `running` for `reconcile`).
@@ -132,9 +132,10 @@ def heads_or_problem(config: TargetConfig) -> tuple[list[str] | None, str]:
         return None, str(exc)
 
 
-def check_gates_1_to_3(
+def check_gates_before_lock(
     request: RollbackRequest, config: TargetConfig, actor: Actor, *, regenerate: bool
 ) -> Preview | None:
+    """Gates 1-4 (request, snapshot, rehearsal, plan), in order; raise the first refusal (audited)."""
     message = expire_if_stale(request)
     if message:
         raise refuse(request, "request", message, actor, {"reason": "expired"})
@@ -165,12 +166,12 @@ def execute_request(
 ) -> ExecutionResult:
     """Check the gate and run the downgrade of request `request_id`.
 
-    With `code`, gate 5 checks that code last (the in-process path of
+    With `code`, gate 6 checks that code last (the in-process path of
     `execute_rollback`). With `accepted=True` (a worker running a queued
     downgrade) the code was already checked and spent by the web or the
     command that enqueued it (operations.downgrade.enqueue_downgrade): no code
-    enters the queue, and gate 5 only confirms that the request's code is
-    the spent one the job was queued with. Gates 1-4 are checked again
+    enters the queue, and gate 6 only confirms that the request's code is
+    the spent one the job was queued with. Gates 1-5 are checked again
     under the lock either way.
 
     `progress(revision, done, total)` is told each step as it finishes;
@@ -186,7 +187,7 @@ def execute_request(
         raise OpsError("A verification code is required.")
     request = load_request(request_id)
     config = get_target(request.target.name)
-    check_gates_1_to_3(request, config, actor, regenerate=False)
+    check_gates_before_lock(request, config, actor, regenerate=False)
     holder = LockHolder(user=actor.username, request_id=request.pk, since=timezone.now())
     ran = False
     with ExitStack() as stack:
@@ -202,7 +203,7 @@ def execute_request(
             raise refuse(request, "lock", f"The lock of target {config.name!r} cannot be taken: {exc}", actor) from exc
         try:
             request = load_request(request_id)
-            preview = check_gates_1_to_3(request, config, actor, regenerate=True)
+            preview = check_gates_before_lock(request, config, actor, regenerate=True)
             assert preview is not None
             _confirm_lock(request, lock, conn, actor)
             if accepted:
@@ -225,7 +226,7 @@ def execute_request(
 
 
 def _check_accepted_code(request: RollbackRequest, actor: Actor) -> None:
-    """Gate 5 for a queued downgrade: the code was checked and spent when the job was queued."""
+    """Gate 6 (code) for a queued downgrade: the code was checked and spent when the job was queued."""
     if request.code_used_at is None or not request.code_hash:
         raise refuse(
             request,
@@ -237,7 +238,7 @@ def _check_accepted_code(request: RollbackRequest, actor: Actor) -> None:
 
 
 def _confirm_lock(request: RollbackRequest, lock: HeldLock, conn: sa.Connection, actor: Actor) -> None:
-    """Gate 4 once more, right before the code is spent: the lock is still held by the working connection."""
+    """Gate 5 (lock) once more, right before the code is spent: the lock is still held by the working connection."""
     try:
         lock.verify()
         if conn.in_transaction():

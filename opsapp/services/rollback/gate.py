@@ -117,7 +117,7 @@ def check_snapshot(request: RollbackRequest, current_heads: list[str] | None, he
     return None
 
 
-# ------------------------------------------------------------------ gate 2b
+# ------------------------------------------------------------------ gate 3
 def check_rehearsal(request: RollbackRequest, config: TargetConfig) -> str | None:
     """When rehearsals are required: the latest rehearsal of this plan on this snapshot succeeded.
 
@@ -142,7 +142,7 @@ def check_rehearsal(request: RollbackRequest, config: TargetConfig) -> str | Non
     return None
 
 
-# ------------------------------------------------------------------ gate 3
+# ------------------------------------------------------------------ gate 4
 def check_plan(
     request: RollbackRequest,
     config: TargetConfig,
@@ -207,7 +207,7 @@ def check_plan(
     return None, preview
 
 
-# ------------------------------------------------------------------ gate 5
+# ------------------------------------------------------------------ gate 6
 def check_code(request: RollbackRequest, code: str, actor: Actor) -> None:
     """Raise GateRefused unless `code` is right, unexpired and unused; a wrong code counts an attempt."""
     limit = settings.OPS_CODE_MAX_ATTEMPTS
@@ -287,6 +287,8 @@ def stored_summary(request: RollbackRequest) -> str:
         return "blocked at 'request': expired (pending longer than OPS_REQUEST_TTL_SECONDS)"
     if not request.code_hash:
         return f"blocked at 'request': {request.last_refusal_message or 'no verification code issued'}"
+    if request.code_used_at is not None:
+        return "code accepted and spent on a queued downgrade; the request page links its operation"
     snap = request.snapshot
     if snap is None:
         return "blocked at 'snapshot': no snapshot attached"
@@ -296,11 +298,33 @@ def stored_summary(request: RollbackRequest) -> str:
         return f"blocked at 'snapshot': snapshot #{snap.pk} was taken at other heads than the plan's"
     if (timezone.now() - snap.started_at).total_seconds() > settings.OPS_SNAPSHOT_MAX_AGE_SECONDS:
         return f"blocked at 'snapshot': snapshot #{snap.pk} is older than the limit"
+    rehearsal = _stored_rehearsal_block(request)
+    if rehearsal:
+        return f"blocked at 'rehearsal': {rehearsal}"
     if request.non_transactional:
         return "blocked at 'plan': the SQL cannot run inside one transaction"
     if request.code_expires_at is not None and timezone.now() >= request.code_expires_at:
         return "blocked at 'code': the code expired; re-issue one"
     return "ready so far; heads, files and lock are checked live on the request page"
+
+
+def _stored_rehearsal_block(request: RollbackRequest) -> str | None:
+    """Gate 3 from the console's rows: when a rehearsal is required, has this plan on this snapshot passed one?"""
+    from opsapp.services.rehearsal.summary import latest_rehearsal, rehearsal_required
+    from opsapp.targets import get_target
+
+    try:
+        is_postgresql = get_target(request.target.name).is_postgresql  # settings only, no connection
+    except OpsError:
+        is_postgresql = request.target.dialect in ("postgresql", "postgres")
+    if not rehearsal_required(is_postgresql):
+        return None
+    rehearsal = latest_rehearsal(request)
+    if rehearsal is None:
+        return "not rehearsed yet"
+    if rehearsal.status != "succeeded":
+        return f"the latest rehearsal {rehearsal.status}"
+    return None
 
 
 # ------------------------------------------------------------------ helpers

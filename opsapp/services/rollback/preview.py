@@ -70,6 +70,16 @@ def _rehearsal_preview(request: RollbackRequest, config: TargetConfig) -> GateCh
 def _code_preview(request: RollbackRequest) -> GateCheck:
     if not request.code_hash:
         return GateCheck("code", False, "no active code; issue one")
+    if request.code_used_at is not None:
+        # Spent when a downgrade was queued: either that operation is still on its way, or it did not run.
+        from opsapp.models import ACTIVE_STATES, Operation
+
+        op = Operation.objects.filter(request=request, state__in=ACTIVE_STATES).order_by("-id").first()
+        if op is not None:
+            return GateCheck("code", True, f"accepted; the downgrade is queued as operation #{op.pk} ({op.state})")
+        return GateCheck(
+            "code", False, "already used by a queued downgrade that did not run (see its operation); re-issue one"
+        )
     if request.code_expires_at and timezone.now() >= request.code_expires_at:
         return GateCheck("code", False, "the code expired; re-issue one")
     left = max(0, settings.OPS_CODE_MAX_ATTEMPTS - request.code_attempts)
