@@ -6,6 +6,7 @@ import io
 import json
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.checks import run_checks
@@ -153,7 +154,7 @@ def test_an_overdue_job_makes_check_cron_exit_1_and_shows_on_the_dashboard(clien
     section = html.split('id="dashboard-cron"')[1].split("</div>")[0]
     assert "OVERDUE" in section and "sync_revisions" in section
     assert "check_drift" not in section  # on schedule: counted, not listed
-    assert "6 other cron jobs on schedule" in section
+    assert f"{len(JOBS) - 1} other cron jobs on schedule" in section
 
 
 def test_a_failing_job_shows_until_it_succeeds(client, admin_user):
@@ -202,3 +203,18 @@ def test_the_audit_banner_uses_the_cron_record(client, auditor):
     CronRun.objects.filter(command="verify_audit_log").update(started_at=timezone.now() - timedelta(hours=3))
     html = client.get(url).content.decode()
     assert "Verification is overdue" in html and "verify_audit_log last started 3.0 h ago" in html
+
+
+@pytest.mark.django_db
+def test_the_reconcile_jobs_of_the_production_crontab_are_watched_and_recorded():
+    """docs/production.md's crontab runs three reconcile lines; each one's runs are recorded under its own job."""
+    crontab = (Path(__file__).resolve().parent.parent / "docs" / "production.md").read_text()
+    for line in ("execute_rollback --reconcile", "cancel_operation --reconcile", "rehearse_rollback --reconcile"):
+        assert f"ops-manage {line}" in crontab
+    assert {"reconcile", "reconcile_operations", "reconcile_rehearsals"} <= set(JOB_NAMES)
+
+    call_command("cancel_operation", "--reconcile", stdout=io.StringIO())
+    call_command("rehearse_rollback", "--reconcile", stdout=io.StringIO())
+
+    recorded = set(CronRun.objects.values_list("command", flat=True))
+    assert {"reconcile_operations", "reconcile_rehearsals"} <= recorded

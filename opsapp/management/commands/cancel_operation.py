@@ -12,15 +12,19 @@ import json
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
 from opsapp.management.commands._rollback_cli import named_actor
+from opsapp.management.cron import CronRecorded
 from opsapp.services.actors import Actor
 from opsapp.services.operations.queue import CannotCancel, OperationNotFound, cancel_operation, operation_summary
 from opsapp.services.operations.reconcile import reconcile_operations
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
     help = "Cancel a queued or running operation, or --reconcile operations whose worker died."
+
+    def cron_job_for(self, options) -> str:
+        # Only the cron half is a scheduled job; acting on one operation or request is a person's act.
+        return "reconcile_operations" if options.get("reconcile") else ""
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("operation_id", nargs="?", type=int, metavar="ID")

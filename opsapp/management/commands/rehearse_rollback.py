@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
-from opsapp.management.base import OpsCommand
 from opsapp.management.commands._operations_cli import print_queued
 from opsapp.management.commands._rollback_cli import emit, named_actor
+from opsapp.management.cron import CronRecorded
 from opsapp.models import Rehearsal, RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetNotConfigured
@@ -57,11 +57,15 @@ def rehearsal_json(rehearsal: Rehearsal) -> dict:
     }
 
 
-class Command(OpsCommand):
+class Command(CronRecorded):
     help = (
         "Rehearse a rollback request's downgrade on a scratch copy restored from its snapshot, or --reconcile "
         "scratch copies left by a rehearsal that died."
     )
+
+    def cron_job_for(self, options) -> str:
+        # Only the cron half is a scheduled job; acting on one operation or request is a person's act.
+        return "reconcile_rehearsals" if options.get("reconcile") else ""
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("request_id", nargs="?", type=int, metavar="ID", help="the rollback request to rehearse")

@@ -35,6 +35,8 @@ JOBS: tuple[CronJob, ...] = (
     CronJob("prune_snapshots", "prune_snapshots", DAY),
     CronJob("verify_audit_log", "verify_audit_log", HOUR),
     CronJob("reconcile", "execute_rollback --reconcile", 10 * MINUTE),
+    CronJob("reconcile_operations", "cancel_operation --reconcile", 10 * MINUTE),
+    CronJob("reconcile_rehearsals", "rehearse_rollback --reconcile", 10 * MINUTE),
 )
 JOB_NAMES = tuple(job.name for job in JOBS)
 
