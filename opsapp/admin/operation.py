@@ -98,8 +98,7 @@ class OperationAdmin(admin.ModelAdmin):
         "snapshot",
         "retry_of",
         "attempt",
-        "params",
-        "requested_by_username",
+        "asked_by",
         "worker",
         "queued_at",
         "started_at",
@@ -107,9 +106,8 @@ class OperationAdmin(admin.ModelAdmin):
         "heartbeat_at",
         "progress_label",
         "cancel_requested_by",
-        "result",
         "error",
-    )
+    )  # the result is shown in words above the fields (no raw JSON on the page)
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
