@@ -62,8 +62,11 @@ def worker_env(settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(env: dict[str, str], *args: str):
-    """A real `manage.py db_worker` process (polling every 0.2 s); the caller stops it."""
+def start_worker(env: dict[str, str], *args: str, split_output: bool = False):
+    """A real `manage.py db_worker` process (polling every 0.2 s); the caller stops it.
+
+    Its stderr joins stdout, unless `split_output` keeps them apart (for `communicate()` -> out, err).
+    """
     import subprocess
     import sys
     from pathlib import Path
@@ -75,7 +78,7 @@ def start_worker(env: dict[str, str], *args: str):
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE if split_output else subprocess.STDOUT,
         text=True,
     )
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
+import operations_support
 import pytest
-from conftest import REPO_ROOT, create_pg_database, drop_pg_database
+from conftest import create_pg_database, drop_pg_database
 from operations_support import fill_big_table
 from rollback_fixtures import (
     build_rollback_env,
@@ -59,15 +59,7 @@ def worker_env(settings, *envs) -> dict[str, str]:
 
 
 def start_worker(env: dict[str, str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "manage.py"), "db_worker", "--no-reload", "--no-startup-delay"]
-        + ["--interval", "0.2", *extra],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return operations_support.start_worker(env, *extra, split_output=True)
 
 
 def run_batch(env: dict[str, str], timeout: float = 120) -> str:

@@ -10,13 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
+import operations_support
 import pytest
 
 pytest_plugins = ["rollback_fixtures"]
 
-from conftest import REPO_ROOT, pg_query  # noqa: E402
+from conftest import pg_query  # noqa: E402
 from django.urls import reverse  # noqa: E402
 from rollback_fixtures import (  # noqa: E402
     audit_actions,
@@ -44,15 +44,7 @@ def worker_env(env, settings, **extra: str) -> dict[str, str]:
 
 
 def start_worker(env: dict[str, str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "manage.py"), "db_worker", "--no-reload", "--no-startup-delay"]
-        + ["--interval", "0.2", *extra],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return operations_support.start_worker(env, *extra, split_output=True)
 
 
 def run_batch(env: dict[str, str]) -> str:
