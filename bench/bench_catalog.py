@@ -251,7 +251,7 @@ def _seconds(value: float | None) -> str:
 
 
 def run(sizes: dict, *, profile: bool = False) -> Iterable[Result]:
-    common.recreate_database("ops_bench_cat")
+    common.recreate_database(common.bench_db("cat"))
     targets = [name for name in common.TARGETS if name.startswith("bench_cat_")]
     scale = []
     for n, target in zip(sizes["catalog_sizes"], targets, strict=False):
@@ -279,4 +279,4 @@ def run(sizes: dict, *, profile: bool = False) -> Iterable[Result]:
 
 
 def cleanup() -> None:
-    common.drop_database("ops_bench_cat")
+    common.drop_database(common.bench_db("cat"))

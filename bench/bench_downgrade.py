@@ -19,7 +19,7 @@ from common import Result
 
 from opsapp.demo.history_gen import ScriptDir
 
-DB = "ops_bench_down"
+DB = common.bench_db("down")
 TARGET = "bench_down"
 ROWS = 20_000
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-CONSOLE_DB = "ops_fleet_bench"
-PREFIX = "ops_fleet_bench_t"
+CONSOLE_DB = common.bench_db("fleet")
+PREFIX = common.bench_db("fleet_t")
 DIRECTORIES = ("eu", "us", "ap")
 
 

@@ -2,8 +2,8 @@
 
     python bench/bench_jobs.py [--quick] [--keep]
 
-Builds its own console database `ops_jobs_bench` and scratch targets (SQLite
-files under bench/work/jobs/, one PostgreSQL database `ops_jobs_bench_snap`),
+Builds its own console database `<prefix>_jobs` and scratch targets (SQLite
+files under bench/work/jobs/, one PostgreSQL database `<prefix>_jobs_snap`; prefix: OPS_BENCH_CONSOLE_DB, default ops_bench),
 runs real `manage.py db_worker` processes, prints one JSON object and writes
 it to bench/work/jobs.json. Figures:
 
@@ -33,8 +33,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work" / "jobs"
 PG = os.environ.get("OPS_BENCH_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
-CONSOLE_DB = "ops_jobs_bench"
-SNAP_DB = "ops_jobs_bench_snap"
+# Named after OPS_BENCH_CONSOLE_DB (as bench/common.py does) so parallel benches never share a database.
+_PREFIX = os.environ.get("OPS_BENCH_CONSOLE_DB", "ops_bench")
+CONSOLE_DB = f"{_PREFIX}_jobs"
+SNAP_DB = f"{_PREFIX}_jobs_snap"
 SYNC_TARGETS = 20
 
 

@@ -22,9 +22,9 @@ from common import Result
 
 from opsapp.demo.history_gen import ScriptDir
 
-DB = "ops_bench_reh"
+DB = common.bench_db("reh")
 TARGET = "bench_reh"
-COPY_DB = "ops_bench_reh_copy"
+COPY_DB = common.bench_db("reh_copy")
 
 
 def build_database(size_mb: int) -> tuple[ScriptDir, int]:

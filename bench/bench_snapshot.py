@@ -19,7 +19,7 @@ from common import Result
 
 from opsapp.demo.history_gen import ScriptDir
 
-DB = "ops_bench_snap"
+DB = common.bench_db("snap")
 TARGET = "bench_snap"
 
 

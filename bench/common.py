@@ -27,16 +27,23 @@ PG_SERVER = os.environ.get("OPS_BENCH_PG_SERVER", "postgresql://postgres@127.0.0
 # Overridable so two people (or helpers) can bench on one server without dropping each other's database.
 CONSOLE_DB = os.environ.get("OPS_BENCH_CONSOLE_DB", "ops_bench")
 
+
+def bench_db(suffix: str) -> str:
+    """A throwaway database named after the console database, so benches with different
+    OPS_BENCH_CONSOLE_DB values never create or drop each other's databases."""
+    return f"{CONSOLE_DB}_{suffix}"
+
+
 # Target name -> (database name, script directory under bench/work/).
 TARGETS: dict[str, tuple[str, str]] = {
     # one catalog target per size of the scaling table, smallest first
-    "bench_cat_a": ("ops_bench_cat", "catalog_a"),
-    "bench_cat_b": ("ops_bench_cat", "catalog_b"),
-    "bench_cat_c": ("ops_bench_cat", "catalog_c"),
-    "bench_start": ("ops_bench_start", "start_scripts"),
-    "bench_snap": ("ops_bench_snap", "snap_scripts"),
-    "bench_down": ("ops_bench_down", "down_scripts"),
-    "bench_reh": ("ops_bench_reh", "reh_scripts"),
+    "bench_cat_a": (bench_db("cat"), "catalog_a"),
+    "bench_cat_b": (bench_db("cat"), "catalog_b"),
+    "bench_cat_c": (bench_db("cat"), "catalog_c"),
+    "bench_start": (bench_db("start"), "start_scripts"),
+    "bench_snap": (bench_db("snap"), "snap_scripts"),
+    "bench_down": (bench_db("down"), "down_scripts"),
+    "bench_reh": (bench_db("reh"), "reh_scripts"),
 }
 
 
