@@ -62,7 +62,9 @@ DETAIL = st.dictionaries(
 IPS = st.one_of(st.none(), st.ip_addresses().map(str))
 EVENTS = st.fixed_dictionaries(
     {
-        "created_at": st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)),
+        "created_at": st.datetimes(
+            min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+        ),
         "actor_user_id": st.none() | _INT8,
         "actor": _text(150),
         "action": _text(40),
