@@ -1,6 +1,6 @@
 """Property: the verifier's fast read gives every stored event exactly the reference canonical payload.
 
-`chain.payload_batches` (on PostgreSQL a COPY text stream turned line by
+`chain.payload_rows` (on PostgreSQL a COPY text stream turned line by
 line into the payload) and `chain.row_payload` must give the bytes of
 `chain.canonical_payload` for any row the table can hold, not only the rows
 `append_event` writes: generated events with odd unicode, control
@@ -31,7 +31,7 @@ from opsapp.services.audit.chain import (
     compute_mac,
     event_fields,
     mac_function,
-    payload_batches,
+    payload_rows,
     row_payload,
 )
 from opsapp.services.audit.verify import verify_chain
@@ -96,7 +96,7 @@ def _settings(examples: int):
 
 
 def _fast(seq: int) -> bytes:
-    rows = [row for batch in payload_batches(seq - 1, 1, limit=1) for row in batch]
+    rows = list(payload_rows(seq - 1, 1, limit=1))
     assert rows and rows[0][0] == seq
     return rows[0][1]
 

@@ -13,7 +13,7 @@ an edit. Events written before the key (key_id '') carry no MAC and keep their
 plain hash; the first keyed event's hash covers their head through prev_hash.
 
 Both the writer (`log.append_event`, which re-reads every row it writes) and
-the verifier (`verify.verify_chain`) read rows through `payload_batches` here,
+the verifier (`verify.verify_chain`) read rows through `payload_rows` here,
 so they can never disagree on what a stored row hashes to. On PostgreSQL it
 streams `COPY (SELECT ...) TO STDOUT` and builds each payload from the text
 line (the verifier's hot path, ~100,000 events/s); elsewhere it serializes
@@ -194,7 +194,7 @@ def batches(after: int, batch_size: int) -> Iterator[list[tuple]]:
 
 
 # ------------------------------------------------------------- the stream (PostgreSQL)
-# What payload_batches yields per event: (seq, canonical payload, prev_hash, hash, key_id, mac).
+# What payload_rows yields per event: (seq, canonical payload, prev_hash, hash, key_id, mac).
 PayloadRow = tuple[int, bytes, str, str, str, str]
 _NUMBERS = ("actor_user_id", "request_id", "snapshot_id")
 _COPY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
@@ -240,23 +240,20 @@ def _stream_row(line: str) -> PayloadRow:
     return int(seq), payload.encode(), prev, stored, key_id, mac
 
 
-def _stream_rows(data: bytes) -> list[PayloadRow]:
-    lines = data.decode().split("\n")
-    lines.pop()  # after the last newline
-    return [_stream_row(line) for line in lines]
-
-
-def payload_batches(after: int = 0, batch_size: int = 5000, *, limit: int | None = None) -> Iterator[list[PayloadRow]]:
-    """Every event after seq `after` (at most `limit`), oldest first, as lists of PayloadRow.
+def payload_rows(after: int = 0, batch_size: int = 5000, *, limit: int | None = None) -> Iterator[PayloadRow]:
+    """Every event after seq `after` (at most `limit`), oldest first, as PayloadRow.
 
     On PostgreSQL one `COPY (SELECT ...) TO STDOUT`, read while the server is
-    still sending, with no per-column type conversion. Close the iterator
-    (contextlib.closing) when stopping early: that cancels the COPY inside its
-    own savepoint, which leaves the connection usable.
+    still sending, with no per-column type conversion, `batch_size` rows
+    decoded at a time. One row at a time, because a batch of tuples kept alive
+    costs more in garbage collection than the generator does. Close the
+    iterator (contextlib.closing) when stopping early: that cancels the COPY
+    inside its own savepoint, which leaves the connection usable.
     """
     if connection.vendor != "postgresql":
         for rows in batches(after, batch_size if limit is None else min(batch_size, limit)):
-            yield [(row[0], row_payload(row), row[PREV], row[HASH], row[KEY_ID], row[MAC]) for row in rows]
+            for row in rows:
+                yield row[0], row_payload(row), row[PREV], row[HASH], row[KEY_ID], row[MAC]
             if limit is not None:
                 return
         return
@@ -272,11 +269,10 @@ def payload_batches(after: int = 0, batch_size: int = 5000, *, limit: int | None
                 text = b"".join(pending)
                 end = text.rfind(b"\n") + 1
                 pending = [text[end:]]
-                if end:
-                    yield _stream_rows(text[:end])
-        text = b"".join(pending)
-        if text:
-            yield _stream_rows(text)
+                for line in text[:end].decode().split("\n")[:-1]:
+                    yield _stream_row(line)
+        for line in b"".join(pending).decode().split("\n")[:-1]:
+            yield _stream_row(line)
 
 
 def _text(value: str | None) -> str:
@@ -316,7 +312,7 @@ def row_hash(row: tuple) -> str:
 
 def stored_row_hashes(seq: int) -> tuple[str, str] | None:
     """(recomputed hash, stored hash) of one event, read the way verify_chain reads it."""
-    rows = [row for batch in payload_batches(seq - 1, 1, limit=1) for row in batch]
+    rows = list(payload_rows(seq - 1, 1, limit=1))
     if not rows or rows[0][0] != seq:
         return None
     return _sha256(rows[0][1]).hexdigest(), rows[0][3]

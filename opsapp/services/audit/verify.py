@@ -1,6 +1,6 @@
 """Recompute the audit chain, check it against the signed checkpoints, and say where it first breaks.
 
-Reads the table in `seq` order through chain.payload_batches: on PostgreSQL
+Reads the table in `seq` order through chain.payload_rows: on PostgreSQL
 one `COPY (SELECT ...) TO STDOUT` streamed while the server is still sending,
 each text line turned straight into the canonical payload (no per-column type
 conversion; `created_at` formatted by the database; `detail` parsed and
@@ -33,7 +33,7 @@ from django.conf import settings
 
 from opsapp.models import AuditAction, AuditEvent, AuditOutcome
 from opsapp.services.actors import Actor
-from opsapp.services.audit.chain import GENESIS_HASH, PayloadRow, current_head, mac_function, payload_batches
+from opsapp.services.audit.chain import GENESIS_HASH, PayloadRow, current_head, mac_function, payload_rows
 from opsapp.services.audit.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -96,25 +96,22 @@ def verify_chain(
         return VerifyResult(False, checked, seq, problem, message, *(head or (None, None)), len(checkpoints))
 
     problem = None
-    with closing(payload_batches(0, batch_size)) as stream:
-        for rows in stream:
-            for row in rows:
-                seq, payload, row_prev, stored, key_id, row_mac = row
-                mac = macs.get(key_id) if key_id else None
-                # One test for the event that holds (nearly all of them); _diagnose names what broke.
-                if (
-                    seq != expected
-                    or sha256(payload).hexdigest() != stored
-                    or (mac(stored) != row_mac if mac else key_id or keyed)
-                    or row_prev != prev
-                    or (seq in pins and pins[seq][0] != stored)
-                ):
-                    problem = _diagnose(row, expected, prev, keyed, macs, pins)
-                    break
-                keyed = keyed or bool(key_id)
-                prev, expected, checked = stored, expected + 1, checked + 1
-            if problem is not None:
+    with closing(payload_rows(0, batch_size)) as stream:
+        for row in stream:
+            seq, payload, row_prev, stored, key_id, row_mac = row
+            mac = macs.get(key_id) if key_id else None
+            # One test for the event that holds (nearly all of them); _diagnose names what broke.
+            if (
+                seq != expected
+                or sha256(payload).hexdigest() != stored
+                or (mac(stored) != row_mac if mac else key_id or keyed)
+                or row_prev != prev
+                or (seq in pins and pins[seq][0] != stored)
+            ):
+                problem = _diagnose(row, expected, prev, keyed, macs, pins)
                 break
+            keyed = keyed or bool(key_id)
+            prev, expected, checked = stored, expected + 1, checked + 1
     # The stream is closed (its COPY cancelled) before reading anything else on the connection.
     if problem is not None:
         return bad(*problem)
