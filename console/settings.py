@@ -117,6 +117,12 @@ VAR_DIR = Path(env.str("OPS_VAR_DIR", default=str(BASE_DIR / "var")))
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'console.sqlite3'}"),
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite has no row locks (SELECT ... FOR UPDATE does nothing): every transaction takes the write
+    # lock when it begins, so two that read-then-write the same rows (one backup code used twice, one
+    # request executed twice) run one after the other instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("transaction_mode", "IMMEDIATE")
+    DATABASES["default"]["OPTIONS"].setdefault("timeout", 20)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
