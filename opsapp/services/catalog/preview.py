@@ -45,18 +45,18 @@ _GRAPH_CACHE: OrderedDict[tuple, topology.Graph | None] = OrderedDict()
 
 
 def graph_from_rows(target: Target) -> topology.Graph | None:
-    """The linear-time graph of `target`'s synced rows (None if irregular), cached like the maps.
+    """The linear-time graph of `target`'s catalog (None if irregular), cached per catalog like the maps.
 
     Built in load order (by path), the order Alembic's map breaks ties in.
     """
-    key = (target.pk, target.script_fingerprint, target.revision_count)
+    key = (target.catalog_id,)
     with _LOCK:
-        if target.script_fingerprint and key in _GRAPH_CACHE:
+        if target.catalog_id is not None and key in _GRAPH_CACHE:
             _GRAPH_CACHE.move_to_end(key)
             return _GRAPH_CACHE[key]
-    rows = RevisionRow.objects.filter(target=target).order_by("path", "revision")
+    rows = RevisionRow.objects.filter(catalog_id=target.catalog_id).order_by("path", "revision")
     graph = topology.build_graph(list(rows.values_list("revision", "down_revisions", "depends_on", "branch_labels")))
-    if target.script_fingerprint:
+    if target.catalog_id is not None:
         with _LOCK:
             _GRAPH_CACHE[key] = graph
             while len(_GRAPH_CACHE) > _SIZE:
@@ -69,15 +69,16 @@ _STEPS_CACHE: OrderedDict[tuple, tuple[list[str] | None, bool]] = OrderedDict()
 
 def _steps(target: Target, graph: topology.Graph, heads: list[str], to: str) -> tuple[list[str] | None, bool]:
     """(downgrade_steps, whether `to` is applied), remembered per catalog, heads and revision:
-    a page viewed again costs a dictionary lookup, not a walk of the history."""
-    key = (target.pk, target.script_fingerprint, target.revision_count, tuple(heads), to)
+    a page viewed again costs a dictionary lookup, not a walk of the history (and targets on
+    one directory at the same heads share the answer)."""
+    key = (target.catalog_id, tuple(heads), to)
     with _LOCK:
-        if target.script_fingerprint and key in _STEPS_CACHE:
+        if target.catalog_id is not None and key in _STEPS_CACHE:
             _STEPS_CACHE.move_to_end(key)
             return _STEPS_CACHE[key]
     applied = topology.applied_set(graph, heads)
     answer = (topology.downgrade_steps(graph, heads, to, applied=applied), to in applied)
-    if target.script_fingerprint:
+    if target.catalog_id is not None:
         with _LOCK:
             _STEPS_CACHE[key] = answer
             while len(_STEPS_CACHE) > 64:
