@@ -36,13 +36,13 @@ def chosen_target(request: HttpRequest) -> Target | None:
         wanted = preserved.get("target__id__exact", "")
     if not wanted.isdigit() or len(wanted) > 18:
         return None
-    return Target.objects.filter(pk=int(wanted)).first()
+    return Target.objects.select_related("catalog").filter(pk=int(wanted)).first()
 
 
 def sole_targets(catalog_ids: set[int]) -> dict[int, Target]:
     """catalog id -> its target, for those of `catalog_ids` that exactly one target reads."""
     found: dict[int, list[Target]] = {}
-    for target in Target.objects.filter(catalog_id__in=catalog_ids):
+    for target in Target.objects.select_related("catalog").filter(catalog_id__in=catalog_ids):
         found.setdefault(target.catalog_id, []).append(target)
     return {catalog_id: targets[0] for catalog_id, targets in found.items() if len(targets) == 1}
 
@@ -246,7 +246,9 @@ class RevisionAdmin(admin.ModelAdmin):
         if obj is not None:
             target = chosen_target(request)
             if target is None or target.catalog_id != obj.catalog_id:
-                target = Target.objects.filter(catalog_id=obj.catalog_id).order_by("name").first()
+                target = (
+                    Target.objects.select_related("catalog").filter(catalog_id=obj.catalog_id).order_by("name").first()
+                )
             obj.ops_target = target
             if target is not None:
                 store.annotate([obj], target)

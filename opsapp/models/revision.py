@@ -7,9 +7,9 @@ class ScriptCatalog(models.Model):
     """The revisions of one script directory, stored once and shared by every target that reads it.
 
     Identified by `fingerprint`, a sha256 over the revision facts (ids, parents,
-    labels, messages, relative paths, graph flags): a catalog never changes
-    once written. A directory that changes gets a new catalog; the old one is
-    deleted when no target points at it any more. Where a database stands
+    labels, messages, relative paths, graph flags). A directory that changes
+    updates its catalog in place (rows keep their ids) when only its own
+    targets read it; a catalog no target points at is deleted. Where a database stands
     (applied, current) is per target and derived from its own heads
     (`Target.current_heads`), never stored per revision.
     """

@@ -29,6 +29,7 @@ from opsapp.models import Revision as RevisionRow
 from opsapp.models import Target
 from opsapp.services.catalog import drift
 from opsapp.services.catalog.preview import DowngradePlan
+from opsapp.services.catalog.store import catalog_key
 from opsapp.services.errors import RevisionResolutionError
 
 # One optional `branch@` before a revision, symbol or relative step; nothing blank around the `@`.
@@ -47,11 +48,11 @@ def revision_map_from_rows(target: Target) -> RevisionMap:
 
     Rows are fed in file order (by path), the order ScriptDirectory loads
     them, so traversal ties break the same way as with the real files.
-    Maps are cached per catalog: a catalog's rows never change (a changed
-    directory gets a new catalog), and targets sharing a script directory
+    Maps are cached per catalog and facts fingerprint (a sync that changes
+    the rows changes the fingerprint); targets sharing a script directory
     share the map. Rebuilding a 10,000-revision map costs ~150 ms per page view.
     """
-    key = (target.catalog_id,)
+    key = catalog_key(target)
     if target.catalog_id is not None:
         with _MAP_CACHE_LOCK:
             cached = _MAP_CACHE.get(key)
@@ -234,7 +235,7 @@ def plan_downgrade(
         )
     check_expression(target_name, to)
     if revision_map is None:
-        target = Target.objects.filter(name=target_name).first()
+        target = Target.objects.filter(name=target_name).select_related("catalog").first()
         if target is None or target.last_synced_at is None:
             raise _refuse(
                 f"Target {target_name!r} has no synced catalog: run sync_revisions first.", target_name, revision=to

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from opsapp.models import Revision as RevisionRow
 from opsapp.models import Target
 from opsapp.services.catalog import topology
+from opsapp.services.catalog.store import catalog_key
 from opsapp.services.errors import RevisionResolutionError
 
 _SIZE = 8
@@ -49,7 +50,7 @@ def graph_from_rows(target: Target) -> topology.Graph | None:
 
     Built in load order (by path), the order Alembic's map breaks ties in.
     """
-    key = (target.catalog_id,)
+    key = catalog_key(target)
     with _LOCK:
         if target.catalog_id is not None and key in _GRAPH_CACHE:
             _GRAPH_CACHE.move_to_end(key)
@@ -71,7 +72,7 @@ def _steps(target: Target, graph: topology.Graph, heads: list[str], to: str) -> 
     """(downgrade_steps, whether `to` is applied), remembered per catalog, heads and revision:
     a page viewed again costs a dictionary lookup, not a walk of the history (and targets on
     one directory at the same heads share the answer)."""
-    key = (target.catalog_id, tuple(heads), to)
+    key = (*catalog_key(target), tuple(heads), to)
     with _LOCK:
         if target.catalog_id is not None and key in _STEPS_CACHE:
             _STEPS_CACHE.move_to_end(key)
@@ -96,7 +97,7 @@ def preview_downgrade(target_name: str, to: str, current_heads: list[str]) -> Do
     else (prefixes, labels, relative steps, irregular rows) goes to
     `plan_downgrade`. Raises RevisionResolutionError like it.
     """
-    target = Target.objects.filter(name=target_name).first()
+    target = Target.objects.filter(name=target_name).select_related("catalog").first()
     heads = sorted(set(current_heads))
     if target is None or target.last_synced_at is None or not heads:
         return _plan(target_name, to, current_heads)

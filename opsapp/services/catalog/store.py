@@ -1,10 +1,11 @@
 """One catalog per script directory: storing revisions once, and where each target stands on them.
 
 A `ScriptCatalog` holds the revision rows of one script directory and is
-identified by a fingerprint of those facts, so it never changes once
-written: every target reading the same directory points at the same rows,
-and a directory that changes gets a new catalog (the old one is pruned when
-no target points at it). What is applied and current is per target and
+identified by a fingerprint of those facts: every target reading the same
+directory points at the same rows. A directory that changes updates its
+catalog in place (unchanged rows keep their ids, so revision pages keep their
+URLs) when only targets of that directory read it; otherwise it gets a
+catalog of its own, and a catalog no target points at is pruned. What is applied and current is per target and
 derived from its own heads (`Target.current_heads`, what its alembic_version
 held at the last look): `position_of` and `revisions_of`.
 
@@ -19,18 +20,36 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.db import connection as console_db
 from django.db.models import QuerySet
 
 from opsapp.models import Revision, ScriptCatalog, Target
-from opsapp.services.catalog.load import ROW_FIELDS, load_catalog, open_script_directory
-from opsapp.targets import TargetConfig
+
+if TYPE_CHECKING:
+    from opsapp.targets import TargetConfig
 
 BATCH = 1000
 _CACHE_SIZE = 8
+# The facts a catalog row stores besides its id (load.load_catalog fills them). Pages import this
+# module (revision pages, the cold preview): it must not import Alembic or SQLAlchemy.
+ROW_FIELDS = (
+    "down_revisions",
+    "branch_labels",
+    "branch_labels_text",
+    "depends_on",
+    "message",
+    "docstring",
+    "create_date",
+    "path",
+    "position",
+    "is_head",
+    "is_base",
+    "is_branch_point",
+    "is_merge_point",
+)
 
 
 def facts_fingerprint(rows: dict[str, dict[str, Any]], heads: list[str]) -> str:
@@ -114,14 +133,22 @@ def _known_catalog(fingerprint: str) -> ScriptCatalog | None:
     return ScriptCatalog.objects.filter(pk=pk).first() if pk is not None else None
 
 
-def catalog_for(config: TargetConfig, fingerprint: str, *, force: bool = False) -> CatalogRead:
+def catalog_for(
+    config: TargetConfig, fingerprint: str, *, force: bool = False, previous: int | None = None
+) -> CatalogRead:
     """The catalog of `config`'s script directory, whose files have script-file `fingerprint`.
 
     Reuses the catalog of a directory already read with the same fingerprint
     (several targets sharing one alembic_ini read it once); otherwise imports
-    the migration files (`load_catalog`) and stores the result. `force`
-    always re-reads. Never raises for a broken directory: its errors are returned.
+    the migration files (`load_catalog`) and stores the result: into the
+    target's `previous` catalog when only targets of the same alembic_ini
+    read it (the directory changed: rows are updated in place, so revision
+    pages keep their URLs), else as a catalog of its own (or the existing one
+    with the same facts). `force` always re-reads. Never raises for a broken
+    directory: its errors are returned.
     """
+    from opsapp.services.catalog.load import load_catalog, open_script_directory  # imports Alembic
+
     with _lock_for(fingerprint):
         if not force:
             known = _known_catalog(fingerprint)
@@ -134,9 +161,67 @@ def catalog_for(config: TargetConfig, fingerprint: str, *, force: bool = False) 
             directory = str(open_script_directory(config).dir)
         except Exception:  # noqa: BLE001 - only a label; load_catalog just opened it
             directory = ""
-        catalog = store_catalog(loaded.rows, loaded.heads, directory)
+        catalog = None
+        if previous is not None and _only_read_through(previous, str(config.alembic_ini)):
+            catalog = _evolve(previous, loaded.rows, loaded.heads, directory)
+        if catalog is None:
+            catalog = store_catalog(loaded.rows, loaded.heads, directory)
         _READ[fingerprint] = catalog.pk
         return CatalogRead(catalog=catalog, reread=True)
+
+
+def _only_read_through(catalog_id: int, alembic_ini: str) -> bool:
+    """True when every target on catalog `catalog_id` is configured with `alembic_ini` (one directory)."""
+    inis = set(Target.objects.filter(catalog_id=catalog_id).values_list("alembic_ini", flat=True))
+    return inis <= {alembic_ini[:1000]}
+
+
+def _evolve(catalog_id: int, rows: dict[str, dict[str, Any]], heads: list[str], directory: str) -> ScriptCatalog | None:
+    """Update catalog `catalog_id` in place to hold `rows` (batched create/update/delete; unchanged rows
+    keep their ids). None when it is gone, or when another catalog already holds these facts."""
+    fingerprint = facts_fingerprint(rows, heads)
+    if ScriptCatalog.objects.filter(fingerprint=fingerprint).exclude(pk=catalog_id).exists():
+        return None
+    try:
+        with transaction.atomic():
+            catalog = ScriptCatalog.objects.select_for_update().filter(pk=catalog_id).first()
+            if catalog is None:
+                return None
+            if catalog.fingerprint == fingerprint:
+                return catalog
+            changed = _upsert_rows(catalog, rows)
+            catalog.fingerprint = fingerprint
+            catalog.heads = list(heads)
+            catalog.revision_count = len(rows)
+            catalog.directory = directory[:1000]
+            catalog.save(update_fields=["fingerprint", "heads", "revision_count", "directory"])
+            if changed >= BATCH:
+                transaction.on_commit(_analyze_revisions)
+    except IntegrityError:
+        return None
+    return catalog
+
+
+def _upsert_rows(catalog: ScriptCatalog, rows: dict[str, dict[str, Any]]) -> int:
+    """Create, update and delete `catalog`'s rows in batches; no per-row queries. How many rows changed."""
+    existing = {
+        values["revision"]: values
+        for values in Revision.objects.filter(catalog=catalog).values("id", "revision", *ROW_FIELDS)
+    }
+    to_create, to_update = [], []
+    for rev, row in rows.items():
+        wanted = {name: row[name] for name in ROW_FIELDS}
+        old = existing.get(rev)
+        if old is None:
+            to_create.append(Revision(catalog=catalog, revision=rev, **wanted))
+        elif any(old[name] != wanted[name] for name in ROW_FIELDS):
+            to_update.append(Revision(id=old["id"], catalog=catalog, revision=rev, **wanted))
+    gone = [values["id"] for rev, values in existing.items() if rev not in rows]
+    for start in range(0, len(gone), BATCH):
+        Revision.objects.filter(id__in=gone[start : start + BATCH]).delete()
+    Revision.objects.bulk_create(to_create, batch_size=BATCH)
+    Revision.objects.bulk_update(to_update, ROW_FIELDS, batch_size=250)
+    return len(gone) + len(to_create) + len(to_update)
 
 
 def prune_catalogs(pks: list[int | None]) -> int:
@@ -200,31 +285,38 @@ class Graph:
         return covered
 
 
-_GRAPHS: OrderedDict[int, Graph] = OrderedDict()
+_GRAPHS: OrderedDict[tuple[int, str], Graph] = OrderedDict()
 _GRAPHS_LOCK = threading.Lock()
 
 
-def graph_of(catalog_id: int | None, heads: list[str] | None = None) -> Graph:
-    """The parent graph of catalog `catalog_id` (empty for None), cached: a catalog never changes."""
-    if catalog_id is None:
+def graph_of(catalog: ScriptCatalog | None, heads: list[str] | None = None) -> Graph:
+    """The parent graph of `catalog` (empty for None), cached per catalog and facts fingerprint."""
+    if catalog is None:
         return Graph(parents={}, heads=list(heads or []))
+    key = (catalog.pk, catalog.fingerprint)
     with _GRAPHS_LOCK:
-        cached = _GRAPHS.get(catalog_id)
+        cached = _GRAPHS.get(key)
         if cached is not None:
-            _GRAPHS.move_to_end(catalog_id)
+            _GRAPHS.move_to_end(key)
     if cached is None:
         rows = {
             values["revision"]: values
-            for values in Revision.objects.filter(catalog_id=catalog_id)
+            for values in Revision.objects.filter(catalog=catalog)
             .order_by()
             .values("revision", "down_revisions", "depends_on", "branch_labels")
         }
-        cached = Graph.from_rows(rows, [])
+        cached = Graph.from_rows(rows, list(catalog.heads))
         with _GRAPHS_LOCK:
-            _GRAPHS[catalog_id] = cached
+            _GRAPHS[key] = cached
             while len(_GRAPHS) > _CACHE_SIZE:
                 _GRAPHS.popitem(last=False)
     return Graph(parents=cached.parents, heads=list(heads if heads is not None else cached.heads))
+
+
+def catalog_key(target: Target) -> tuple[int | None, str]:
+    """What a cache of anything computed from `target`'s rows is keyed by: (catalog id, facts fingerprint)."""
+    catalog = target.catalog
+    return (catalog.pk, catalog.fingerprint) if catalog is not None else (None, "")
 
 
 def position_of(target: Target) -> tuple[set[str], set[str]]:
@@ -234,7 +326,7 @@ def position_of(target: Target) -> tuple[set[str], set[str]]:
     current: what alembic_version held. The sync stored nothing else per target.
     """
     heads = list(target.current_heads or [])
-    graph = graph_of(target.catalog_id)
+    graph = graph_of(target.catalog)
     return graph.ancestors([rev for rev in heads if rev in graph.parents]), set(heads)
 
 

@@ -287,7 +287,7 @@ def sync_target(
         except OpsError as exc:
             problem = str(exc)
         if problem is None and (force or fingerprint != target.script_fingerprint or target.last_synced_at is None):
-            found = store.catalog_for(config, fingerprint, force=force)
+            found = store.catalog_for(config, fingerprint, force=force, previous=target.catalog_id)
     previous_catalog = target.catalog_id
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
@@ -312,7 +312,7 @@ def sync_target(
         else:
             # Unchanged directory (or another sync just stored it): nothing to re-read.
             found = None
-        graph = graph_of(target.catalog_id, list(target.script_heads))
+        graph = graph_of(target.catalog, list(target.script_heads))
         _apply_state(target, graph, db, actor, moved_by=moved_by)
         target.last_synced_at = timezone.now()
         target.save()
@@ -381,7 +381,7 @@ def refresh_state(name: str, *, actor: Actor | None = None) -> Target:
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
         db = _read_db(config, problem, target.current_heads)  # under the lock, as in sync_target
-        graph = graph_of(target.catalog_id, list(target.script_heads))
+        graph = graph_of(target.catalog, list(target.script_heads))
         if target.last_synced_at is None:
             _record_heads(target, db, actor)
             target.state = TargetState.UNREACHABLE if db.error else TargetState.NOT_SYNCED
