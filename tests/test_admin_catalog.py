@@ -332,7 +332,7 @@ def test_a_depends_on_naming_a_branch_label_links_to_the_revision_carrying_it(
     configure_target("labels", pg_url, sd.ini)
     target = sync_target("labels")
     page = admin_client.get(revision_url(target, "r3")).content.decode()
-    assert f'<a href="{revision_url(target, "r2")}">feature (r2)</a>' in page
+    assert f'<a href="{revision_url(target, "r2")}?target={target.pk}">feature (r2)</a>' in page
 
 
 def test_a_page_view_records_nothing_and_sync_now_audits_heads_moved_outside_the_console(
@@ -422,7 +422,7 @@ def changelist_select(admin_client, url: str) -> str:
 
     with CaptureQueriesContext(connection) as queries:
         assert admin_client.get(url).status_code == 200
-    pages = [q["sql"] for q in queries if 'ORDER BY "opsapp_revision"."target_id" ASC' in q["sql"]]
+    pages = [q["sql"] for q in queries if 'ORDER BY "opsapp_revision"."catalog_id" ASC' in q["sql"]]
     assert pages, [q["sql"] for q in queries]
     # A one-page list is read whole; at 50k revisions the page is the first 100.
     return pages[-1] if " LIMIT " in pages[-1] else pages[-1] + " LIMIT 100"
@@ -444,7 +444,7 @@ def test_the_revision_list_reads_its_page_from_an_index_without_sorting(admin_cl
         cursor.execute("SET LOCAL enable_incremental_sort = off")
         cursor.execute("EXPLAIN " + sql)
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "Sort" not in plan and "revision_target_pos_id" in plan, plan
+    assert "Sort" not in plan and "revision_catalog_pos_id" in plan, plan
 
 
 def test_revision_pages_show_alembics_plan_without_building_a_revision_map(admin_client, branchy):

@@ -174,7 +174,8 @@ def test_the_graph_page_draws_every_revision_and_parent_link_of_the_branchy_hist
     assert {rev for rev, g in nodes.items() if "pending" in classes(g)} == {"h8"}
     for rev, g in nodes.items():
         link = g.find("svg:a", NS)
-        assert link.get("href") == reverse("admin:opsapp_revision_change", args=[rows[rev].pk])
+        # The revision page of this target's position on the shared catalog.
+        assert link.get("href") == reverse("admin:opsapp_revision_change", args=[rows[rev].pk]) + f"?target={target.pk}"
         assert link.find("svg:text", NS).text.startswith(rev)
     assert "c3 (left)" in {t.text.split("  ")[0] for t in svg.iterfind(".//svg:text", NS)}
     page = response.content.decode()
