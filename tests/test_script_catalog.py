@@ -196,3 +196,37 @@ def test_the_catalog_migration_moves_per_target_rows_to_one_catalog_per_director
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes("opsapp"))
+
+
+# ------------------------------------------------------------------ pages per target
+@pytest.mark.django_db
+def test_revision_pages_show_each_targets_own_position_on_a_shared_catalog(
+    admin_client, branchy_scripts, pg_database_factory, configure_target
+):
+    from django.urls import reverse
+
+    configure_target("early", pg_database_factory(), branchy_scripts.ini)
+    configure_target("late", pg_database_factory(), branchy_scripts.ini)
+    run_alembic("early", "upgrade", "c3")
+    run_alembic("late", "upgrade", "heads")
+    early, late = sync_all()
+    assert early.catalog_id == late.catalog_id
+    changelist = reverse("admin:opsapp_revision_changelist")
+
+    def pending(target: Target) -> str:
+        page = admin_client.get(changelist, {"target__id__exact": target.pk, "applied": "pending"})
+        assert page.status_code == 200
+        return page.content.decode()
+
+    assert ">d4<" in pending(early) and ">h8<" in pending(early)
+    assert ">d4<" not in pending(late) and "0 revisions" in pending(late)
+    # Unfiltered, a row of a shared directory names the directory, not one target's position.
+    everything = admin_client.get(changelist).content.decode()
+    assert "(2 targets)" in everything and 'class="ops-flag ops-flag-pending"' not in everything
+
+    d4 = Revision.objects.get(catalog_id=early.catalog_id, revision="d4")
+    url = reverse("admin:opsapp_revision_change", args=[d4.pk])
+    for_early = admin_client.get(url, {"target": early.pk}).content.decode()
+    for_late = admin_client.get(url, {"target": late.pk}).content.decode()
+    assert "it is not applied" in for_early
+    assert "Downgrading to here would revert" in for_late and f'href="{url}?target={early.pk}">early<' in for_late

@@ -12,6 +12,8 @@ would revert on the target's current heads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.contrib import admin
 from django.db import connection
 from django.db.models import Q
@@ -26,6 +28,7 @@ from opsapp.services.catalog import store
 from opsapp.services.errors import OpsError, RevisionResolutionError
 
 PREVIEW_STEPS = 100
+OTHER_TARGETS = 10  # a revision page names at most this many other targets reading its directory
 
 
 def chosen_target(request: HttpRequest) -> Target | None:
@@ -39,12 +42,17 @@ def chosen_target(request: HttpRequest) -> Target | None:
     return Target.objects.select_related("catalog").filter(pk=int(wanted)).first()
 
 
+def readers_of(catalog_ids: set[int]) -> dict[int, list[Target]]:
+    """catalog id -> the targets reading it (one query)."""
+    found: dict[int, list[Target]] = {}
+    for target in Target.objects.select_related("catalog").filter(catalog_id__in=catalog_ids).order_by("name"):
+        found.setdefault(target.catalog_id, []).append(target)
+    return found
+
+
 def sole_targets(catalog_ids: set[int]) -> dict[int, Target]:
     """catalog id -> its target, for those of `catalog_ids` that exactly one target reads."""
-    found: dict[int, list[Target]] = {}
-    for target in Target.objects.select_related("catalog").filter(catalog_id__in=catalog_ids):
-        found.setdefault(target.catalog_id, []).append(target)
-    return {catalog_id: targets[0] for catalog_id, targets in found.items() if len(targets) == 1}
+    return {catalog_id: targets[0] for catalog_id, targets in readers_of(catalog_ids).items() if len(targets) == 1}
 
 
 class TargetFilter(admin.SimpleListFilter):
@@ -228,13 +236,16 @@ class RevisionAdmin(admin.ModelAdmin):
         changelist = super().get_changelist_instance(request)
         rows = list(changelist.result_list)  # evaluates (and caches) the page's queryset once
         target = chosen_target(request)
+        readers: dict[int, list[Target]] = {}
         if target is not None:
             for_catalog = {target.catalog_id: target}
         else:
-            for_catalog = sole_targets({row.catalog_id for row in rows})
+            readers = readers_of({row.catalog_id for row in rows})
+            for_catalog = {catalog_id: each[0] for catalog_id, each in readers.items() if len(each) == 1}
         positions = {catalog_id: store.position_of(each) for catalog_id, each in for_catalog.items()}
         for row in rows:
             row.ops_target = for_catalog.get(row.catalog_id)
+            row.ops_readers = len(readers.get(row.catalog_id, ()))
             applied, current = positions.get(row.catalog_id, (None, set()))
             row.applied = None if applied is None else row.revision in applied
             row.is_current = row.revision in current
@@ -277,7 +288,11 @@ class RevisionAdmin(admin.ModelAdmin):
     def target_display(self, obj: Revision) -> str:
         """The target whose position the row shows; else the script directory it belongs to."""
         target = getattr(obj, "ops_target", None)
-        return target.name if target is not None else str(obj.catalog)
+        if target is not None:
+            return target.name
+        # Several targets read this directory and none is chosen: name the directory, shortly.
+        tail = "/".join(Path(obj.catalog.directory).parts[-2:]) or "script directory"
+        return f"{tail} ({getattr(obj, 'ops_readers', 0)} targets)"
 
     @admin.display(description="applied", boolean=True)
     def applied_display(self, obj: Revision) -> bool | None:
@@ -364,15 +379,17 @@ class RevisionAdmin(admin.ModelAdmin):
             }
             steps = [(rev, step_rows.get(rev)) for rev in shown]
         others = (
-            list(Target.objects.filter(catalog_id=obj.catalog_id).exclude(pk=target.pk).order_by("name")[:20])
+            Target.objects.filter(catalog_id=obj.catalog_id).exclude(pk=target.pk).order_by("name")
             if target is not None
-            else []
+            else Target.objects.none()
         )
+        shown_others = list(others[:OTHER_TARGETS])
         return {
             "revision_obj": obj,
             "target": target,
             "target_query": f"?target={target.pk}" if target is not None else "",
-            "other_targets": others,
+            "other_targets": shown_others,
+            "other_targets_more": others.count() - len(shown_others) if len(shown_others) == OTHER_TARGETS else 0,
             "parents": [(rev, by_id.get(rev)) for rev in obj.down_revisions or []],
             "children": children_of(obj),
             "dependencies": [(rev, by_id.get(rev)) for rev in obj.depends_on or []],
