@@ -230,3 +230,23 @@ def test_revision_pages_show_each_targets_own_position_on_a_shared_catalog(
     for_late = admin_client.get(url, {"target": late.pk}).content.decode()
     assert "it is not applied" in for_early
     assert "Downgrading to here would revert" in for_late and f'href="{url}?target={early.pk}">early<' in for_late
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_parallel_sync_of_six_targets_on_one_directory_imports_its_files_once(
+    pg_database_factory, script_dir_factory, configure_target, tmp_path
+):
+    from opsapp.services.fleet.parallel import sync_targets
+    from tests.test_catalog import marker_revision
+
+    sd = script_dir_factory()
+    marker = tmp_path / "imports.txt"
+    marker_revision(sd, marker)
+    sd.add("m1", "m0")
+    names = [configure_target(f"tenant{i}", pg_database_factory(), sd.ini) for i in range(6)]
+
+    synced = sync_targets(names, jobs=6)
+
+    assert marker.read_text() == "x"  # one import of the directory for six targets in six threads
+    assert [t.catalog_reread for t in synced].count(True) == 1
+    assert len({t.catalog_id for t in synced}) == 1 and Revision.objects.count() == 2

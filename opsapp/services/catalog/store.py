@@ -111,7 +111,7 @@ class CatalogRead:
     reread: bool = False  # whether this call imported the migration files
 
 
-_READ: dict[str, int] = {}  # script-file fingerprint -> catalog pk, in this process
+_READ: dict[str, tuple[int, str]] = {}  # script-file fingerprint -> (catalog pk, facts fingerprint), this process
 _READ_LOCKS: dict[str, threading.Lock] = {}
 _READ_GUARD = threading.Lock()
 
@@ -123,13 +123,17 @@ def _lock_for(fingerprint: str) -> threading.Lock:
 
 def _known_catalog(fingerprint: str) -> ScriptCatalog | None:
     """A stored catalog already read from files with this fingerprint (this process or any other)."""
-    pk = _READ.get(fingerprint)
-    if pk is None:
-        pk = (
-            Target.objects.filter(script_fingerprint=fingerprint, catalog__isnull=False, sync_errors=[])
-            .values_list("catalog_id", flat=True)
-            .first()
-        )
+    remembered = _READ.get(fingerprint)
+    if remembered is not None:
+        # Both must match: the catalog may have been pruned, or updated in place since.
+        found = ScriptCatalog.objects.filter(pk=remembered[0], fingerprint=remembered[1]).first()
+        if found is not None:
+            return found
+    pk = (
+        Target.objects.filter(script_fingerprint=fingerprint, catalog__isnull=False, sync_errors=[])
+        .values_list("catalog_id", flat=True)
+        .first()
+    )
     return ScriptCatalog.objects.filter(pk=pk).first() if pk is not None else None
 
 
@@ -166,7 +170,7 @@ def catalog_for(
             catalog = _evolve(previous, loaded.rows, loaded.heads, directory)
         if catalog is None:
             catalog = store_catalog(loaded.rows, loaded.heads, directory)
-        _READ[fingerprint] = catalog.pk
+        _READ[fingerprint] = (catalog.pk, catalog.fingerprint)
         return CatalogRead(catalog=catalog, reread=True)
 
 
@@ -236,7 +240,7 @@ def prune_catalogs(pks: list[int | None]) -> int:
         Revision.objects.filter(catalog_id__in=orphans).delete()
         ScriptCatalog.objects.filter(pk__in=orphans, targets__isnull=True).delete()
     with _READ_GUARD:
-        for key in [key for key, pk in _READ.items() if pk in orphans]:
+        for key in [key for key, (pk, _) in _READ.items() if pk in orphans]:
             del _READ[key]
     return len(orphans)
 
