@@ -11,8 +11,9 @@ has targets at head and behind. Measures, in a subprocess-free run:
 - the first `sync_revisions --all --jobs N` and a re-sync with nothing changed;
 - the same re-sync with --jobs 1 (the serial baseline);
 - p50/p95 of the admin index (the fleet matrix) over 30 requests;
-- catalog row count (Revision rows; one per revision per target until the
-  catalog is stored once per script directory).
+- catalog row counts: the Revision rows stored (one per revision per script
+  directory) against the rows per-target storage would hold (one per revision
+  per target, as before migration 0017).
 
 Writes bench/results/fleet.json. Drops every database it created unless --keep.
 Timing is never asserted in the test suite.
@@ -168,15 +169,27 @@ def main(argv: list[str]) -> int:
     common.log(f"re-sync with --jobs 1: {results['resync_serial_seconds']} s")
 
     from django.contrib.auth import get_user_model
+    from django.db.models import Sum
     from django.test import Client
 
-    from opsapp.models import Revision, Target
+    from opsapp.models import Revision, ScriptCatalog, Target
 
     results["states"] = {
         state: Target.objects.filter(state=state).count()
         for state in Target.objects.values_list("state", flat=True).distinct()
     }
     results["revision_rows"] = Revision.objects.count()
+    per_target = Target.objects.aggregate(rows=Sum("revision_count"))["rows"] or 0
+    results["catalog_rows"] = {
+        "per_target_storage": per_target,
+        "per_directory_storage": results["revision_rows"],
+        "catalogs": ScriptCatalog.objects.count(),
+        "reduction": round(per_target / results["revision_rows"], 1) if results["revision_rows"] else None,
+    }
+    common.log(
+        f"catalog rows: {per_target} per target -> {results['revision_rows']} in "
+        f"{results['catalog_rows']['catalogs']} catalogs"
+    )
     user = get_user_model().objects.create_superuser("bench", "b@example.test", "pw-bench-123")
     client = Client()
     client.force_login(user)

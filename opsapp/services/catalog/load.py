@@ -32,21 +32,6 @@ from opsapp.services.catalog.topology import Facts, compute_facts
 from opsapp.targets import TargetConfig, mask_url
 
 _CREATE_DATE_RE = re.compile(r"^\s*Create Date:\s*(.+?)\s*$", re.MULTILINE)
-ROW_FIELDS = (
-    "down_revisions",
-    "branch_labels",
-    "branch_labels_text",
-    "depends_on",
-    "message",
-    "docstring",
-    "create_date",
-    "path",
-    "position",
-    "is_head",
-    "is_base",
-    "is_branch_point",
-    "is_merge_point",
-)
 
 
 @contextmanager
