@@ -356,3 +356,55 @@ def test_a_worker_killed_mid_downgrade_leaves_the_target_unchanged_and_the_reque
     fresh = RollbackRequest.objects.get(pk=request.pk)
     assert fresh.status == "interrupted"
     assert small_env.state() == before
+
+
+# ------------------------------------------------------------------ syncs
+def test_a_running_sync_is_cancelled_at_a_safe_point_before_it_writes_and_the_cancel_is_audited(
+    small_env, operator, settings
+):
+    """Deterministic: the test holds the target's catalog row, so the worker's sync waits just before it writes."""
+    import psycopg
+    from django.db import connection
+
+    from opsapp.models import AuditEvent, OperationKind, Target
+    from opsapp.services.operations.queue import cancel_operation, enqueue
+
+    small_env.downgrade_outside("r2")  # a sync would record this heads change
+    before = Target.objects.values("current_heads", "last_synced_at", "state").get(name=small_env.name)
+    op = enqueue(OperationKind.SYNC, small_env.name, actor=actor_for(operator))
+    blocker = psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{connection.settings_dict['NAME']}")
+    worker = start_worker(worker_env(settings, small_env), "--batch")
+    try:
+        blocker.execute("SELECT id FROM opsapp_target WHERE name = %s FOR UPDATE", (small_env.name,))
+
+        def sync_waits_for_the_row() -> bool:
+            with connection.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE %s",
+                    ["%opsapp_target%FOR UPDATE%"],
+                )
+                return cur.fetchone()[0] > 0
+
+        wait_for(sync_waits_for_the_row, timeout=60, what="the sync to reach the target's row", proc=worker)
+        assert op_row(op.pk).state == "running"
+        cancel_operation(op.pk, actor=actor_for(operator))
+    finally:
+        blocker.rollback()
+        blocker.close()
+    try:
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            kill(worker)
+    done = op_row(op.pk)
+    assert done.state == "cancelled", (done.error, err)
+    assert Target.objects.values("current_heads", "last_synced_at", "state").get(name=small_env.name) == before
+    assert not AuditEvent.objects.filter(action="heads_changed").exists()
+    stopped = AuditEvent.objects.filter(action="operation_cancelled", message__contains="safe point before writing")
+    assert stopped.get().actor == operator.username
+    # The next sync, not cancelled, records what this one would have.
+    again = enqueue(OperationKind.SYNC, small_env.name, actor=actor_for(operator))
+    run_batch(worker_env(settings, small_env))
+    assert op_row(again.pk).state == "succeeded"
+    assert Target.objects.get(name=small_env.name).current_heads == ["r2"]
