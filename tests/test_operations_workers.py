@@ -408,3 +408,46 @@ def test_a_running_sync_is_cancelled_at_a_safe_point_before_it_writes_and_the_ca
     run_batch(worker_env(settings, small_env))
     assert op_row(again.pk).state == "succeeded"
     assert Target.objects.get(name=small_env.name).current_heads == ["r2"]
+
+
+# ------------------------------------------------------------------ honest ETA
+def test_a_snapshot_job_estimates_its_final_size_from_the_previous_dump_not_from_the_database_size(
+    small_env, operator, settings
+):
+    """The compressed archive ends far below pg_database_size; the bar's total must be near the real end.
+
+    Deterministic: a held table lock keeps pg_dump waiting while the test reads the total the job announced.
+    """
+    import psycopg
+
+    from opsapp.models import OperationKind
+    from opsapp.services.operations.queue import enqueue
+
+    fill_big_table(small_env.url, 20_000)
+    first = take_verified_snapshot(small_env, operator)
+    assert first.database_size > 2 * first.size  # what the old total (the database's size) overestimated
+    op = enqueue(OperationKind.SNAPSHOT, small_env.name, actor=actor_for(operator))
+    blocker = psycopg.connect(small_env.url)
+    blocker.execute("LOCK TABLE filler IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here until the test lets go
+    worker = start_worker(worker_env(settings, small_env), "--batch")
+    try:
+        running = wait_for(
+            lambda: (row := op_row(op.pk)).state == "running" and row.progress_label == "dumping" and row,
+            timeout=60,
+            what="the snapshot job to announce its total",
+            proc=worker,
+        )
+    finally:
+        blocker.close()
+    try:
+        worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            kill(worker)
+    done = op_row(op.pk)
+    assert done.state == "succeeded", done.error
+    final = done.snapshot.size
+    assert abs(running.progress_total - final) <= final * 0.1, (running.progress_total, final)
+    assert f"estimated from snapshot #{first.pk}" in running.progress_estimate
+    assert running.progress_since is not None
+    assert done.result["estimated_size"] == running.progress_total
