@@ -36,7 +36,7 @@ def progress_text(op: Operation) -> str:
         pct = f" ({op.percent}%)" if op.percent is not None else ""
         if op.kind == OperationKind.RESTORE:
             of = f" of {filesizeformat(total)}" if total else ""
-            return f"{filesizeformat(done)}{of} of the snapshot read into the destination{pct}"
+            return f"{filesizeformat(done)}{of} of the archive fed to pg_restore{pct}"
         about = "about " if op.progress_estimate and op.state in ACTIVE_STATES else ""
         of = f" of {about}{filesizeformat(total)}" if total else ""
         return f"{filesizeformat(done)} written{of}{pct}"

@@ -49,6 +49,7 @@ class SnapshotAdmin(admin.ModelAdmin):
         "format",
         "path",
         "size",
+        "database_size",
         "sha256",
         "heads",
         "dump_tool_version",
