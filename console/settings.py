@@ -257,6 +257,18 @@ if OPS_TARGETS_FILE:
     for _name, _raw in load_targets_file(OPS_TARGETS_FILE, os.environ).targets.items():
         OPS_TARGETS.setdefault(_name, _raw)
 
+# Restore destinations (opsapp.destinations, docs/restore.md): named, new and empty databases a queued
+# restore writes into. The queue holds only the name; the URL (with its password) stays in the
+# environment: OPS_RESTORE_DESTINATION_<NAME>_URL, or _URL_FILE naming a file that holds it.
+OPS_RESTORE_DESTINATIONS = {
+    _name: {
+        "URL": env.str(f"OPS_RESTORE_DESTINATION_{_name.upper()}_URL", default=""),
+        "URL_FILE": env.str(f"OPS_RESTORE_DESTINATION_{_name.upper()}_URL_FILE", default=""),
+    }
+    for _name in (n.strip() for n in env.str("OPS_RESTORE_DESTINATIONS", default="").split(","))
+    if _name
+}
+
 # Django's error pages and reports mask target passwords (OPS_TARGETS and URLs in tracebacks).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "opsapp.targets.MaskingExceptionReporterFilter"
 

@@ -21,6 +21,9 @@ file unreadable or not Ed25519.
 E070 OPS_REHEARSAL_URL is not a PostgreSQL URL · E071 OPS_REHEARSAL_RESTORE_JOBS below 1.
 E030 the task queue is not django-tasks-db's database backend (operations would not be durable) ·
 E031 OPS_HEARTBEAT_SECONDS, OPS_JOB_LOCK_WAIT_SECONDS or OPS_SNAPSHOT_RETRIES out of range.
+E110-E115 restore destinations (OPS_RESTORE_DESTINATIONS): E110 bad name · E111 no URL, or both
+_URL and _URL_FILE · E112 _URL_FILE unreadable or empty · E113 malformed URL · E114 the database of a
+configured target · E115 the console's own database.
 W044 (database checks, as at `migrate`) the audit search has no pg_trgm index on PostgreSQL.
 """
 
@@ -309,6 +312,24 @@ def check_audit_keys_deploy(app_configs=None, **kwargs) -> list[Error]:
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_restore_destinations(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E110-E115: every restore destination has a usable URL that is no target's and not the console's."""
+    from opsapp.destinations import destination_names, validate_destination
+
+    return [
+        Error(
+            message,
+            hint="Each name in OPS_RESTORE_DESTINATIONS needs OPS_RESTORE_DESTINATION_<NAME>_URL (or _URL_FILE) "
+            "naming a new, empty database (docs/restore.md).",
+            id=check_id,
+            obj=f"restore destination {name}",
+        )
+        for name in destination_names()
+        for check_id, message in validate_destination(name)
+    ]
 
 
 _DB_BACKEND = "django_tasks_db.DatabaseBackend"

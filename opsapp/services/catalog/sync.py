@@ -16,6 +16,7 @@ console's own downgrade passes `moved_by` and is attributed to its executor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -264,7 +265,12 @@ def _nothing_changed(target: Target, found: CatalogRead | None, problem: str | N
 
 # ------------------------------------------------------------------ public
 def sync_target(
-    name: str, *, actor: Actor | None = None, force: bool = False, moved_by: RollbackRequest | None = None
+    name: str,
+    *,
+    actor: Actor | None = None,
+    force: bool = False,
+    moved_by: RollbackRequest | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> Target:
     """Sync target `name`'s catalog and state; return the saved Target.
 
@@ -276,6 +282,11 @@ def sync_target(
     `catalog_reread` attribute says whether this sync imported them. Raises
     TargetNotConfigured for an unknown name; never raises for an unreachable
     database or a broken script directory.
+
+    `checkpoint` is called at the safe points, where stopping leaves the
+    catalog exactly as it was: after the script directory was read, and
+    under the target row's lock just before the first write. Whatever it
+    raises propagates, and nothing is written (a queued sync's cancel).
     """
     actor = actor or SYSTEM_ACTOR
     target = ensure_target_row(name)
@@ -288,7 +299,8 @@ def sync_target(
             problem = str(exc)
         if problem is None and (force or fingerprint != target.script_fingerprint or target.last_synced_at is None):
             found = store.catalog_for(config, fingerprint, force=force, previous=target.catalog_id)
-    previous_catalog = target.catalog_id
+    if checkpoint is not None:
+        checkpoint()
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
         previous_catalog = target.catalog_id
@@ -296,6 +308,8 @@ def sync_target(
         # concurrent sync could store stale heads after a newer one and audit
         # a change that never happened.
         db = _read_db(config, problem, target.current_heads)
+        if checkpoint is not None:
+            checkpoint()  # the last point before the first write; raising rolls this transaction back
         if _nothing_changed(target, found, problem, db):
             target.last_synced_at = target.last_checked_at = timezone.now()
             target.save(update_fields=["last_synced_at", "last_checked_at"])

@@ -52,6 +52,7 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     if not source.is_file():
         raise SnapshotError(f"Target {config.name!r} is unreachable: SQLite file {str(source)!r} does not exist.")
     heads = _heads(config)
+    database_size = source.stat().st_size
     if dest.exists():
         raise SnapshotError(f"Refusing to overwrite {str(dest)!r}.")
     # Created empty and private first (an empty file is an empty SQLite database):
@@ -77,7 +78,13 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     heads_after = _heads(config)
     version = f"sqlite3 {sqlite3.sqlite_version}"
     return DumpResult(
-        size=size, sha256=digest, heads=heads, tool_version=version, server_version=version, heads_after=heads_after
+        size=size,
+        sha256=digest,
+        heads=heads,
+        tool_version=version,
+        server_version=version,
+        heads_after=heads_after,
+        database_size=database_size,
     )
 
 
