@@ -235,6 +235,16 @@ def test_the_command_prints_the_rehearsal_as_json(ready_request, operator, setti
     assert payload["status"] == "succeeded"
     assert payload["destroyed"]["rows"] == {"notes": 2}
     assert "restoring snapshot" in err
+    # One serializer: the evidence bundle lists the same rehearsal with the same keys and values, plus
+    # only what the bundle knows (the operation that ran it and its audit events).
+    from opsapp.services.audit.evidence import rehearsal_facts
+
+    (listed,) = rehearsal_facts(ready_request.request)
+    assert {k: v for k, v in listed.items() if k not in ("operation", "audit_events")} == payload
+    assert (
+        sorted(payload["schema_after"]) == ["customers"]
+        and "email" not in payload["schema_after"]["customers"]["columns"]
+    )
 
 
 def test_the_command_refuses_bad_usage_with_exit_2(ready_request, operator, settings):
@@ -333,6 +343,7 @@ def test_the_command_exits_1_when_the_round_trip_loses_data(ready_request, opera
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     payload = json.loads(out)
-    assert payload["status"] == "succeeded" and payload["round_trip"]["ok"] is False
-    assert payload["round_trip"]["rows"] == {"notes": 2}
+    assert payload["status"] == "succeeded" and payload["round_trip"] is True
+    assert payload["round_trip_report"]["ok"] is False
+    assert payload["round_trip_report"]["rows"] == {"notes": 2}
     assert "round trip found problems" in err

@@ -41,6 +41,7 @@ from opsapp.services.catalog.sync import read_current_heads
 from opsapp.services.errors import OpsError
 from opsapp.services.isolation import sqlstate_of
 from opsapp.services.rehearsal import compare, scratch
+from opsapp.services.rehearsal.document import schema_sha256
 from opsapp.services.rehearsal.summary import result_line
 from opsapp.services.rollback.execute import downgrade_in_transaction, execution_connection, failed_step
 from opsapp.services.rollback.gate import check_plan
@@ -333,6 +334,8 @@ class _Run:
                     "plan_fingerprint": self.rehearsal.plan_fingerprint,
                     "duration_ms": duration_ms,
                     "destroyed": destroyed,
+                    # Ties the recorded schema to the chain: the evidence verifier recomputes it offline.
+                    "schema_after_sha256": schema_sha256(schema_after),
                     "round_trip_ok": report.get("ok") if report else None,
                 },
                 **request_context(self.request),
