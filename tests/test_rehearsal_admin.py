@@ -355,3 +355,13 @@ def test_zero_restore_jobs_fail_check_e071(settings):
 
     settings.OPS_REHEARSAL_RESTORE_JOBS = 0
     assert [e.id for e in check_rehearsal_settings()] == ["opsapp.E071"]
+
+
+def test_a_restore_memory_postgresql_would_refuse_fails_check_e120(settings):
+    from opsapp.checks import check_rehearsal_settings
+
+    for bad in (0, 2097152):
+        settings.OPS_REHEARSAL_RESTORE_MEMORY_MB = bad
+        assert [e.id for e in check_rehearsal_settings()] == ["opsapp.E120"]
+    settings.OPS_REHEARSAL_RESTORE_MEMORY_MB = 256
+    assert check_rehearsal_settings() == []

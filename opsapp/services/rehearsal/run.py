@@ -1,17 +1,20 @@
 """Rehearsing a rollback request: its stored plan, run on a scratch copy restored from its snapshot.
 
 1. The request's attached snapshot must be verified, of this target, at the
-   request's from-heads, with its file intact; the plan is re-rendered from
-   the script files and must match the stored plan fingerprint (gate "plan"'s
-   own check). Otherwise the rehearsal is refused (audited) before anything is
-   restored.
+   request's from-heads, with its file present at its recorded size; the plan
+   is re-rendered from the script files and must match the stored plan
+   fingerprint (gate "plan"'s own check). Otherwise the rehearsal is refused
+   (audited) before anything is restored.
 2. A scratch copy is made (services/rehearsal/scratch): `pg_restore --jobs N`
-   into a new database, or a file copy for SQLite. Its heads must be the
-   snapshot's.
+   into a new database, or a file copy for SQLite. Meanwhile a thread re-reads
+   the snapshot file's SHA-256; nothing runs on the copy unless it matches the
+   recorded one (else the rehearsal fails and the copy is dropped). Its heads
+   must be the snapshot's.
 3. Rows and non-null values are counted on the copy, then the executor's own
    downgrade (rollback.execute.downgrade_in_transaction) runs there: same
    isolation level, one transaction, `transaction_per_migration=False`.
-   Each step is timed. Then the copy is counted again.
+   Each step is timed. Then the copy is counted again: on PostgreSQL only
+   the tables the transaction wrote or whose data file changed (compare.rows_after).
 4. Optionally the round trip: upgrade back step by step, compare each step's
    schema with the one before its downgrade, the rows with those before, and
    `pg_dump --schema-only` with the snapshot's.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -104,7 +108,8 @@ def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> P
             actor,
             "snapshot",
         )
-    problem = snapshot_file_problem(snap)
+    # Only that the file is there, and its size; its SHA-256 is re-read beside the restore (_Checksum).
+    problem = _snapshot_file_missing(snap)
     if problem:
         raise refuse_rehearsal(request, f"Snapshot file check failed: {problem}", actor, "snapshot")
     # Gate "plan"'s own check, with the snapshot's heads standing in for the target's (the copy will hold them).
@@ -112,6 +117,41 @@ def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> P
     if message or preview is None:
         raise refuse_rehearsal(request, message or "The plan cannot be re-generated.", actor, "plan")
     return preview
+
+
+def _snapshot_file_missing(snap) -> str | None:
+    path = snapshot_path(snap) if snap.path else None
+    if path is None or not path.is_file():
+        return snapshot_file_problem(snap)  # says which: no file recorded, or missing
+    if snap.size is not None and path.stat().st_size != snap.size:
+        return f"Snapshot #{snap.pk}: file {str(path)!r} is {path.stat().st_size} bytes, not the {snap.size} recorded."
+    return None
+
+
+class _Checksum:
+    """The snapshot file's SHA-256, re-read in a thread while the copy is made from the same file.
+
+    The rehearsal trusts nothing it restored until this agrees with the
+    recorded checksum (`problem()` waits for it); a mismatch fails the
+    rehearsal and the copy is dropped like any other failure. hashlib
+    releases the GIL on large reads, so the hash runs beside pg_restore
+    instead of before it (it took ~1 s per 280 MB archive, a whole core).
+    """
+
+    def __init__(self, snap) -> None:
+        self._result: list[str | None] = []
+        self._thread = threading.Thread(target=self._run, args=(snap,), name="snapshot-checksum", daemon=True)
+        self._thread.start()
+
+    def _run(self, snap) -> None:
+        try:
+            self._result.append(snapshot_file_problem(snap))
+        except Exception as exc:  # noqa: BLE001 - reported as the file's problem, never lost in a thread
+            self._result.append(f"Snapshot #{snap.pk}: the checksum could not be computed: {exc}")
+
+    def problem(self) -> str | None:
+        self._thread.join()
+        return self._result[0] if self._result else "the checksum thread ended without a result"
 
 
 def run_rehearsal(
@@ -141,7 +181,9 @@ def run_rehearsal(
     say("checking the snapshot and re-generating the plan")
     preview = _precheck(request, config, actor)
     snap = request.snapshot
+    checksum = _Checksum(snap)
     with ExitStack() as stack:
+        stack.callback(checksum.problem)  # never leave the thread reading after the rehearsal ends
         try:
             if config.is_postgresql:
                 server = scratch.choose_server(config)
@@ -173,9 +215,12 @@ def run_rehearsal(
         )
         if on_created is not None:
             on_created(rehearsal)
-        _Run(request, rehearsal, config, preview, copy, actor, say, counter).run()
-    rehearsal.refresh_from_db()
-    _notify(request, rehearsal, actor)
+        _Run(request, rehearsal, config, preview, copy, actor, say, counter, checksum).run()
+        rehearsal.refresh_from_db()
+        # The approvers hear the result before the copy is dropped: on PostgreSQL 15 DROP DATABASE waits
+        # for a server-wide checkpoint (seconds on a busy server). The drop still always follows (the stack).
+        _notify(request, rehearsal, actor)
+        say("dropping the scratch copy")
     return rehearsal
 
 
@@ -190,7 +235,7 @@ def _drop_leftovers(server: scratch.Server) -> None:
 class _Run:
     """One rehearsal on a live scratch copy; records its outcome on `rehearsal`."""
 
-    def __init__(self, request, rehearsal, config, preview, copy, actor, say, counter=None) -> None:
+    def __init__(self, request, rehearsal, config, preview, copy, actor, say, counter=None, checksum=None) -> None:
         self.request: RollbackRequest = request
         self.rehearsal: Rehearsal = rehearsal
         self.preview: Preview = preview
@@ -199,6 +244,7 @@ class _Run:
         self.say: Progress = say
         self.count: Counter = counter or (lambda _done, _total: None)
         self.config = config
+        self.checksum: _Checksum | None = checksum
         self.scratch_config = dataclasses.replace(config, url=copy.url)
         self.started = time.monotonic()
 
@@ -214,6 +260,9 @@ class _Run:
             if self.config.is_postgresql:
                 scratch.restore_parallel(snapshot_path(snap), self.copy.url, settings.OPS_REHEARSAL_RESTORE_JOBS)
             restore_ms = _ms(began)
+            problem = self.checksum.problem() if self.checksum is not None else None
+            if problem:
+                raise OpsError(f"Snapshot file check failed: {problem} Nothing was run on the copy.")
             heads = read_current_heads(self.scratch_config)
             if sorted(heads) != sorted(snap.heads):
                 raise OpsError(f"The restored copy is at heads {heads}, not the snapshot's {snap.heads}.")
@@ -233,6 +282,13 @@ class _Run:
         version_table = self.preview.version_table
         before = compare.measure(conn, version_table)
         states = [compare.schema_of(conn, version_table)] if self.rehearsal.round_trip else []
+        # PostgreSQL without a round trip: after the downgrade, count again only the tables it changed.
+        storage = (
+            compare.storage_of(conn, version_table)
+            if self.config.is_postgresql and not self.rehearsal.round_trip
+            else None
+        )
+        written: set[str] | None = None
         conn.commit()
         steps: list[dict[str, Any]] = []
         completed: list[str] = []
@@ -254,12 +310,17 @@ class _Run:
                 downgrade_in_transaction(
                     conn, self.scratch_config, self.preview, self.request.to_revision, completed, on_step=on_step
                 )
+                if storage is not None:
+                    written = compare.tables_written(conn)  # only readable before the commit
         except Exception as exc:  # noqa: BLE001 - the failure is the rehearsal's finding
             self._fail(exc, failed_step(exc, self.preview.steps, completed), restore_ms=restore_ms, steps=steps)
             return
         downgrade_ms = _ms(began)
         schema_after = compare.schema_of(conn, version_table)
-        after = compare.measure(conn, version_table)
+        if storage is not None and written is not None:
+            after = compare.rows_after(conn, before, storage, written, schema_after, version_table)
+        else:
+            after = compare.measure(conn, version_table)
         conn.commit()
         report: dict[str, Any] = {}
         if self.rehearsal.round_trip:
