@@ -189,6 +189,29 @@ def test_rows_a_downgrade_truncates_or_deletes_in_tables_it_keeps_are_counted_as
         assert pg_query(rollback_env.url, f"SELECT count(*) FROM {table}")[0][0] == rehearsal.rows_after[table]
 
 
+def test_values_of_a_column_dropped_by_sql_the_analysis_cannot_read_are_still_measured_exactly(
+    rollback_env, people, settings
+):
+    """Values are counted up front only in the columns the static analysis saw dropped; a column dropped
+    by dynamic SQL is found inside the downgrade's transaction, which is rolled back, counted, run again."""
+    operator, _approver = people
+    pg_query(rollback_env.url, "ALTER TABLE customers ADD COLUMN nickname text")
+    pg_query(rollback_env.url, "UPDATE customers SET nickname = 'n' || id WHERE id < 3")
+    hidden = "op.execute(\"DO $$ BEGIN EXECUTE 'ALTER TABLE customers DROP ' || 'COLUMN nickname'; END $$\")"
+    rollback_env.add_revision("r4", "r3", upgrade="pass", downgrade=hidden)
+    snap = take_verified_snapshot(rollback_env, operator)
+    request = make_request(rollback_env, operator, to="r1", snapshot=snap)
+    assert not any(item.get("column") == "nickname" for item in request.destructive)  # invisible to it
+
+    rehearsal = run_rehearsal(request.pk, actor=operator_actor(operator))
+
+    assert rehearsal.status == "succeeded", rehearsal.error
+    assert rehearsal.destroyed["values"] == {"customers.email": 3, "customers.nickname": 2}
+    assert "customers.nickname" in rehearsal.destroyed["columns"]
+    assert [s["revisions"] for s in rehearsal.steps] == [["r4"], ["r3"], ["r2"]]  # the second run's steps only
+    assert no_scratch_left(rehearsal)
+
+
 def test_a_rehearsal_is_refused_when_the_plan_no_longer_matches(ready_request, operator):
     r = ready_request
     # The script file of a reverted step changes after the request was reviewed.

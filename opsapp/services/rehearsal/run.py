@@ -280,14 +280,17 @@ class _Run:
 
     def _downgrade_and_measure(self, conn: sa.Connection, restore_ms: int) -> None:
         version_table = self.preview.version_table
-        before = compare.measure(conn, version_table)
-        states = [compare.schema_of(conn, version_table)] if self.rehearsal.round_trip else []
-        # PostgreSQL without a round trip: after the downgrade, count again only the tables it changed.
+        # PostgreSQL without a round trip: values are counted before only in the columns the plan drops
+        # (its static analysis), checked inside the transaction (_measured_downgrade); after the
+        # downgrade only the tables it changed are counted again.
         storage = (
             compare.storage_of(conn, version_table)
             if self.config.is_postgresql and not self.rehearsal.round_trip
             else None
         )
+        columns_before = compare.columns_of(conn, version_table) if storage is not None else {}
+        before = compare.measure(conn, version_table, self._planned_drops() if storage is not None else None)
+        states = [compare.schema_of(conn, version_table)] if self.rehearsal.round_trip else []
         written: set[str] | None = None
         conn.commit()
         steps: list[dict[str, Any]] = []
@@ -304,17 +307,36 @@ class _Run:
             mark[0] = time.monotonic()
 
         self._progress(f"downgrading the copy to {self.request.to_revision}")
-        began = time.monotonic()
-        try:
-            with conn.begin():
-                downgrade_in_transaction(
-                    conn, self.scratch_config, self.preview, self.request.to_revision, completed, on_step=on_step
-                )
-                if storage is not None:
-                    written = compare.tables_written(conn)  # only readable before the commit
-        except Exception as exc:  # noqa: BLE001 - the failure is the rehearsal's finding
-            self._fail(exc, failed_step(exc, self.preview.steps, completed), restore_ms=restore_ms, steps=steps)
-            return
+        recounted = False
+        while True:
+            began = time.monotonic()
+            mark[0] = began
+            try:
+                with conn.begin():
+                    downgrade_in_transaction(
+                        conn, self.scratch_config, self.preview, self.request.to_revision, completed, on_step=on_step
+                    )
+                    if storage is not None:
+                        written = compare.tables_written(conn)  # only readable before the commit
+                        missed = compare.uncounted_drops(before, columns_before, compare.columns_of(conn))
+                        if missed and recounted:
+                            raise OpsError(f"Dropped columns {sorted(missed)} could not be measured on the copy.")
+                        if missed:
+                            raise _Uncounted(missed)  # rolls the copy back to what was counted
+            except _Uncounted as uncounted:
+                # A column the plan's text does not name (e.g. dropped by dynamic SQL) was dropped: count
+                # every value as it was, then run the downgrade again on the rolled-back copy.
+                log.info("rehearsal %s: uncounted dropped columns %s", self.rehearsal.pk, sorted(uncounted.columns))
+                before = compare.measure(conn, version_table)
+                conn.commit()
+                recounted = True
+                steps.clear()
+                completed.clear()
+                continue
+            except Exception as exc:  # noqa: BLE001 - the failure is the rehearsal's finding
+                self._fail(exc, failed_step(exc, self.preview.steps, completed), restore_ms=restore_ms, steps=steps)
+                return
+            break
         downgrade_ms = _ms(began)
         schema_after = compare.schema_of(conn, version_table)
         if storage is not None and written is not None:
@@ -327,6 +349,14 @@ class _Run:
             self._progress("round trip: upgrading the copy back")
             report = self._round_trip(conn, steps, states, before)
         self._succeed(restore_ms, downgrade_ms, steps, before, after, schema_after, report)
+
+    def _planned_drops(self) -> dict[str, set[str]]:
+        """{table: columns} the static analysis found dropped (request.destructive)."""
+        drops: dict[str, set[str]] = {}
+        for item in self.request.destructive or []:
+            if str(item.get("kind", "")).upper() == "DROP COLUMN" and item.get("table") and item.get("column"):
+                drops.setdefault(str(item["table"]), set()).add(str(item["column"]))
+        return drops
 
     # ------------------------------------------------------------ round trip
     def _round_trip(self, conn: sa.Connection, steps: list[dict[str, Any]], states: list, before) -> dict[str, Any]:
@@ -434,6 +464,14 @@ class _Run:
                 },
                 **request_context(self.request),
             )
+
+
+class _Uncounted(Exception):
+    """Raised inside the downgrade's transaction to roll it back: dropped columns whose values were not counted."""
+
+    def __init__(self, columns: set) -> None:
+        super().__init__(f"uncounted dropped columns: {sorted(columns)}")
+        self.columns = columns
 
 
 def _ms(since: float) -> int:
