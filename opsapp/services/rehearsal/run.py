@@ -13,13 +13,18 @@
 3. Rows and non-null values are counted on the copy, then the executor's own
    downgrade (rollback.execute.downgrade_in_transaction) runs there: same
    isolation level, one transaction, `transaction_per_migration=False`.
-   Each step is timed. Then the copy is counted again: on PostgreSQL only
-   the tables the transaction wrote or whose data file changed (compare.rows_after).
+   Each step is timed. Then the copy is counted again. On PostgreSQL without
+   a round trip, values are counted only in the columns the static analysis
+   says are dropped (a column dropped that it missed rolls the transaction
+   back: all is counted, the downgrade runs again), and only the tables the
+   transaction wrote or whose data file changed are counted again
+   (compare.rows_after); docs/design.md "Rehearsals" says why that is exact.
 4. Optionally the round trip: upgrade back step by step, compare each step's
    schema with the one before its downgrade, the rows with those before, and
    `pg_dump --schema-only` with the snapshot's.
-5. The scratch copy is dropped (always). The production target is only read
-   (its heads, never locked, never written).
+5. The result is recorded, the approvers are mailed, then the scratch copy is
+   dropped (always). The production target is only read (its heads, never
+   locked, never written).
 """
 
 from __future__ import annotations
@@ -281,8 +286,8 @@ class _Run:
     def _downgrade_and_measure(self, conn: sa.Connection, restore_ms: int) -> None:
         version_table = self.preview.version_table
         # PostgreSQL without a round trip: values are counted before only in the columns the plan drops
-        # (its static analysis), checked inside the transaction (_measured_downgrade); after the
-        # downgrade only the tables it changed are counted again.
+        # (its static analysis; checked inside the downgrade's transaction below, which runs again with
+        # everything counted if a dropped column was missed); after it, only the tables it changed.
         storage = (
             compare.storage_of(conn, version_table)
             if self.config.is_postgresql and not self.rehearsal.round_trip
