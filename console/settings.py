@@ -312,6 +312,8 @@ OPS_REHEARSAL_URL = env.str("OPS_REHEARSAL_URL", default="")
 # Gate "rehearsal": unset means on for PostgreSQL targets when DEBUG is off.
 OPS_REQUIRE_REHEARSAL = env.bool("OPS_REQUIRE_REHEARSAL", default=None)
 OPS_REHEARSAL_RESTORE_JOBS = env.int("OPS_REHEARSAL_RESTORE_JOBS", default=min(4, os.cpu_count() or 1))
+# maintenance_work_mem (MB) of each restore job's session: index builds of the copy sort in memory.
+OPS_REHEARSAL_RESTORE_MEMORY_MB = env.int("OPS_REHEARSAL_RESTORE_MEMORY_MB", default=256)
 
 # Long operations run as durable jobs (opsapp.services.operations). Only an
 # Operation id ever enters the queue table: never a code, never a password.

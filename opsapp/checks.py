@@ -19,6 +19,7 @@ E040 (check --deploy) no audit MAC key with DEBUG off · E041 audit key unreadab
 E042 (check --deploy) no checkpoint signing or public key with DEBUG off · E043 checkpoint key
 file unreadable or not Ed25519.
 E070 OPS_REHEARSAL_URL is not a PostgreSQL URL · E071 OPS_REHEARSAL_RESTORE_JOBS below 1.
+E120 OPS_REHEARSAL_RESTORE_MEMORY_MB outside 1..2097151 (PostgreSQL's maintenance_work_mem range).
 E030 the task queue is not django-tasks-db's database backend (operations would not be durable) ·
 E031 OPS_HEARTBEAT_SECONDS, OPS_JOB_LOCK_WAIT_SECONDS or OPS_SNAPSHOT_RETRIES out of range.
 E110-E115 restore destinations (OPS_RESTORE_DESTINATIONS): E110 bad name · E111 no URL, or both
@@ -226,7 +227,8 @@ def check_two_factor(app_configs=None, **kwargs) -> list[Error]:
 
 @register(Tags.compatibility)
 def check_rehearsal_settings(app_configs=None, **kwargs) -> list[Error]:
-    """opsapp.E070: OPS_REHEARSAL_URL must be a PostgreSQL URL; E071: restore jobs must be 1 or more."""
+    """opsapp.E070: OPS_REHEARSAL_URL must be a PostgreSQL URL; E071: restore jobs must be 1 or more;
+    E120: the restore sessions' maintenance_work_mem must be one PostgreSQL accepts."""
     from opsapp.targets import mask_url
 
     errors: list[Error] = []
@@ -254,7 +256,21 @@ def check_rehearsal_settings(app_configs=None, **kwargs) -> list[Error]:
                 id="opsapp.E071",
             )
         )
+    memory = settings.OPS_REHEARSAL_RESTORE_MEMORY_MB
+    if not 1 <= memory <= MAX_MAINTENANCE_WORK_MEM_MB:
+        errors.append(
+            Error(
+                f"OPS_REHEARSAL_RESTORE_MEMORY_MB is {memory}; PostgreSQL's maintenance_work_mem takes "
+                f"1 to {MAX_MAINTENANCE_WORK_MEM_MB} MB.",
+                hint="Each of the OPS_REHEARSAL_RESTORE_JOBS restore sessions may use this much while it builds "
+                "an index of the scratch copy; 256 is the default.",
+                id="opsapp.E120",
+            )
+        )
     return errors
+
+
+MAX_MAINTENANCE_WORK_MEM_MB = 2147483647 // 1024  # PostgreSQL's limit, in kB
 
 
 @register(Tags.security)
