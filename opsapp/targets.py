@@ -16,6 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.views.debug import SafeExceptionReporterFilter
 
+from opsapp.services.db_url import parse_url
 from opsapp.services.errors import TargetMisconfigured, TargetNotConfigured
 from opsapp.targets_file import where
 
@@ -152,9 +153,7 @@ def validate_target(name: str) -> list[tuple[str, str]]:
         problems.append(("opsapp.E001", f"Target {name!r}{where(raw, 'url_env')} has no URL: {fix}."))
     else:
         try:
-            from sqlalchemy.engine import make_url
-
-            parsed = make_url(url)
+            parsed = parse_url(url)
             if parsed.get_backend_name() not in SUPPORTED_DIALECTS and not url.startswith("postgres://"):
                 raise ValueError(f"unsupported database {parsed.get_backend_name()!r} (use postgresql:// or sqlite://)")
             if parsed.get_backend_name() == "postgresql" and not parsed.database:
