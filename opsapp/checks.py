@@ -234,10 +234,10 @@ def check_rehearsal_settings(app_configs=None, **kwargs) -> list[Error]:
     errors: list[Error] = []
     url = (settings.OPS_REHEARSAL_URL or "").strip()
     if url:
-        from sqlalchemy.engine import make_url
+        from opsapp.services.db_url import parse_url
 
         try:
-            backend = make_url(url.replace("postgres://", "postgresql://", 1)).get_backend_name()
+            backend = parse_url(url.replace("postgres://", "postgresql://", 1)).get_backend_name()
         except Exception:  # noqa: BLE001 - any parse failure is a configuration problem
             backend = ""
         if backend != "postgresql":

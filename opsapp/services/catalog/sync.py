@@ -18,22 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from alembic.runtime.migration import MigrationContext
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, ScriptCatalog, Target, TargetState
 from opsapp.services.actors import Actor
-from opsapp.services.alembic_api import connect
 from opsapp.services.audit.log import append_event
 from opsapp.services.catalog import drift, store
-from opsapp.services.catalog.load import LoadedCatalog, fingerprint_of, open_script_directory
+from opsapp.services.catalog.load import LoadedCatalog, fingerprint_of, script_locations
 from opsapp.services.catalog.store import CatalogRead, Graph, graph_of
 from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured, TargetUnreachable
+from opsapp.services.version_table import read_heads
 from opsapp.targets import TargetConfig, get_target, mask_url
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 SYSTEM_ACTOR = Actor(username="system:catalog")
 # The actor of a heads change the console did not make: who saw it goes in the detail.
@@ -72,7 +74,7 @@ def script_fingerprint(config: TargetConfig) -> str:
 
     Raises ScriptDirectoryError when the script directory cannot be opened.
     """
-    return fingerprint_of(open_script_directory(config), config.alembic_ini)
+    return fingerprint_of(script_locations(config), config.alembic_ini)
 
 
 def read_current_heads(config: TargetConfig, connection: sa.Connection | None = None) -> list[str]:
@@ -82,11 +84,20 @@ def read_current_heads(config: TargetConfig, connection: sa.Connection | None = 
     """
     if connection is not None:
         return _heads_on(config, connection)
+    # The bare driver when it can (no SQLAlchemy import in a cron run), else SQLAlchemy's engine.
+    heads = read_heads(config)
+    if heads is not None:
+        return heads
+    from opsapp.services.alembic_api import connect
+
     with connect(config, shared=True) as conn:
         return _heads_on(config, conn)
 
 
 def _heads_on(config: TargetConfig, connection: sa.Connection) -> list[str]:
+    import sqlalchemy as sa
+    from alembic.runtime.migration import MigrationContext
+
     try:
         return sorted(MigrationContext.configure(connection).get_current_heads())
     except sa.exc.SQLAlchemyError as exc:

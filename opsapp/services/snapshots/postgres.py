@@ -26,17 +26,23 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
+import psycopg
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
-from sqlalchemy.engine import make_url
 
-from opsapp.services.alembic_api import connect
-from opsapp.services.catalog.sync import read_current_heads
+from opsapp.services.db_url import parse_url as make_url
 from opsapp.services.errors import SnapshotError
 from opsapp.services.snapshots.files import create_private_file
+from opsapp.services.version_table import connect_psycopg, heads_in_transaction
 from opsapp.targets import TargetConfig, mask_url
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+# SQLAlchemy is imported by the functions that need it (restore, inspection): the nightly
+# take_snapshot and verify_snapshots cron runs do not (issue 18, start-up).
 
 CHUNK = 1 << 20
 TOOL_TIMEOUT_SECONDS = 60
@@ -134,6 +140,36 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     binary = settings.OPS_PG_DUMP
     version = tool_version(binary, "OPS_PG_DUMP")
     conninfo, env_extra = libpq_target(config.url)
+    conn = connect_psycopg(config)
+    if conn is not None:
+        with conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction(), conn.cursor() as cursor:
+                heads = heads_in_transaction(config, cursor)
+                server_version = str(cursor.execute("SHOW server_version").fetchone()[0])
+                server_num = int(cursor.execute("SHOW server_version_num").fetchone()[0])
+                check_tool_not_older(version, server_num, server_version)
+                exported = str(cursor.execute("SELECT pg_export_snapshot()").fetchone()[0])
+                # Held open until pg_dump is done: the exported snapshot lives as long as this transaction.
+                size, digest = _stream_dump(
+                    [binary, "--format=custom", "--no-password", f"--snapshot={exported}", f"--dbname={conninfo}"],
+                    _child_env(env_extra),
+                    dest,
+                    progress,
+                )
+        return DumpResult(
+            size=size,
+            sha256=digest,
+            heads=heads,
+            tool_version=version,
+            server_version=server_version,
+            heads_after=heads,
+        )
+    # A URL only SQLAlchemy reads (multi-host): the same steps through its engine.
+    from opsapp.services.alembic_api import connect
+    from opsapp.services.catalog.sync import read_current_heads
+
     with connect(config) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
@@ -233,6 +269,8 @@ def check_archive(path: Path) -> None:
 
 
 def _engine(url: str) -> sa.Engine:
+    import sqlalchemy as sa
+
     scheme, rest = url.split("://", 1)
     if scheme in ("postgres", "postgresql"):
         url = f"postgresql+psycopg://{rest}"
@@ -244,6 +282,8 @@ def _engine(url: str) -> sa.Engine:
 
 
 def _open(url: str) -> tuple[sa.Engine, sa.Connection]:
+    import sqlalchemy as sa
+
     engine = _engine(url)
     try:
         return engine, engine.connect()
@@ -272,6 +312,8 @@ def server_identity(url: str) -> tuple[str, str] | None:
     `127.0.0.1`, a DNS name) give the same identity for the same database.
     None when the server cannot be reached or the role may not read it.
     """
+    import sqlalchemy as sa
+
     try:
         engine, conn = _open(url)
     except SnapshotError:
