@@ -33,6 +33,7 @@ from opsapp.services.audit.log import append_event
 from opsapp.services.catalog import drift
 from opsapp.services.catalog.load import ROW_FIELDS, LoadedCatalog, fingerprint_of, load_catalog, open_script_directory
 from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured, TargetUnreachable
+from opsapp.services.fleet.versions import read_version_table
 from opsapp.targets import TargetConfig, get_target, mask_url
 
 BATCH = 1000
@@ -43,6 +44,18 @@ OUTSIDE_ACTOR = Actor(username=OUTSIDE_THE_CONSOLE)
 
 
 # ------------------------------------------------------------------ helpers
+def mirrored_fields(name: str) -> dict[str, Any]:
+    """The Target fields that mirror configured target `name` (it must be configured)."""
+    raw = settings.OPS_TARGETS[name]
+    url = (raw.get("URL") or "").strip()
+    return {
+        "url_masked": mask_url(url)[:1000],
+        "dialect": url.split(":", 1)[0].split("+", 1)[0].lower()[:30] if url else "",
+        "alembic_ini": str(raw.get("ALEMBIC_INI") or "")[:1000],
+        "tags": dict(raw.get("TAGS") or {}),
+    }
+
+
 def ensure_target_row(name: str) -> Target:
     """The Target row mirroring configured target `name` (created if missing). Raises TargetNotConfigured."""
     if name not in settings.OPS_TARGETS:
@@ -50,14 +63,7 @@ def ensure_target_row(name: str) -> Target:
             f"Target {name!r} is not configured. Configured targets: {', '.join(settings.OPS_TARGETS) or 'none'}.",
             target=name,
         )
-    raw = settings.OPS_TARGETS[name]
-    url = (raw.get("URL") or "").strip()
-    values = {
-        "url_masked": mask_url(url)[:1000],
-        "dialect": url.split(":", 1)[0].split("+", 1)[0].lower()[:30] if url else "",
-        "alembic_ini": str(raw.get("ALEMBIC_INI") or "")[:1000],
-        "tags": dict(raw.get("TAGS") or {}),
-    }
+    values = mirrored_fields(name)
     target, created = Target.objects.get_or_create(name=name, defaults=values)
     if not created:
         changed = [key for key, value in values.items() if getattr(target, key) != value]
@@ -83,6 +89,9 @@ def read_current_heads(config: TargetConfig, connection: sa.Connection | None = 
     """
     if connection is not None:
         return _heads_on(config, connection)
+    if config.is_postgresql:
+        # One connection and one SELECT (no SQLAlchemy engine, no has_table probe): the fleet's cost.
+        return read_version_table(config)
     with connect(config, shared=True) as conn:
         return _heads_on(config, conn)
 
