@@ -1,6 +1,6 @@
 """Benchmark the console against the plain tools it wraps. One entry point.
 
-    python bench/run.py [--quick] [--only catalog,audit,snapshot,downgrade] [--profile]
+    python bench/run.py [--quick] [--only catalog,audit,snapshot,downgrade,fleet] [--profile]
 
 Builds its own data (script directories under bench/work/, a console database
 `ops_bench`, throwaway target databases it drops at the end), prints a table
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal")
+SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal", "fleet")
 
 FULL = {
     "catalog_sizes": (1_000, 10_000, 50_000),
@@ -41,6 +41,7 @@ FULL = {
     "plan_steps": 200,
     "startup_runs": 10,
     "snapshot_rounds": 3,
+    "fleet_targets": 500,  # issue 16's goals are for 500 targets
 }
 QUICK = {
     "catalog_sizes": (200, 1_000),
@@ -58,6 +59,7 @@ QUICK = {
     "plan_steps": 200,
     "startup_runs": 3,
     "snapshot_rounds": 3,
+    "fleet_targets": 50,
 }
 
 
@@ -136,6 +138,7 @@ def main(argv: list[str]) -> int:
     import bench_audit
     import bench_catalog
     import bench_downgrade
+    import bench_fleet
     import bench_rehearsal
     import bench_snapshot
     import bench_startup
@@ -147,6 +150,7 @@ def main(argv: list[str]) -> int:
         "snapshot": bench_snapshot,
         "downgrade": bench_downgrade,
         "rehearsal": bench_rehearsal,
+        "fleet": bench_fleet,
     }
     results: list[common.Result] = []
     failures: dict[str, str] = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -44,6 +44,18 @@ OUTSIDE_ACTOR = Actor(username=OUTSIDE_THE_CONSOLE)
 
 
 # ------------------------------------------------------------------ helpers
+def mirrored_fields(name: str) -> dict[str, Any]:
+    """The Target fields that mirror configured target `name` (it must be configured)."""
+    raw = settings.OPS_TARGETS[name]
+    url = (raw.get("URL") or "").strip()
+    return {
+        "url_masked": mask_url(url)[:1000],
+        "dialect": url.split(":", 1)[0].split("+", 1)[0].lower()[:30] if url else "",
+        "alembic_ini": str(raw.get("ALEMBIC_INI") or "")[:1000],
+        "tags": dict(raw.get("TAGS") or {}),
+    }
+
+
 def ensure_target_row(name: str) -> Target:
     """The Target row mirroring configured target `name` (created if missing). Raises TargetNotConfigured."""
     if name not in settings.OPS_TARGETS:
@@ -51,14 +63,7 @@ def ensure_target_row(name: str) -> Target:
             f"Target {name!r} is not configured. Configured targets: {', '.join(settings.OPS_TARGETS) or 'none'}.",
             target=name,
         )
-    raw = settings.OPS_TARGETS[name]
-    url = (raw.get("URL") or "").strip()
-    values = {
-        "url_masked": mask_url(url)[:1000],
-        "dialect": url.split(":", 1)[0].split("+", 1)[0].lower()[:30] if url else "",
-        "alembic_ini": str(raw.get("ALEMBIC_INI") or "")[:1000],
-        "tags": dict(raw.get("TAGS") or {}),
-    }
+    values = mirrored_fields(name)
     target, created = Target.objects.get_or_create(name=name, defaults=values)
     if not created:
         changed = [key for key, value in values.items() if getattr(target, key) != value]
