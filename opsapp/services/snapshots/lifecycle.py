@@ -31,7 +31,6 @@ from opsapp.models.rollback import OPEN_STATUSES, RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.audit.log import append_event
 from opsapp.services.catalog.sync import ensure_target_row
-from opsapp.services.db_url import parse_url as make_url
 from opsapp.services.errors import OpsError, SnapshotError
 from opsapp.services.snapshots import postgres as snapshot_pg
 from opsapp.services.snapshots import sqlite as snapshot_sqlite

@@ -12,7 +12,7 @@ def sync_roles(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("opsapp", "0016_audit_search_trigram"),
+        ("opsapp", "0017_script_catalog"),
     ]
 
     operations = [
