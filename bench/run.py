@@ -1,6 +1,6 @@
 """Benchmark the console against the plain tools it wraps. One entry point.
 
-    python bench/run.py [--quick] [--only catalog,audit,snapshot,downgrade] [--profile]
+    python bench/run.py [--quick] [--only catalog,audit,snapshot,downgrade,fleet] [--profile]
 
 Builds its own data (script directories under bench/work/, a console database
 `ops_bench`, throwaway target databases it drops at the end), prints a table
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal")
+SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal", "fleet")
 
 FULL = {
     "catalog_sizes": (1_000, 10_000, 50_000),
@@ -41,6 +41,7 @@ FULL = {
     "plan_steps": 200,
     "startup_runs": 10,
     "snapshot_rounds": 3,
+    "fleet_targets": 500,  # issue 16's goals are for 500 targets
 }
 QUICK = {
     "catalog_sizes": (200, 1_000),
@@ -58,6 +59,7 @@ QUICK = {
     "plan_steps": 200,
     "startup_runs": 3,
     "snapshot_rounds": 3,
+    "fleet_targets": 50,
 }
 
 
@@ -67,6 +69,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
     parser.add_argument("--profile", action="store_true", help="cProfile the figures that miss their goal")
     parser.add_argument("--keep", action="store_true", help="keep the console and target databases for inspection")
+    parser.add_argument(
+        "--catalog-sizes",
+        help="comma-separated revision counts for the catalog section (e.g. 10000 for a partial run at one size)",
+    )
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
@@ -121,7 +127,9 @@ def print_table(results: list[common.Result]) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.catalog_sizes:
+        sizes["catalog_sizes"] = tuple(int(n) for n in args.catalog_sizes.split(","))
     common.configure_environment()
     machine = common.machine_info()
     started = time.time()
@@ -130,6 +138,7 @@ def main(argv: list[str]) -> int:
     import bench_audit
     import bench_catalog
     import bench_downgrade
+    import bench_fleet
     import bench_rehearsal
     import bench_snapshot
     import bench_startup
@@ -141,6 +150,7 @@ def main(argv: list[str]) -> int:
         "snapshot": bench_snapshot,
         "downgrade": bench_downgrade,
         "rehearsal": bench_rehearsal,
+        "fleet": bench_fleet,
     }
     results: list[common.Result] = []
     failures: dict[str, str] = {}
@@ -174,7 +184,7 @@ def main(argv: list[str]) -> int:
 
     # Quick runs are for development: their results stay in the git-ignored work directory.
     # One file is one run: a partial (--only) or quick run never overwrites or splices latest.json.
-    complete = set(args.sections) == set(SECTIONS)
+    complete = set(args.sections) == set(SECTIONS) and not args.catalog_sizes
     if args.quick:
         out = common.WORK_DIR / "quick.json"
     elif not complete:

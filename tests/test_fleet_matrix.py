@@ -9,6 +9,8 @@ import re
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from opsapp.models import RollbackRequest, RollbackStatus, Snapshot, SnapshotStatus, Target, TargetState
@@ -164,3 +166,30 @@ def test_check_drift_all_json_gives_the_same_matrix(client, admin_user, scripts,
     client.force_login(admin_user)
     html = client.get(reverse("admin:index")).content.decode()
     assert matrix_rows(html) == {name: row["matrix_state"] for name, row in report.items()}
+
+
+def add_targets(count: int, start: int) -> None:
+    """`count` synced targets, each with a verified snapshot and an open request (the matrix's per-target facts)."""
+    for i in range(start, start + count):
+        target = Target.objects.create(
+            name=f"t{i:03d}", state=TargetState.BEHIND, pending_count=2, current_heads=["a1"], tags={"region": "eu"}
+        )
+        Snapshot.objects.create(target=target, status=SnapshotStatus.VERIFIED, format="pg_custom")
+        RollbackRequest.objects.create(target=target, status=RollbackStatus.PENDING, reason="r", to_revision="a")
+
+
+def index_queries(client) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        html = client.get(reverse("admin:index")).content.decode()
+    assert html.count('class="fleet-row ') == Target.objects.count()
+    return len(queries.captured_queries)
+
+
+def test_the_index_runs_as_many_queries_for_50_targets_as_for_5(client, admin_user):
+    client.force_login(admin_user)
+    add_targets(5, 0)
+    index_queries(client)  # warm: session, content types
+    five = index_queries(client)
+    add_targets(45, 5)
+
+    assert index_queries(client) == five

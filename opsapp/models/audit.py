@@ -44,6 +44,7 @@ class AuditAction(models.TextChoices):
     CODE_ACCEPTED = "code_accepted", "code accepted, downgrade queued"
     OPERATION_CANCELLED = "operation_cancelled", "operation cancelled"
     OPERATION_INTERRUPTED = "operation_interrupted", "operation interrupted"
+    RESTORE_QUEUED = "restore_queued", "restore queued"
 
 
 class AuditOutcome(models.TextChoices):

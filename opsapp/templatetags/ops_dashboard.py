@@ -11,12 +11,12 @@ stored fields, as on the request list (the live checklist is on the request page
 
 from __future__ import annotations
 
+from html import escape
 from typing import Any
 
 from django import template
 from django.conf import settings
 from django.urls import NoReverseMatch, reverse
-from django.utils.html import escape
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
@@ -52,30 +52,55 @@ def _url_pattern(name: str) -> str | None:
     return url.replace("999999999", "{}") if url else None
 
 
+def _state_cells(row, columns: dict[str, str]) -> str:
+    title = escape(row.state_label + (f": {row.state_detail[:300]}" if row.state_detail else ""))
+    cells = []
+    for column in columns:
+        if column != row.matrix_state:
+            cells.append('<td class="fleet-cell"></td>')
+            continue
+        text = {"behind": f"behind {row.behind}", "unknown": escape(row.state_label)}.get(column, "&#x25CF;")
+        cells.append(f'<td class="fleet-cell here state-{column}" title="{title}">{text}</td>')
+    return "".join(cells)
+
+
+def _heads_html(heads: tuple[str, ...]) -> str:
+    return ", ".join(f"<code>{escape(h[:12])}{'…' if len(h) > 12 else ''}</code>" for h in heads) or "-"
+
+
+def _tags_html(tags: tuple[tuple[str, str], ...]) -> str:
+    return " ".join(f'<span class="fleet-tag">{escape(str(k))}={escape(str(v))}</span>' for k, v in sorted(tags))
+
+
 def render_fleet_rows(rows: list, columns: dict[str, str]) -> str:
     """The matrix's <tr>s, built in Python rather than in the template language.
 
     Why: at 500 targets the template engine spent most of the index's time on
-    these rows (about 60 nodes each). Every value is escaped with `escape`.
+    these rows (about 60 nodes each). Every value is escaped with the standard
+    library's `html.escape` (what Django's `escape` calls, without its lazy-string
+    wrapper). A fleet shares a few states, heads and tag sets: each distinct one
+    is rendered once per page, not once per target.
     """
     max_age = settings.OPS_SNAPSHOT_MAX_AGE_SECONDS
     requests_url = _url("admin:opsapp_rollbackrequest_changelist")
     target_url = _url_pattern("admin:opsapp_target_change")
     snapshot_url = _url_pattern("admin:opsapp_snapshot_change")
+    cells_memo: dict[tuple, str] = {}
+    heads_memo: dict[tuple, str] = {}
+    tags_memo: dict[tuple, str] = {}
     html = []
     for row in rows:
         name = escape(row.name)
         if row.pk and target_url:
             name = f'<a href="{target_url.format(row.pk)}">{name}</a>'
-        title = escape(row.state_label + (f": {row.state_detail[:300]}" if row.state_detail else ""))
-        cells = []
-        for column in columns:
-            if column != row.matrix_state:
-                cells.append('<td class="fleet-cell"></td>')
-                continue
-            text = {"behind": f"behind {row.behind}", "unknown": escape(row.state_label)}.get(column, "&#x25CF;")
-            cells.append(f'<td class="fleet-cell here state-{column}" title="{title}">{text}</td>')
-        heads = ", ".join(f"<code>{escape(h[:12])}{'…' if len(h) > 12 else ''}</code>" for h in row.heads) or "-"
+        key = (row.matrix_state, row.behind, row.state_label, row.state_detail)
+        cells = cells_memo.get(key)
+        if cells is None:
+            cells = cells_memo[key] = _state_cells(row, columns)
+        key = tuple(row.heads)
+        heads = heads_memo.get(key)
+        if heads is None:
+            heads = heads_memo[key] = _heads_html(key)
         if row.snapshot_id:
             ref = f"#{row.snapshot_id}"
             if snapshot_url:
@@ -90,9 +115,12 @@ def render_fleet_rows(rows: list, columns: dict[str, str]) -> str:
         requests = str(row.open_requests)
         if row.open_requests and requests_url:
             requests = f'<a href="{requests_url}?target__id__exact={row.pk}">{row.open_requests}</a>'
-        tags = " ".join(f'<span class="fleet-tag">{escape(k)}={escape(v)}</span>' for k, v in sorted(row.tags.items()))
+        key = tuple(row.tags.items())
+        tags = tags_memo.get(key)
+        if tags is None:
+            tags = tags_memo[key] = _tags_html(key)
         html.append(
-            f'<tr class="fleet-row fleet-state-{row.matrix_state}"><th>{name}</th>{"".join(cells)}'
+            f'<tr class="fleet-row fleet-state-{row.matrix_state}"><th>{name}</th>{cells}'
             f'<td>{heads}</td><td>{snapshot}</td><td>{requests}</td><td class="fleet-tags">{tags}</td></tr>\n'
         )
     return mark_safe("".join(html))  # noqa: S308 - built above from escaped values
