@@ -126,7 +126,9 @@ def generate_events(n: int) -> float:
         conn.execute("SET maintenance_work_mem = '256MB'")
         for _, definition in indexes:
             conn.execute(definition)
-        conn.execute(f"ANALYZE {TABLE}")
+        # What autovacuum does to a table that grew by a million rows (this bench server runs with autovacuum
+        # off): statistics, and the visibility map that lets a filtered count read only the index.
+        conn.execute(f"VACUUM ANALYZE {TABLE}")
     return time.perf_counter() - start
 
 
@@ -298,15 +300,10 @@ def append_figures(per_writer: int) -> list[Result]:
     ]
 
 
-def verify_figures() -> list[Result]:
+def _plain_read() -> tuple[int, float]:
+    """(rows, seconds) of reading every event through a psycopg server-side cursor, nothing else done."""
     import psycopg
 
-    from opsapp.services.audit.verify import verify_chain
-
-    elapsed, result = common.timed(verify_chain)
-    if not result.ok:
-        raise RuntimeError(f"verify_chain found a problem in the generated chain: {result.message}")
-    rate = result.checked / elapsed
     with psycopg.connect(common.database_url(common.CONSOLE_DB)) as conn:
         start = time.perf_counter()
         rows = 0
@@ -315,7 +312,22 @@ def verify_figures() -> list[Result]:
             cur.execute(f"SELECT * FROM {TABLE} ORDER BY seq")
             for _ in cur:
                 rows += 1
-        raw_rate = rows / (time.perf_counter() - start)
+        return rows, time.perf_counter() - start
+
+
+def verify_figures(rounds: int = 2) -> list[Result]:
+    from opsapp.services.audit.verify import verify_chain
+
+    # Alternate the two, best of `rounds` each: on a shared machine one slow moment should not decide.
+    verify_s, read_s = [], []
+    for _ in range(rounds):
+        elapsed, result = common.timed(verify_chain)
+        if not result.ok:
+            raise RuntimeError(f"verify_chain found a problem in the generated chain: {result.message}")
+        verify_s.append(elapsed)
+        rows, seconds = _plain_read()
+        read_s.append(seconds)
+    rate, raw_rate = result.checked / min(verify_s), rows / min(read_s)
     return [
         Result(
             f"chain verification, {result.checked:,} events",
@@ -325,8 +337,10 @@ def verify_figures() -> list[Result]:
             rate / raw_rate,
             ">= 100,000 events/s, MACs included",
             rate >= 100_000,
-            note=f"{elapsed:.1f} s, every event keyed (SHA-256 + HMAC-SHA256); baseline = reading the same rows "
-            "without hashing (psycopg server-side cursor, SELECT *)",
+            note=f"best of {rounds}: {min(verify_s):.1f} s (all: {', '.join(f'{s:.1f}' for s in verify_s)} s), every "
+            "event keyed (SHA-256 + HMAC-SHA256), read as one COPY stream; baseline = reading the same rows without "
+            f"hashing (psycopg server-side cursor, SELECT *, best of {rounds}: "
+            f"{', '.join(f'{s:.1f}' for s in read_s)} s)",
         )
     ]
 

@@ -28,6 +28,7 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -248,7 +249,8 @@ def payload_rows(after: int = 0, batch_size: int = 5000, *, limit: int | None = 
     decoded at a time. One row at a time, because a batch of tuples kept alive
     costs more in garbage collection than the generator does. Close the
     iterator (contextlib.closing) when stopping early: that cancels the COPY
-    inside its own savepoint, which leaves the connection usable.
+    inside its own savepoint, which leaves the connection usable. Read a
+    bounded one (`limit`) to its end: it has no savepoint.
     """
     if connection.vendor != "postgresql":
         for rows in batches(after, batch_size if limit is None else min(batch_size, limit)):
@@ -261,7 +263,10 @@ def payload_rows(after: int = 0, batch_size: int = 5000, *, limit: int | None = 
     columns = ", ".join(_stream_column(name) for name in ROW_FIELDS)
     bound = "" if limit is None else f" LIMIT {int(limit)}"
     sql = f"COPY (SELECT {columns} FROM {table} WHERE seq > {int(after)} ORDER BY seq{bound}) TO STDOUT"
-    with transaction.atomic(), connection.cursor() as cursor, cursor.copy(sql) as copy:
+    # The savepoint only for an unbounded read: a bounded one (append_event's re-read) is read to its end,
+    # and two more round trips per append would slow every audited operation.
+    savepoint = transaction.atomic() if limit is None else nullcontext()
+    with savepoint, connection.cursor() as cursor, cursor.copy(sql) as copy:
         pending: list[bytes] = []
         for data in copy:  # one message per row, but only a newline ends a row
             pending.append(bytes(data))
