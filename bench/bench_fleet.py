@@ -15,7 +15,9 @@ Measures:
 - the same re-sync with --jobs 1 (the serial baseline);
 - p50/p95 of the admin index (the fleet matrix) over `--requests` requests,
   and its query count;
-- catalog row count (Revision rows).
+- catalog row counts: the Revision rows stored (one per revision per script
+  directory) against the rows per-target storage would hold (one per revision
+  per target, as before migration 0017).
 
 Each figure is printed with its goal and pass/fail. The goals of issue 16
 are for 500 targets (first sync <= 60 s, re-sync <= 15 s, index p95 <= 200 ms);
@@ -291,16 +293,28 @@ def main(argv: list[str]) -> int:
 
     from django.contrib.auth import get_user_model
     from django.db import connection
+    from django.db.models import Sum
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from opsapp.models import Revision, Target
+    from opsapp.models import Revision, ScriptCatalog, Target
 
     results["states"] = {
         state: Target.objects.filter(state=state).count()
         for state in Target.objects.values_list("state", flat=True).distinct()
     }
     results["revision_rows"] = Revision.objects.count()
+    per_target = Target.objects.aggregate(rows=Sum("revision_count"))["rows"] or 0
+    results["catalog_rows"] = {
+        "per_target_storage": per_target,
+        "per_directory_storage": results["revision_rows"],
+        "catalogs": ScriptCatalog.objects.count(),
+        "reduction": round(per_target / results["revision_rows"], 1) if results["revision_rows"] else None,
+    }
+    common.log(
+        f"catalog rows: {per_target} per target -> {results['revision_rows']} in "
+        f"{results['catalog_rows']['catalogs']} catalogs"
+    )
     add_facts()
     user = get_user_model().objects.create_superuser("bench", "b@example.test", "pw-bench-123")
     client = Client()

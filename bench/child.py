@@ -43,7 +43,11 @@ def sync(target: str) -> dict:
     start = time.perf_counter()
     synced = sync_target(target)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "count": Revision.objects.filter(target=synced).count(), "state": synced.state}
+    return {
+        "seconds": seconds,
+        "count": Revision.objects.filter(catalog_id=synced.catalog_id).count(),
+        "state": synced.state,
+    }
 
 
 def page(url: str, username: str) -> dict:

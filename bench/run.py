@@ -69,6 +69,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
     parser.add_argument("--profile", action="store_true", help="cProfile the figures that miss their goal")
     parser.add_argument("--keep", action="store_true", help="keep the console and target databases for inspection")
+    parser.add_argument(
+        "--catalog-sizes",
+        help="comma-separated revision counts for the catalog section (e.g. 10000 for a partial run at one size)",
+    )
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
@@ -123,7 +127,9 @@ def print_table(results: list[common.Result]) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.catalog_sizes:
+        sizes["catalog_sizes"] = tuple(int(n) for n in args.catalog_sizes.split(","))
     common.configure_environment()
     machine = common.machine_info()
     started = time.time()
@@ -178,7 +184,7 @@ def main(argv: list[str]) -> int:
 
     # Quick runs are for development: their results stay in the git-ignored work directory.
     # One file is one run: a partial (--only) or quick run never overwrites or splices latest.json.
-    complete = set(args.sections) == set(SECTIONS)
+    complete = set(args.sections) == set(SECTIONS) and not args.catalog_sizes
     if args.quick:
         out = common.WORK_DIR / "quick.json"
     elif not complete:

@@ -117,6 +117,12 @@ VAR_DIR = Path(env.str("OPS_VAR_DIR", default=str(BASE_DIR / "var")))
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'console.sqlite3'}"),
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite has no row locks (SELECT ... FOR UPDATE does nothing): every transaction takes the write
+    # lock when it begins, so two that read-then-write the same rows (one backup code used twice, one
+    # request executed twice) run one after the other instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("transaction_mode", "IMMEDIATE")
+    DATABASES["default"]["OPTIONS"].setdefault("timeout", 20)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -251,6 +257,18 @@ if OPS_TARGETS_FILE:
     for _name, _raw in load_targets_file(OPS_TARGETS_FILE, os.environ).targets.items():
         OPS_TARGETS.setdefault(_name, _raw)
 
+# Restore destinations (opsapp.destinations, docs/restore.md): named, new and empty databases a queued
+# restore writes into. The queue holds only the name; the URL (with its password) stays in the
+# environment: OPS_RESTORE_DESTINATION_<NAME>_URL, or _URL_FILE naming a file that holds it.
+OPS_RESTORE_DESTINATIONS = {
+    _name: {
+        "URL": env.str(f"OPS_RESTORE_DESTINATION_{_name.upper()}_URL", default=""),
+        "URL_FILE": env.str(f"OPS_RESTORE_DESTINATION_{_name.upper()}_URL_FILE", default=""),
+    }
+    for _name in (n.strip() for n in env.str("OPS_RESTORE_DESTINATIONS", default="").split(","))
+    if _name
+}
+
 # Django's error pages and reports mask target passwords (OPS_TARGETS and URLs in tracebacks).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "opsapp.targets.MaskingExceptionReporterFilter"
 
@@ -294,6 +312,8 @@ OPS_REHEARSAL_URL = env.str("OPS_REHEARSAL_URL", default="")
 # Gate "rehearsal": unset means on for PostgreSQL targets when DEBUG is off.
 OPS_REQUIRE_REHEARSAL = env.bool("OPS_REQUIRE_REHEARSAL", default=None)
 OPS_REHEARSAL_RESTORE_JOBS = env.int("OPS_REHEARSAL_RESTORE_JOBS", default=min(4, os.cpu_count() or 1))
+# maintenance_work_mem (MB) of each restore job's session: index builds of the copy sort in memory.
+OPS_REHEARSAL_RESTORE_MEMORY_MB = env.int("OPS_REHEARSAL_RESTORE_MEMORY_MB", default=256)
 
 # Long operations run as durable jobs (opsapp.services.operations). Only an
 # Operation id ever enters the queue table: never a code, never a password.

@@ -19,8 +19,12 @@ E040 (check --deploy) no audit MAC key with DEBUG off · E041 audit key unreadab
 E042 (check --deploy) no checkpoint signing or public key with DEBUG off · E043 checkpoint key
 file unreadable or not Ed25519.
 E070 OPS_REHEARSAL_URL is not a PostgreSQL URL · E071 OPS_REHEARSAL_RESTORE_JOBS below 1.
+E120 OPS_REHEARSAL_RESTORE_MEMORY_MB outside 1..2097151 (PostgreSQL's maintenance_work_mem range).
 E030 the task queue is not django-tasks-db's database backend (operations would not be durable) ·
 E031 OPS_HEARTBEAT_SECONDS, OPS_JOB_LOCK_WAIT_SECONDS or OPS_SNAPSHOT_RETRIES out of range.
+E110-E115 restore destinations (OPS_RESTORE_DESTINATIONS): E110 bad name · E111 no URL, or both
+_URL and _URL_FILE · E112 _URL_FILE unreadable or empty · E113 malformed URL · E114 the database of a
+configured target · E115 the console's own database.
 W044 (database checks, as at `migrate`) the audit search has no pg_trgm index on PostgreSQL.
 """
 
@@ -223,16 +227,17 @@ def check_two_factor(app_configs=None, **kwargs) -> list[Error]:
 
 @register(Tags.compatibility)
 def check_rehearsal_settings(app_configs=None, **kwargs) -> list[Error]:
-    """opsapp.E070: OPS_REHEARSAL_URL must be a PostgreSQL URL; E071: restore jobs must be 1 or more."""
+    """opsapp.E070: OPS_REHEARSAL_URL must be a PostgreSQL URL; E071: restore jobs must be 1 or more;
+    E120: the restore sessions' maintenance_work_mem must be one PostgreSQL accepts."""
     from opsapp.targets import mask_url
 
     errors: list[Error] = []
     url = (settings.OPS_REHEARSAL_URL or "").strip()
     if url:
-        from sqlalchemy.engine import make_url
+        from opsapp.services.db_url import parse_url
 
         try:
-            backend = make_url(url.replace("postgres://", "postgresql://", 1)).get_backend_name()
+            backend = parse_url(url.replace("postgres://", "postgresql://", 1)).get_backend_name()
         except Exception:  # noqa: BLE001 - any parse failure is a configuration problem
             backend = ""
         if backend != "postgresql":
@@ -251,7 +256,21 @@ def check_rehearsal_settings(app_configs=None, **kwargs) -> list[Error]:
                 id="opsapp.E071",
             )
         )
+    memory = settings.OPS_REHEARSAL_RESTORE_MEMORY_MB
+    if not 1 <= memory <= MAX_MAINTENANCE_WORK_MEM_MB:
+        errors.append(
+            Error(
+                f"OPS_REHEARSAL_RESTORE_MEMORY_MB is {memory}; PostgreSQL's maintenance_work_mem takes "
+                f"1 to {MAX_MAINTENANCE_WORK_MEM_MB} MB.",
+                hint="Each of the OPS_REHEARSAL_RESTORE_JOBS restore sessions may use this much while it builds "
+                "an index of the scratch copy; 256 is the default.",
+                id="opsapp.E120",
+            )
+        )
     return errors
+
+
+MAX_MAINTENANCE_WORK_MEM_MB = 2147483647 // 1024  # PostgreSQL's limit, in kB
 
 
 @register(Tags.security)
@@ -309,6 +328,24 @@ def check_audit_keys_deploy(app_configs=None, **kwargs) -> list[Error]:
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_restore_destinations(app_configs=None, **kwargs) -> list[Error]:
+    """opsapp.E110-E115: every restore destination has a usable URL that is no target's and not the console's."""
+    from opsapp.destinations import destination_names, validate_destination
+
+    return [
+        Error(
+            message,
+            hint="Each name in OPS_RESTORE_DESTINATIONS needs OPS_RESTORE_DESTINATION_<NAME>_URL (or _URL_FILE) "
+            "naming a new, empty database (docs/restore.md).",
+            id=check_id,
+            obj=f"restore destination {name}",
+        )
+        for name in destination_names()
+        for check_id, message in validate_destination(name)
+    ]
 
 
 _DB_BACKEND = "django_tasks_db.DatabaseBackend"

@@ -1,7 +1,7 @@
 """The console's roles (groups) and their permissions. Used by a data migration.
 
-operators  view everything, request downgrades, take and attach snapshots, execute with a code,
-           cancel operations
+operators  view everything, request downgrades, take, attach and restore snapshots (into a restore
+           destination), execute with a code, cancel operations
 approvers  receive verification codes, view everything
 auditors   view everything, change nothing, export the audit log
 """
@@ -24,6 +24,7 @@ ROLES: dict[str, list[str]] = {
         "opsapp.change_rollbackrequest",
         "opsapp.execute_rollbackrequest",
         "opsapp.take_snapshot",
+        "opsapp.restore_snapshot",
         "opsapp.cancel_operation",
     ],
     "approvers": VIEW_ALL + ["opsapp.approve_rollbackrequest"],

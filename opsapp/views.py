@@ -18,11 +18,9 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.templatetags.static import static
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from opsapp.roles import ROLES
 from opsapp.services.actors import client_ip
-from opsapp.services.metrics import render_metrics
 
 ROLE_DUTIES = {
     "operators": "request downgrades, take and attach snapshots, execute with a code",
@@ -91,4 +89,10 @@ def metrics(request: HttpRequest) -> HttpResponse:
         response["Content-Type"] = "text/plain"
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
+    # Imported here: every management command's URL check imports this module, and
+    # prometheus_client cost a cron run ~0.1 s for a page cron never serves.
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from opsapp.services.metrics import render_metrics
+
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)

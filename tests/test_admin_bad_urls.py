@@ -93,7 +93,7 @@ def test_every_page_of_a_target_that_is_down_renders_and_never_shows_its_passwor
     configure_target("down", DOWN_URL, branchy_scripts.ini)
     target = sync_target("down")
     assert target.state == "unreachable"
-    revision = Revision.objects.filter(target=target).first()
+    revision = Revision.objects.filter(catalog_id=target.catalog_id).first()
     client.raise_request_exception = True
     client.force_login(admin_user)
     pages = [

@@ -60,7 +60,9 @@ def ids_in_changelist(response) -> set[str]:
 
 
 def revision_url(target: Target, rev: str) -> str:
-    return reverse("admin:opsapp_revision_change", args=[Revision.objects.get(target=target, revision=rev).pk])
+    return reverse(
+        "admin:opsapp_revision_change", args=[Revision.objects.get(catalog_id=target.catalog_id, revision=rev).pk]
+    )
 
 
 # ------------------------------------------------------------------ targets
@@ -182,7 +184,7 @@ def test_sync_now_refuses_a_get_and_a_post_without_csrf_token(admin_user, branch
     url = reverse("admin:opsapp_target_sync", args=[branchy.pk])
     assert client.get(url).status_code == 405
     assert client.post(url).status_code == 403
-    assert not Revision.objects.filter(target=branchy, revision="i9").exists()
+    assert not Revision.objects.filter(catalog_id=branchy.catalog_id, revision="i9").exists()
 
 
 def test_sync_now_rereads_the_script_directory(admin_client, branchy):
@@ -192,13 +194,13 @@ def test_sync_now_rereads_the_script_directory(admin_client, branchy):
     response = admin_client.post(reverse("admin:opsapp_target_sync", args=[branchy.pk]), follow=True)
     assert response.status_code == 200
     assert "Synced branchy: 10 revisions" in response.content.decode()
-    assert Revision.objects.filter(target=branchy, revision="i9", is_head=True).exists()
+    assert Revision.objects.filter(catalog_id=branchy.catalog_id, revision="i9", is_head=True).exists()
 
 
 # ------------------------------------------------------------------ permissions
 def test_a_view_only_user_reads_every_page_but_cannot_add_change_or_delete(client, auditor, branchy):
     client.force_login(auditor)
-    g7 = Revision.objects.get(target=branchy, revision="g7")
+    g7 = Revision.objects.get(catalog_id=branchy.catalog_id, revision="g7")
     for url in (
         reverse("admin:opsapp_target_changelist"),
         reverse("admin:opsapp_target_change", args=[branchy.pk]),
@@ -330,7 +332,7 @@ def test_a_depends_on_naming_a_branch_label_links_to_the_revision_carrying_it(
     configure_target("labels", pg_url, sd.ini)
     target = sync_target("labels")
     page = admin_client.get(revision_url(target, "r3")).content.decode()
-    assert f'<a href="{revision_url(target, "r2")}">feature (r2)</a>' in page
+    assert f'<a href="{revision_url(target, "r2")}?target={target.pk}">feature (r2)</a>' in page
 
 
 def test_a_page_view_records_nothing_and_sync_now_audits_heads_moved_outside_the_console(
@@ -420,7 +422,7 @@ def changelist_select(admin_client, url: str) -> str:
 
     with CaptureQueriesContext(connection) as queries:
         assert admin_client.get(url).status_code == 200
-    pages = [q["sql"] for q in queries if 'ORDER BY "opsapp_revision"."target_id" ASC' in q["sql"]]
+    pages = [q["sql"] for q in queries if 'ORDER BY "opsapp_revision"."catalog_id" ASC' in q["sql"]]
     assert pages, [q["sql"] for q in queries]
     # A one-page list is read whole; at 50k revisions the page is the first 100.
     return pages[-1] if " LIMIT " in pages[-1] else pages[-1] + " LIMIT 100"
@@ -442,7 +444,7 @@ def test_the_revision_list_reads_its_page_from_an_index_without_sorting(admin_cl
         cursor.execute("SET LOCAL enable_incremental_sort = off")
         cursor.execute("EXPLAIN " + sql)
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "Sort" not in plan and "revision_target_pos_id" in plan, plan
+    assert "Sort" not in plan and "revision_catalog_pos_id" in plan, plan
 
 
 def test_revision_pages_show_alembics_plan_without_building_a_revision_map(admin_client, branchy):
@@ -453,7 +455,7 @@ def test_revision_pages_show_alembics_plan_without_building_a_revision_map(admin
     assert heads
     planner._MAP_CACHE.clear()
     shown = {}
-    for row in Revision.objects.filter(target=branchy):
+    for row in Revision.objects.filter(catalog_id=branchy.catalog_id):
         response = admin_client.get(revision_url(branchy, row.revision))
         assert response.status_code == 200
         shown[row.revision] = ([rev for rev, _ in response.context["plan_steps"]], response.context["plan_error"])

@@ -342,7 +342,7 @@ def test_the_demo_walk_through_works_in_the_admin_on_the_embedded_sqlite_target(
     catalog.sync_target("shop")
     client.force_login(operator)
 
-    revision = Revision.objects.get(target__name="shop", revision="a7d3b8c2e18b")
+    revision = Revision.objects.get(catalog__targets__name="shop", revision="a7d3b8c2e18b")
     page = client.get(reverse("admin:opsapp_revision_change", args=[revision.pk])).content.decode()
     link = url("add") + "?target=shop&amp;to=a7d3b8c2e18b"
     assert link in page
@@ -406,7 +406,7 @@ def test_every_label_the_readme_walk_through_names_is_on_the_pages_it_visits(cli
     labels.discard("shop")  # the demo target's name; this world's target is another
 
     client.force_login(operator)
-    revision = Revision.objects.get(target=world.target, revision="g7")
+    revision = Revision.objects.get(catalog_id=world.target.catalog_id, revision="g7")
     pages = [
         reverse("admin:index"),
         reverse("admin:opsapp_target_change", args=[world.target.pk]),

@@ -198,6 +198,63 @@ def test_the_requests_rehearsals_are_in_the_bundle_with_their_audit_events_and_v
     assert result.returncode == 1 and "rehearsals.json: event #1 of rehearsal" in result.stdout, result.stdout
 
 
+def test_the_schema_after_a_rehearsal_is_in_the_bundle_and_a_changed_one_fails_naming_the_member(
+    ready_request, operator, tmp_path
+):
+    import json
+
+    from rollback_fixtures import operator_actor
+
+    from opsapp.models import Rehearsal
+    from opsapp.services.rehearsal.run import run_rehearsal
+
+    request = ready_request.request
+    rehearsal = run_rehearsal(request.pk, actor=operator_actor(operator))
+    assert rehearsal.status == "succeeded"
+    bundle = tmp_path / "evidence.zip"
+    call_command("export_evidence", str(request.pk), "--output", str(bundle), stderr=StringIO())
+    with zipfile.ZipFile(bundle) as z:
+        (listed,) = json.loads(z.read("rehearsals.json"))
+    assert listed["schema_after"] == rehearsal.schema_after
+    assert sorted(listed["schema_after"]["customers"]["columns"]) == ["id", "name"]  # r1: email and notes gone
+    key = write_public_key(tmp_path)
+    assert offline(tmp_path, str(bundle), "--public-key", str(key)).returncode == 0
+
+    forged_schema = json.loads(json.dumps(listed["schema_after"]))
+    forged_schema["customers"]["columns"]["email"] = {"type": "VARCHAR(100)", "nullable": True}
+    # Edited in the zip: the signed manifest names the member.
+    edited = tmp_path / "edited.zip"
+    rebuild(
+        bundle,
+        edited,
+        "rehearsals.json",
+        lambda data: json.dumps([{**json.loads(data)[0], "schema_after": forged_schema}]).encode(),
+    )
+    result = offline(tmp_path, str(edited), "--public-key", str(key))
+    assert result.returncode == 1
+    assert "rehearsals.json: changed since the bundle was signed" in result.stdout, result.stdout
+    # Re-signed with the console's own key: the audit chain still names the member and the rehearsal.
+    resigned = tmp_path / "resigned.zip"
+    resign(bundle, resigned, "rehearsals.json", json.dumps([{**listed, "schema_after": forged_schema}]).encode())
+    result = offline(tmp_path, str(resigned), "--public-key", str(key))
+    assert result.returncode == 1, result.stdout
+    assert f"rehearsals.json: schema_after of rehearsal #{rehearsal.pk} is not the schema its audit event" in (
+        result.stdout
+    )
+    # The rehearsal's row changed in the console's database before an export: the bundle is signed, yet
+    # both verifiers (the auditor's file and manage.py verify_evidence) find the member.
+    Rehearsal.objects.filter(pk=rehearsal.pk).update(schema_after=forged_schema)
+    later = tmp_path / "later.zip"
+    call_command("export_evidence", str(request.pk), "--output", str(later), stderr=StringIO())
+    result = offline(tmp_path, str(later), "--public-key", str(key))
+    assert result.returncode == 1 and f"schema_after of rehearsal #{rehearsal.pk}" in result.stdout, result.stdout
+    out = StringIO()
+    with pytest.raises(CommandError, match="does not verify"):
+        call_command("verify_evidence", str(later), "--public-key", str(key), stdout=out)
+    assert f"FAIL rehearsals.json: schema_after of rehearsal #{rehearsal.pk}" in out.getvalue()
+    assert "OK" not in out.getvalue()
+
+
 def test_a_bundle_checked_with_another_key_fails(ready_request, tmp_path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -63,7 +63,7 @@ def test_the_graph_of_300_revisions_jumps_to_current_head_and_id_and_collapses(
         command.stamp(make_config(config, connection=conn), [current])
         conn.commit()
     target = sync_target("big")
-    head = Revision.objects.get(target=target, is_head=True).revision
+    head = Revision.objects.get(catalog_id=target.catalog_id, is_head=True).revision
     deep = revisions[5]  # far down the scroll box
     url = reverse("admin:opsapp_target_graph", args=[target.pk])
     device = make_device(operator)

@@ -38,7 +38,7 @@ def pages(shop, executed_rollback, operator, approver) -> dict[str, str]:  # noq
     )
     assert codes_mailed_to(mail.outbox, approver.email)
     event = AuditEvent.objects.filter(action="rollback_succeeded").get()
-    revision = Revision.objects.get(target=shop, revision=MERGE)
+    revision = Revision.objects.get(catalog_id=shop.catalog_id, revision=MERGE)
     return {
         "dashboard": reverse("admin:index"),
         "targets": reverse("admin:opsapp_target_changelist"),

@@ -28,6 +28,14 @@ from operations_support import mailed_by_worker, start_worker, stop_worker, work
 
 from opsapp.models import Operation, Rehearsal, RollbackStatus
 
+
+def screenshot_dir():
+    from browser_support import SCREENSHOT_DIR
+
+    SCREENSHOT_DIR.mkdir(exist_ok=True)
+    return SCREENSHOT_DIR
+
+
 pytest_plugins = ["rollback_fixtures"]
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -95,9 +103,19 @@ def test_an_operator_rehearses_then_executes_with_the_code_from_the_email_carryi
             navigate(page, page.get_by_role("link", name=f"Rollback request #{request.pk}"))
             queued = page.locator("#rehearsal-operation").inner_text()
             assert re.search(r"A rehearsal is queued as operation #\d+", queued), queued
+            # No second Rehearse while this one waits: a note in its place links to the operation.
+            assert page.get_by_role("button", name="Rehearse").count() == 0
+            note = page.locator("#rehearse-in-progress")
+            assert "one runs at a time" in note.inner_text(), note.inner_text()
             for width, height in ((1280, 800), (1920, 1080)):
                 page.set_viewport_size({"width": width, "height": height})
                 screenshot(page, f"rehearsal-queued-{width}x{height}")
+                page.locator("#actions").screenshot(
+                    path=str(screenshot_dir() / f"rehearsal-queued-actions-{width}.png")
+                )
+            navigate(page, note.get_by_role("link", name=re.compile(r"operation #\d+")))
+            assert page.url == operation_url
+            page.go_back()
             worker = start_worker(worker_env(settings, OPS_TEST_MAIL_DIR=str(tmp_path)))
             page.goto(operation_url)
             lines = follow(page)

@@ -13,6 +13,7 @@ from opsapp.demo.history_gen import generate_history, plan_history
 from opsapp.models import Revision
 from opsapp.services.alembic_api import connect, make_config
 from opsapp.services.catalog import graph
+from opsapp.services.catalog.store import revisions_of
 from opsapp.services.catalog.sync import sync_target
 from opsapp.targets import get_target
 
@@ -161,7 +162,7 @@ def test_the_graph_page_draws_every_revision_and_parent_link_of_the_branchy_hist
     assert response.status_code == 200
     svg = main_svg(response.content.decode())
     nodes, pairs, deps = parsed(svg)
-    rows = {r.revision: r for r in Revision.objects.filter(target=target)}
+    rows = {r.revision: r for r in Revision.objects.filter(catalog_id=target.catalog_id)}
     assert set(nodes) == set(rows) == {"a1", "b2", "c3", "d4", "e5", "f6", "g7", "h8", "x1"}
     assert pairs == {(p, r.revision) for r in rows.values() for p in r.down_revisions}
     assert deps == {("c3", "e5")}
@@ -173,7 +174,8 @@ def test_the_graph_page_draws_every_revision_and_parent_link_of_the_branchy_hist
     assert {rev for rev, g in nodes.items() if "pending" in classes(g)} == {"h8"}
     for rev, g in nodes.items():
         link = g.find("svg:a", NS)
-        assert link.get("href") == reverse("admin:opsapp_revision_change", args=[rows[rev].pk])
+        # The revision page of this target's position on the shared catalog.
+        assert link.get("href") == reverse("admin:opsapp_revision_change", args=[rows[rev].pk]) + f"?target={target.pk}"
         assert link.find("svg:text", NS).text.startswith(rev)
     assert "c3 (left)" in {t.text.split("  ")[0] for t in svg.iterfind(".//svg:text", NS)}
     page = response.content.decode()
@@ -196,7 +198,7 @@ def test_the_graph_page_draws_a_300_revision_history_with_30_merges(
     assert response.status_code == 200
     svg = main_svg(response.content.decode())
     nodes, pairs, _ = parsed(svg)
-    rows = list(Revision.objects.filter(target=target))
+    rows = list(Revision.objects.filter(catalog_id=target.catalog_id))
     assert set(nodes) == {r.revision for r in rows}
     assert pairs == {(p, r.revision) for r in rows for p in r.down_revisions}
     assert sum(1 for g in nodes.values() if "merge-point" in classes(g)) == 30
@@ -307,7 +309,7 @@ def test_the_graph_page_jumps_and_collapses_on_a_300_revision_history(
     ids, anchors = ids_and_anchors(full)
     assert len(ids) == 300
     assert f"rev-{middle}" in anchors  # jump to the current revision
-    heads = set(Revision.objects.filter(target=target, is_head=True).values_list("revision", flat=True))
+    heads = set(Revision.objects.filter(catalog_id=target.catalog_id, is_head=True).values_list("revision", flat=True))
     assert {f"rev-{h}" for h in heads} <= set(anchors)
     assert set(anchors) <= ids  # every jump link lands on an element of the SVG
 
@@ -316,7 +318,7 @@ def test_the_graph_page_jumps_and_collapses_on_a_300_revision_history(
     assert len(ids_c) < 150
     assert set(anchors_c) <= ids_c
     nodes, _, _ = parsed(main_svg(folded))
-    rows = Revision.objects.filter(target=target)
+    rows = revisions_of(target)
     for r in rows:
         if r.is_head or r.is_branch_point or r.is_merge_point or r.is_base or r.is_current:
             assert r.revision in nodes and "run" not in classes(nodes[r.revision])

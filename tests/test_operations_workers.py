@@ -356,3 +356,98 @@ def test_a_worker_killed_mid_downgrade_leaves_the_target_unchanged_and_the_reque
     fresh = RollbackRequest.objects.get(pk=request.pk)
     assert fresh.status == "interrupted"
     assert small_env.state() == before
+
+
+# ------------------------------------------------------------------ syncs
+def test_a_running_sync_is_cancelled_at_a_safe_point_before_it_writes_and_the_cancel_is_audited(
+    small_env, operator, settings
+):
+    """Deterministic: the test holds the target's catalog row, so the worker's sync waits just before it writes."""
+    import psycopg
+    from django.db import connection
+
+    from opsapp.models import AuditEvent, OperationKind, Target
+    from opsapp.services.operations.queue import cancel_operation, enqueue
+
+    small_env.downgrade_outside("r2")  # a sync would record this heads change
+    before = Target.objects.values("current_heads", "last_synced_at", "state").get(name=small_env.name)
+    op = enqueue(OperationKind.SYNC, small_env.name, actor=actor_for(operator))
+    blocker = psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{connection.settings_dict['NAME']}")
+    worker = start_worker(worker_env(settings, small_env), "--batch")
+    try:
+        blocker.execute("SELECT id FROM opsapp_target WHERE name = %s FOR UPDATE", (small_env.name,))
+
+        def sync_waits_for_the_row() -> bool:
+            with connection.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE %s",
+                    ["%opsapp_target%FOR UPDATE%"],
+                )
+                return cur.fetchone()[0] > 0
+
+        wait_for(sync_waits_for_the_row, timeout=60, what="the sync to reach the target's row", proc=worker)
+        assert op_row(op.pk).state == "running"
+        cancel_operation(op.pk, actor=actor_for(operator))
+    finally:
+        blocker.rollback()
+        blocker.close()
+    try:
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            kill(worker)
+    done = op_row(op.pk)
+    assert done.state == "cancelled", (done.error, err)
+    assert Target.objects.values("current_heads", "last_synced_at", "state").get(name=small_env.name) == before
+    assert not AuditEvent.objects.filter(action="heads_changed").exists()
+    stopped = AuditEvent.objects.filter(action="operation_cancelled", message__contains="safe point before writing")
+    assert stopped.get().actor == operator.username
+    # The next sync, not cancelled, records what this one would have.
+    again = enqueue(OperationKind.SYNC, small_env.name, actor=actor_for(operator))
+    run_batch(worker_env(settings, small_env))
+    assert op_row(again.pk).state == "succeeded"
+    assert Target.objects.get(name=small_env.name).current_heads == ["r2"]
+
+
+# ------------------------------------------------------------------ honest ETA
+def test_a_snapshot_job_estimates_its_final_size_from_the_previous_dump_not_from_the_database_size(
+    small_env, operator, settings
+):
+    """The compressed archive ends far below pg_database_size; the bar's total must be near the real end.
+
+    Deterministic: a held table lock keeps pg_dump waiting while the test reads the total the job announced.
+    """
+    import psycopg
+
+    from opsapp.models import OperationKind
+    from opsapp.services.operations.queue import enqueue
+
+    fill_big_table(small_env.url, 20_000)
+    first = take_verified_snapshot(small_env, operator)
+    assert first.database_size > 2 * first.size  # what the old total (the database's size) overestimated
+    op = enqueue(OperationKind.SNAPSHOT, small_env.name, actor=actor_for(operator))
+    blocker = psycopg.connect(small_env.url)
+    blocker.execute("LOCK TABLE filler IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here until the test lets go
+    worker = start_worker(worker_env(settings, small_env), "--batch")
+    try:
+        running = wait_for(
+            lambda: (row := op_row(op.pk)).state == "running" and row.progress_label == "dumping" and row,
+            timeout=60,
+            what="the snapshot job to announce its total",
+            proc=worker,
+        )
+    finally:
+        blocker.close()
+    try:
+        worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            kill(worker)
+    done = op_row(op.pk)
+    assert done.state == "succeeded", done.error
+    final = done.snapshot.size
+    assert abs(running.progress_total - final) <= final * 0.1, (running.progress_total, final)
+    assert f"estimated from snapshot #{first.pk}" in running.progress_estimate
+    assert running.progress_since is not None
+    assert done.result["estimated_size"] == running.progress_total

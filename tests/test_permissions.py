@@ -108,7 +108,7 @@ def world(pg_url, branchy_scripts, configure_target, django_user_model, approver
 def object_ids(world) -> dict[str, str]:
     return {
         "target": str(world.target.pk),
-        "revision": str(world.target.revisions.get(revision="h8").pk),
+        "revision": str(world.target.catalog.revisions.get(revision="h8").pk),
         "snapshot": str(world.snapshot.pk),
         "request": str(world.request.pk),
         "event": str(AuditEvent.objects.order_by("seq").first().pk),

@@ -150,6 +150,68 @@ def test_the_destroyed_counts_of_a_rehearsal_equal_what_the_real_downgrade_remov
     assert {"rehearsal_started", "rehearsal_succeeded", "rollback_succeeded"} <= set(audit_actions(r.request.pk))
 
 
+def test_rows_a_downgrade_truncates_or_deletes_in_tables_it_keeps_are_counted_as_the_real_downgrade_removes_them(
+    rollback_env, people, settings
+):
+    """After the downgrade the copy is counted again only where it changed: rows the transaction deleted
+    (here through a foreign-key cascade from a table the plan never names) and a TRUNCATE, which no row
+    count shows, must both be found."""
+    operator, _approver = people
+    settings.OPS_REQUIRE_REHEARSAL = True
+    for sql in (
+        "CREATE TABLE ledger (id int PRIMARY KEY)",
+        "INSERT INTO ledger SELECT generate_series(1, 4)",
+        "CREATE TABLE visits (id int PRIMARY KEY, customer_id int REFERENCES customers (id) ON DELETE CASCADE)",
+        "INSERT INTO visits SELECT g, 1 + mod(g, 3) FROM generate_series(1, 9) g",
+        "CREATE TABLE untouched (id int PRIMARY KEY)",
+        "INSERT INTO untouched SELECT generate_series(1, 5)",
+    ):
+        pg_query(rollback_env.url, sql)
+    rollback_env.add_revision(
+        "r4",
+        "r3",
+        upgrade="pass",
+        downgrade="op.execute('TRUNCATE ledger'); op.execute('DELETE FROM customers WHERE id = 3')",
+    )
+    snap = take_verified_snapshot(rollback_env, operator)
+    request = make_request(rollback_env, operator, to="r1", snapshot=snap)
+    lost_visits = pg_query(rollback_env.url, "SELECT count(*) FROM visits WHERE customer_id = 3")[0][0]
+    assert lost_visits
+
+    rehearsal = run_rehearsal(request.pk, actor=operator_actor(operator))
+
+    assert rehearsal.status == "succeeded", rehearsal.error
+    assert rehearsal.destroyed["rows"] == {"customers": 1, "ledger": 4, "notes": 2, "visits": lost_visits}
+    assert rehearsal.rows_after["untouched"] == 5 and rehearsal.rows_after["ledger"] == 0
+    result = execute_request(request.pk, code=code_from_outbox(request.pk), actor=operator_actor(operator))
+    assert result.status == "succeeded"
+    for table in ("customers", "ledger", "visits", "untouched"):
+        assert pg_query(rollback_env.url, f"SELECT count(*) FROM {table}")[0][0] == rehearsal.rows_after[table]
+
+
+def test_values_of_a_column_dropped_by_sql_the_analysis_cannot_read_are_still_measured_exactly(
+    rollback_env, people, settings
+):
+    """Values are counted up front only in the columns the static analysis saw dropped; a column dropped
+    by dynamic SQL is found inside the downgrade's transaction, which is rolled back, counted, run again."""
+    operator, _approver = people
+    pg_query(rollback_env.url, "ALTER TABLE customers ADD COLUMN nickname text")
+    pg_query(rollback_env.url, "UPDATE customers SET nickname = 'n' || id WHERE id < 3")
+    hidden = "op.execute(\"DO $$ BEGIN EXECUTE 'ALTER TABLE customers DROP ' || 'COLUMN nickname'; END $$\")"
+    rollback_env.add_revision("r4", "r3", upgrade="pass", downgrade=hidden)
+    snap = take_verified_snapshot(rollback_env, operator)
+    request = make_request(rollback_env, operator, to="r1", snapshot=snap)
+    assert not any(item.get("column") == "nickname" for item in request.destructive)  # invisible to it
+
+    rehearsal = run_rehearsal(request.pk, actor=operator_actor(operator))
+
+    assert rehearsal.status == "succeeded", rehearsal.error
+    assert rehearsal.destroyed["values"] == {"customers.email": 3, "customers.nickname": 2}
+    assert "customers.nickname" in rehearsal.destroyed["columns"]
+    assert [s["revisions"] for s in rehearsal.steps] == [["r4"], ["r3"], ["r2"]]  # the second run's steps only
+    assert no_scratch_left(rehearsal)
+
+
 def test_a_rehearsal_is_refused_when_the_plan_no_longer_matches(ready_request, operator):
     r = ready_request
     # The script file of a reverted step changes after the request was reviewed.
@@ -160,6 +222,33 @@ def test_a_rehearsal_is_refused_when_the_plan_no_longer_matches(ready_request, o
     assert "changed" in str(caught.value)
     assert not Rehearsal.objects.filter(request=r.request).exists()  # refused before any copy was made
     assert "rehearsal_failed" in audit_actions(r.request.pk)
+
+
+def test_a_snapshot_file_altered_after_verification_fails_the_rehearsal_before_anything_runs_on_the_copy(
+    ready_request, operator, settings
+):
+    from opsapp.services.snapshots.lifecycle import snapshot_path
+
+    r = ready_request
+    before = r.env.state()
+    path = snapshot_path(r.snapshot)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size: only the checksum, re-read beside the restore, can tell
+    path.chmod(0o600)
+    path.write_bytes(bytes(data))
+
+    rehearsal = run_rehearsal(r.request.pk, actor=operator_actor(operator))
+
+    assert rehearsal.status == "failed"
+    assert "Snapshot file check failed" in rehearsal.error and "checksum mismatch" in rehearsal.error
+    assert rehearsal.steps == [] and rehearsal.downgrade_ms is None
+    assert no_scratch_left(rehearsal)
+    assert r.env.state() == before
+    settings.OPS_REQUIRE_REHEARSAL = True
+    with pytest.raises(GateRefused) as refused:
+        execute_request(r.request.pk, code=r.code, actor=operator_actor(operator))
+    assert refused.value.gate in ("snapshot", "rehearsal")
+    assert r.env.state() == before
 
 
 def test_the_round_trip_reports_a_migration_whose_down_up_changes_the_schema_and_the_data_lost(rollback_env, people):
@@ -235,6 +324,16 @@ def test_the_command_prints_the_rehearsal_as_json(ready_request, operator, setti
     assert payload["status"] == "succeeded"
     assert payload["destroyed"]["rows"] == {"notes": 2}
     assert "restoring snapshot" in err
+    # One serializer: the evidence bundle lists the same rehearsal with the same keys and values, plus
+    # only what the bundle knows (the operation that ran it and its audit events).
+    from opsapp.services.audit.evidence import rehearsal_facts
+
+    (listed,) = rehearsal_facts(ready_request.request)
+    assert {k: v for k, v in listed.items() if k not in ("operation", "audit_events")} == payload
+    assert (
+        sorted(payload["schema_after"]) == ["customers"]
+        and "email" not in payload["schema_after"]["customers"]["columns"]
+    )
 
 
 def test_the_command_refuses_bad_usage_with_exit_2(ready_request, operator, settings):
@@ -333,6 +432,7 @@ def test_the_command_exits_1_when_the_round_trip_loses_data(ready_request, opera
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     payload = json.loads(out)
-    assert payload["status"] == "succeeded" and payload["round_trip"]["ok"] is False
-    assert payload["round_trip"]["rows"] == {"notes": 2}
+    assert payload["status"] == "succeeded" and payload["round_trip"] is True
+    assert payload["round_trip_report"]["ok"] is False
+    assert payload["round_trip_report"]["rows"] == {"notes": 2}
     assert "round trip found problems" in err

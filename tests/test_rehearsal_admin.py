@@ -133,6 +133,15 @@ def test_a_second_rehearse_while_one_is_queued_is_refused_and_audited(client, re
     client.post(url("rehearse", r.request.pk))
     first = Operation.objects.get(kind="rehearsal")
 
+    # The page no longer offers the button: a note links to the queued operation instead.
+    page = client.get(url("change", r.request.pk)).content.decode()
+    assert 'id="rehearse-form"' not in page and 'value="Rehearse"' not in page
+    operation_url = reverse("admin:opsapp_operation_change", args=[first.pk])
+    assert (
+        f'A rehearsal of this request is queued as <a href="{operation_url}">operation #{first.pk}</a>; '
+        "one runs at a time" in page
+    )
+    # A second POST all the same (a page opened before the first click) is refused and audited.
     response = client.post(url("rehearse", r.request.pk), follow=True)
 
     assert (
@@ -142,6 +151,32 @@ def test_a_second_rehearse_while_one_is_queued_is_refused_and_audited(client, re
     assert Operation.objects.filter(kind="rehearsal").count() == 1
     refused = AuditEvent.objects.filter(request_id=r.request.pk, action="rehearsal_failed", outcome="refused")
     assert refused.count() == 1 and refused.get().detail["reason"] == "queued"
+
+
+def test_the_rehearse_button_is_back_once_the_rehearsal_has_run_and_stays_away_while_one_runs(
+    client, ready_request, operator, settings
+):
+    r = ready_request
+    client.force_login(operator)
+    client.post(url("rehearse", r.request.pk))
+    op = Operation.objects.get(kind="rehearsal")
+    Operation.objects.filter(pk=op.pk).update(state="running")
+    page = client.get(url("change", r.request.pk)).content.decode()
+    assert 'id="rehearse-form"' not in page and "is running as" in page
+    Operation.objects.filter(pk=op.pk).update(state="queued")
+
+    run_batch(worker_env(r.env, settings))
+
+    assert Operation.objects.get(pk=op.pk).state == "succeeded"
+    page = client.get(url("change", r.request.pk)).content.decode()
+    assert 'id="rehearse-form"' in page and 'id="rehearse-in-progress"' not in page
+    # A rehearsal started from the command line has no operation: its running row hides the button too.
+    running = Rehearsal.objects.create(
+        request=r.request, snapshot=r.snapshot, started_by=operator.username, status="running"
+    )
+    page = client.get(url("change", r.request.pk)).content.decode()
+    assert 'id="rehearse-form"' not in page
+    assert f'Rehearsal <a href="#rehearsal">#{running.pk}</a> of this request is running' in page
 
 
 def test_a_rehearsal_refused_in_the_worker_fails_its_operation_and_the_request_page_says_why(
@@ -320,3 +355,13 @@ def test_zero_restore_jobs_fail_check_e071(settings):
 
     settings.OPS_REHEARSAL_RESTORE_JOBS = 0
     assert [e.id for e in check_rehearsal_settings()] == ["opsapp.E071"]
+
+
+def test_a_restore_memory_postgresql_would_refuse_fails_check_e120(settings):
+    from opsapp.checks import check_rehearsal_settings
+
+    for bad in (0, 2097152):
+        settings.OPS_REHEARSAL_RESTORE_MEMORY_MB = bad
+        assert [e.id for e in check_rehearsal_settings()] == ["opsapp.E120"]
+    settings.OPS_REHEARSAL_RESTORE_MEMORY_MB = 256
+    assert check_rehearsal_settings() == []

@@ -37,7 +37,7 @@ from opsapp.services.actors import Actor  # noqa: E402
 from opsapp.services.errors import GateRefused, RollbackFailed  # noqa: E402
 from opsapp.services.locks import LockHolder, current_holder, sqlite_lock_path, target_lock  # noqa: E402
 from opsapp.services.rollback.requests import execute_request, reconcile  # noqa: E402
-from opsapp.services.snapshots.lifecycle import restore_snapshot  # noqa: E402
+from opsapp.services.snapshots.restore import restore_snapshot  # noqa: E402
 
 pytest_plugins = ["rollback_fixtures"]
 

@@ -18,13 +18,13 @@ from opsapp.services.errors import SnapshotError, TargetNotConfigured
 from opsapp.services.snapshots.lifecycle import (
     latest_verified_snapshot,
     prune_snapshots,
-    restore_snapshot,
     snapshot_file_problem,
     snapshot_path,
     take_snapshot,
     verify_snapshot,
 )
 from opsapp.services.snapshots.postgres import check_tool_not_older
+from opsapp.services.snapshots.restore import restore_snapshot
 from tests.conftest import pg_query
 from tests.operations_support import run_queued_jobs
 
@@ -355,8 +355,10 @@ def test_sqlite_take_verify_restore_round_trip(sqlite_target, tmp_path):
     assert result == {
         "snapshot": snap.pk,
         "into": f"sqlite:///{tmp_path / 'restored.sqlite3'}",
+        "destination": "",
         "heads": ["d4"],
         "row_counts": {"alembic_version": 1, "items": 3},
+        "items": 0,
     }
 
 

@@ -273,3 +273,41 @@ def test_check_deploy_fails_in_a_production_process_without_2fa(tmp_path):
     assert proc.returncode == 1 and "opsapp.E020" in proc.stderr
     proc = run_manage({**env, "OPS_ALLOW_NO_2FA": "1"}, "check", "--deploy")
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------ a NUL byte in a POSTed `next`
+NUL_NEXTS = ["/admin/\x00", "/admin/opsapp/target/\x00evil", "\x00/evil.example", "/\x00/evil.example"]
+
+
+@pytest.mark.parametrize("next_url", NUL_NEXTS)
+def test_a_nul_in_the_posted_next_of_the_token_page_goes_to_the_index(client, operator, next_url):
+    client.raise_request_exception = True
+    device = make_device(operator)
+    password_login(client, "olga")
+    response = client.post(VERIFY, {"token": fresh_token(device), "next": next_url})
+    assert response.status_code == 302 and response["Location"] == "/admin/"
+    page = client.get(VERIFY, {"next": "/admin/"})  # the verified session passes through the gate
+    assert page.status_code == 302 and "\x00" not in page["Location"]
+
+
+@pytest.mark.parametrize("next_url", NUL_NEXTS)
+def test_a_nul_in_the_posted_next_of_enrollment_never_reaches_a_page_or_a_header(client, operator, next_url):
+    client.raise_request_exception = True
+    password_login(client, "olga")
+    page = client.get(ENROLL)
+    secret = secret_on_page(page)
+    response = client.post(ENROLL, {"token": totp(secret), "next": next_url})
+    assert response.status_code == 200
+    assert "\x00" not in response.content.decode()
+    assert 'id="otp-continue" href="/admin/"' in response.content.decode()
+    assert AuthenticatorDevice.objects.filter(user=operator, confirmed=True).exists()
+
+
+@pytest.mark.parametrize("next_url", NUL_NEXTS)
+def test_a_nul_in_the_posted_next_of_the_login_page_is_not_followed(client, operator, settings, next_url):
+    settings.OPS_REQUIRE_2FA = False
+    client.raise_request_exception = True
+    response = client.post(reverse("admin:login"), {"username": "olga", "password": "pw-olga", "next": next_url})
+    assert response.status_code in (302, 400)
+    if response.status_code == 302:
+        assert "\x00" not in response["Location"]

@@ -54,30 +54,46 @@ class EstimatedCountPaginator(Paginator):
     """A paginator that never counts a big table in full.
 
     Unfiltered: the planner's row estimate (pg_class.reltuples) once it is
-    large. Filtered: an exact count bounded by a LIMIT, and EXPLAIN's
-    estimate beyond that. An estimate can leave the last page short or
-    empty; the date hierarchy and filters reach every event.
+    large. Filtered: the planner's estimate (EXPLAIN) when it is far beyond
+    the exact bound, otherwise an exact count bounded by a LIMIT (an index-only
+    scan of the filtered column's index once VACUUM has set the visibility
+    map), and the estimate beyond that. An estimate can leave the last page short or empty;
+    the date hierarchy and filters reach every event. The count is left on the
+    queryset as `count_hint` for the date hierarchy (AuditEventQuerySet).
     """
 
     exact_limit = EXACT_COUNT_LIMIT
+    # Filters on indexed columns have good estimates (column statistics); a search's are rough guesses.
+    trust_estimate = True
 
     @cached_property
     def count(self) -> int:
         qs = self.object_list
         if connection.vendor != "postgresql":
             return super().count
+        estimate = None
         if not qs.query.where:
             estimate = _reltuples(qs.model._meta.db_table)
             if estimate >= self.exact_limit:
-                return estimate
+                return _hint(qs, estimate)
+        elif self.trust_estimate:
+            estimate = _explain_rows(qs)
+            if estimate >= 2 * self.exact_limit:  # far beyond the bound: counting would only confirm it
+                return _hint(qs, estimate)
         bounded = qs.order_by()[: self.exact_limit + 1].count()
         if bounded <= self.exact_limit:
-            return bounded
-        return max(bounded, _explain_rows(qs))
+            return _hint(qs, bounded)
+        return _hint(qs, max(bounded, _explain_rows(qs) if estimate is None else estimate))
 
 
 class SearchCountPaginator(EstimatedCountPaginator):
     exact_limit = SEARCH_EXACT_COUNT_LIMIT
+    trust_estimate = False
+
+
+def _hint(qs, count: int) -> int:
+    qs.count_hint = count
+    return count
 
 
 def _reltuples(table: str) -> int:
@@ -99,30 +115,52 @@ def _explain_rows(qs) -> int:
 
 def distinct_values(column: str, limit: int = FILTER_CHOICES_LIMIT) -> list[str]:
     """Distinct non-empty values of an indexed column, cheaply (index skip scan on PostgreSQL)."""
+    return distinct_values_of((column,), limit)[column]
+
+
+def distinct_values_of(columns: tuple[str, ...], limit: int = FILTER_CHOICES_LIMIT) -> dict[str, list[str]]:
+    """distinct_values() of several columns in one query (one loose index scan per column)."""
     if connection.vendor != "postgresql":
-        qs = AuditEvent.objects.exclude(**{column: ""}).order_by(column).values_list(column, flat=True)
-        return list(qs.distinct()[:limit])
+        return {
+            column: list(
+                AuditEvent.objects.exclude(**{column: ""})
+                .order_by(column)
+                .values_list(column, flat=True)
+                .distinct()[:limit]
+            )
+            for column in columns
+        }
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
-    col = connection.ops.quote_name(column)
-    sql = f"""
-        WITH RECURSIVE v(value) AS (
-            (SELECT {col} FROM {table} WHERE {col} > '' ORDER BY {col} LIMIT 1)
-            UNION ALL
-            SELECT (SELECT {col} FROM {table} WHERE {col} > v.value ORDER BY {col} LIMIT 1)
-            FROM v WHERE v.value IS NOT NULL
+    scans, picks = [], []
+    for n, column in enumerate(columns):
+        col = connection.ops.quote_name(column)
+        scans.append(
+            f"""v{n}(value) AS (
+                (SELECT {col} FROM {table} WHERE {col} > '' ORDER BY {col} LIMIT 1)
+                UNION ALL
+                SELECT (SELECT {col} FROM {table} WHERE {col} > v{n}.value ORDER BY {col} LIMIT 1)
+                FROM v{n} WHERE v{n}.value IS NOT NULL
+            )"""
         )
-        SELECT value FROM v WHERE value IS NOT NULL LIMIT %s
-    """
+        picks.append(f"(SELECT {n}, value FROM v{n} WHERE value IS NOT NULL LIMIT %s)")
+    sql = f"WITH RECURSIVE {', '.join(scans)} {' UNION ALL '.join(picks)}"
+    found: dict[str, list[str]] = {column: [] for column in columns}
     with connection.cursor() as cur:
-        cur.execute(sql, [limit])
-        return [row[0] for row in cur.fetchall()]
+        cur.execute(sql, [limit] * len(columns))
+        for n, value in cur.fetchall():
+            found[columns[n]].append(value)
+    return found
 
 
 class _ColumnFilter(admin.SimpleListFilter):
     column = ""
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [(value, value) for value in distinct_values(self.column)]
+        # Both column filters' choices come from one query per request.
+        choices = getattr(request, "_audit_filter_choices", None)
+        if choices is None:
+            choices = request._audit_filter_choices = distinct_values_of(FILTER_COLUMNS)
+        return [(value, value) for value in choices[self.column]]
 
     def queryset(self, request: HttpRequest, queryset):
         value = self.value()
@@ -137,6 +175,9 @@ class TargetFilter(_ColumnFilter):
 class ActorFilter(_ColumnFilter):
     title = "actor"
     parameter_name = column = "actor"
+
+
+FILTER_COLUMNS = (TargetFilter.column, ActorFilter.column)
 
 
 def admin_link(model_name: str, pk: int | None) -> str:
@@ -154,7 +195,7 @@ def admin_link(model_name: str, pk: int | None) -> str:
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = (
         "seq",
-        "created_at",
+        "time",
         "actor",
         "action",
         "outcome",
@@ -212,6 +253,12 @@ class AuditEventAdmin(admin.ModelAdmin):
         return False
 
     # ------------------------------------------------------------- columns
+    @admin.display(description="time", ordering="created_at")
+    def time(self, obj: AuditEvent) -> str:
+        # To the second, as the verification banner prints it. Django's own datetime cell ("Jan. 1, 2025,
+        # 12:03 a.m.") drops the seconds and cost half of the page's rendering time (its date formatter).
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+
     @admin.display(description="request", ordering="request_id")
     def request_link(self, obj: AuditEvent) -> str:
         return admin_link("rollbackrequest", obj.request_id)

@@ -28,13 +28,17 @@ REFRESH_SECONDS = 2
 
 
 def progress_text(op: Operation) -> str:
-    """ "12.0 MB of 40.0 MB (30%)", "step 1 of 3", or ""."""
+    """ "12.0 MB written of about 40.0 MB (30%)", "12.0 MB of 40.0 MB restored", "step 1 of 3", or ""."""
     if op.progress_total is None and op.progress_done is None:
         return ""
     done, total = op.progress_done or 0, op.progress_total
     if op.progress_unit == "bytes":
-        of = f" of {filesizeformat(total)}" if total else ""
         pct = f" ({op.percent}%)" if op.percent is not None else ""
+        if op.kind == OperationKind.RESTORE:
+            of = f" of {filesizeformat(total)}" if total else ""
+            return f"{filesizeformat(done)}{of} of the archive fed to pg_restore{pct}"
+        about = "about " if op.progress_estimate and op.state in ACTIVE_STATES else ""
+        of = f" of {about}{filesizeformat(total)}" if total else ""
         return f"{filesizeformat(done)} written{of}{pct}"
     if op.kind == OperationKind.REHEARSAL and total:
         if done == 0:
@@ -63,6 +67,15 @@ def result_text(op: Operation) -> str:
     if op.kind == OperationKind.DOWNGRADE:
         heads = ", ".join(result.get("heads") or []) or "base (no revision)"
         return f"{str(result.get('message', '')).split('; heads now')[0]}. Heads now: {heads}."
+    if op.kind == OperationKind.RESTORE:
+        tables = result.get("row_counts") or {}
+        rows = sum(int(n) for n in tables.values())
+        heads = ", ".join(result.get("heads") or []) or "(empty)"
+        return (
+            f"Snapshot #{result.get('snapshot')} of {op.target.name} restored into destination "
+            f"{result.get('destination')!r} ({result.get('into')}): alembic_version {heads} matches the snapshot; "
+            f"{len(tables)} table(s), {rows} row(s)."
+        )
     if op.kind == OperationKind.SYNC:
         return (
             f"Synced {op.target.name}: {result.get('state')}, heads {', '.join(result.get('heads') or []) or '(none)'}."
@@ -71,13 +84,21 @@ def result_text(op: Operation) -> str:
 
 
 def eta_text(op: Operation) -> str:
+    """The time left, said to be an estimate, or why it cannot be told ("" when it does not apply)."""
     from opsapp.services.operations.queue import eta_seconds  # lazy: the queue module pulls in Alembic
 
+    if op.state != OperationState.RUNNING or op.progress_unit != "bytes" or not op.progress_done:
+        return ""
+    if not op.progress_total:
+        return "time left unknown: " + (op.progress_estimate or "no estimate of the final size")
     eta = eta_seconds(op)
     if eta is None:
+        if op.progress_done >= op.progress_total and op.progress_estimate:
+            return "past the estimated size: the end cannot be told"
         return ""
     minutes, seconds = divmod(eta, 60)
-    return f"about {minutes} min {seconds} s left" if minutes else f"about {seconds} s left"
+    left = f"about {minutes} min {seconds} s left" if minutes else f"about {seconds} s left"
+    return f"{left} (an estimate at the rate so far)"
 
 
 @admin.register(Operation)
@@ -162,7 +183,11 @@ class OperationAdmin(admin.ModelAdmin):
                     "op_percent": op.percent,
                     "op_progress": progress_text(op),
                     "op_result": result_text(op),
-                    "op_eta": eta_text(op) if op.kind == OperationKind.SNAPSHOT else "",
+                    "op_eta": eta_text(op),
+                    "op_estimate": op.progress_estimate if active and op.progress_total else "",
+                    "op_destination": (op.params or {}).get("destination", "")
+                    if op.kind == OperationKind.RESTORE
+                    else "",
                     "may_cancel": self._may_cancel(request, op),
                 }
             )

@@ -37,7 +37,14 @@ from opsapp.admin.rollback_forms import (
     sql_lines,
     verified_snapshots,
 )
-from opsapp.models import OperationKind, OperationState, RollbackRequest, RollbackStatus
+from opsapp.models import (
+    ACTIVE_STATES,
+    OperationKind,
+    OperationState,
+    RehearsalStatus,
+    RollbackRequest,
+    RollbackStatus,
+)
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError
 
@@ -83,10 +90,15 @@ def rehearsal_context(obj: RollbackRequest) -> dict:
     rehearsal = obj.rehearsals.order_by("-started_at", "-id").first()
     # The newest rehearsal operation: queued or running (followed on its page), or refused before any copy.
     operation = obj.operations.filter(kind=OperationKind.REHEARSAL).order_by("-queued_at", "-id").first()
+    active = operation is not None and operation.state in ACTIVE_STATES
     context: dict = {
         "rehearsal": rehearsal,
         "rehearsal_required": rehearsal_required(_is_pg(obj)),
         "rehearsal_operation": operation,
+        # One at a time per request: while one is queued or running (as an operation, or started by
+        # `rehearse_rollback` without one), the Rehearse button gives way to a note pointing at it.
+        "rehearsal_in_progress": active or (rehearsal is not None and rehearsal.status == RehearsalStatus.RUNNING),
+        "rehearsal_in_progress_operation": operation if active else None,
         "rehearsal_operation_refused": operation is not None
         and operation.state == OperationState.FAILED
         and not (operation.result or {}).get("rehearsal"),

@@ -9,18 +9,28 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.timesince import timesince
 
-from opsapp.models import OperationKind, Snapshot, Target
+from opsapp.models import OperationKind, Snapshot, SnapshotStatus, Target
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
 
 TAKE_PERMISSION = "opsapp.take_snapshot"
+RESTORE_PERMISSION = "opsapp.restore_snapshot"
+RESTORABLE = (SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED)
 
 
 @admin.register(Snapshot)
@@ -32,12 +42,14 @@ class SnapshotAdmin(admin.ModelAdmin):
     date_hierarchy = "started_at"
     ordering = ("-started_at", "-id")
     actions = ["verify_selected"]
+    change_form_template = "admin/opsapp/snapshot/change_form.html"
     fields = (
         "target",
         "status",
         "format",
         "path",
         "size",
+        "database_size",
         "sha256",
         "heads",
         "dump_tool_version",
@@ -109,6 +121,11 @@ class SnapshotAdmin(admin.ModelAdmin):
     def get_urls(self):
         custom = [
             path("take/", self.admin_site.admin_view(self.take_view), name="opsapp_snapshot_take"),
+            path(
+                "<path:object_id>/restore/",
+                self.admin_site.admin_view(self.restore_view),
+                name="opsapp_snapshot_restore",
+            ),
         ]
         return custom + super().get_urls()
 
@@ -138,3 +155,49 @@ class SnapshotAdmin(admin.ModelAdmin):
         # A dump can take longer than any HTTP timeout: a worker takes it; its page shows the progress.
         self.message_user(request, f"Snapshot of {target.name} queued as operation #{op.pk}.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        snap = Snapshot.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        extra = dict(extra_context or {})
+        extra["may_restore"] = (
+            snap is not None and snap.status in RESTORABLE and request.user.has_perm(RESTORE_PERMISSION)
+        )
+        return super().change_view(request, object_id, form_url, extra)
+
+    def restore_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the confirmation page (snapshot, destinations, what happens). POST: queue the restore; go to it."""
+        from opsapp.destinations import all_destinations
+
+        if not request.user.has_perm(RESTORE_PERMISSION):
+            raise PermissionDenied
+        snap = get_object_or_404(Snapshot.objects.select_related("target"), pk=object_id if object_id.isdigit() else 0)
+        back = reverse("admin:opsapp_snapshot_change", args=[snap.pk])
+        destinations = all_destinations()
+        if request.method == "POST":
+            from opsapp.services.operations.queue import enqueue_restore  # lazy: admin autodiscover stays light
+
+            name = request.POST.get("destination", "")
+            if name not in {d.name for d in destinations}:
+                self.message_user(request, "Choose one of the configured restore destinations.", messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:opsapp_snapshot_restore", args=[snap.pk]))
+            try:
+                op = enqueue_restore(snap.pk, name, actor=Actor.from_request(request))
+            except OpsError as exc:
+                self.message_user(request, f"Restore not queued: {exc}", messages.ERROR)
+                return HttpResponseRedirect(back)
+            self.message_user(
+                request,
+                f"Restore of snapshot #{snap.pk} into destination {name!r} queued as operation #{op.pk}.",
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Restore snapshot #{snap.pk} of {snap.target.name}?",
+            "opts": self.opts,
+            "snapshot": snap,
+            "restorable": snap.status in RESTORABLE,
+            "destinations": destinations,
+            "back": back,
+        }
+        return TemplateResponse(request, "admin/opsapp/snapshot/restore_confirm.html", context)

@@ -22,6 +22,7 @@ from django.utils.http import urlencode
 
 from opsapp.models import Revision, Target, TargetState
 from opsapp.services.actors import Actor
+from opsapp.services.catalog import store
 from opsapp.services.errors import OpsError
 from opsapp.targets import configured_names, mask_url
 
@@ -249,7 +250,13 @@ class TargetAdmin(admin.ModelAdmin):
             "pending_url": revisions_url + "&" + urlencode({"applied": "pending"}),
             "graph_url": reverse("admin:opsapp_target_graph", args=[target.pk]),
             "sync_url": reverse("admin:opsapp_target_sync", args=[target.pk]) if can_sync(request.user) else "",
-            "current_revisions": list(Revision.objects.filter(target=target, is_current=True).order_by("-position")),
+            "current_revisions": list(
+                Revision.objects.filter(catalog_id=target.catalog_id, revision__in=target.current_heads or []).order_by(
+                    "-position"
+                )
+            )
+            if target.catalog_id is not None
+            else [],
         }
 
     def _get_target_or_404(self, request: HttpRequest, object_id: str) -> Target:
@@ -316,7 +323,7 @@ class TargetAdmin(admin.ModelAdmin):
 
         target = self._get_target_or_404(request, object_id)
         rows = list(
-            Revision.objects.filter(target=target)
+            Revision.objects.filter(catalog_id=target.catalog_id)
             .order_by("position", "revision")
             .only(
                 "id",
@@ -329,14 +336,13 @@ class TargetAdmin(admin.ModelAdmin):
                 "is_base",
                 "is_branch_point",
                 "is_merge_point",
-                "applied",
-                "is_current",
             )
         )
+        store.annotate(rows, target)  # this target's position on the shared catalog
         pks = {r.revision: r.pk for r in rows}
         # reverse() once, then substitute the pk: 10,000 reverse() calls would dominate the page.
         placeholder = "987654321"
-        change_url = reverse("admin:opsapp_revision_change", args=[placeholder])
+        change_url = reverse("admin:opsapp_revision_change", args=[placeholder]) + f"?target={target.pk}"
 
         def href(rev: str) -> str:
             return change_url.replace(placeholder, str(pks[rev]))

@@ -44,6 +44,10 @@ PENDING_KEY = "opsapp_2fa_pending_key"
 
 def _next_url(request: HttpRequest) -> str:
     candidate = request.POST.get("next") or request.GET.get("next") or ""
+    # A control character (a NUL above all) is never part of a page of ours; browsers drop some of
+    # them, so "/\x00/evil.example" would become "//evil.example", another host.
+    if any(ord(char) < 32 or ord(char) == 127 for char in candidate):
+        return reverse("admin:index")
     if url_has_allowed_host_and_scheme(
         candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):

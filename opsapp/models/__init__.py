@@ -4,7 +4,7 @@ from opsapp.models.audit import AuditAction, AuditEvent, AuditOutcome
 from opsapp.models.cron import CronRun
 from opsapp.models.operation import ACTIVE_STATES, Operation, OperationKind, OperationState
 from opsapp.models.rehearsal import Rehearsal, RehearsalStatus
-from opsapp.models.revision import Revision
+from opsapp.models.revision import Revision, ScriptCatalog
 from opsapp.models.rollback import RollbackRequest, RollbackStatus
 from opsapp.models.snapshot import Snapshot, SnapshotStatus
 from opsapp.models.target import Target, TargetState
@@ -27,6 +27,7 @@ __all__ = [
     "Revision",
     "RollbackRequest",
     "RollbackStatus",
+    "ScriptCatalog",
     "Snapshot",
     "SnapshotStatus",
     "Target",

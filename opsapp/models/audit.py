@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from django.db import models
+from django.db import connection, models
 from django.db.models import Max, Min
 from django.utils import timezone
 
@@ -44,6 +44,7 @@ class AuditAction(models.TextChoices):
     CODE_ACCEPTED = "code_accepted", "code accepted, downgrade queued"
     OPERATION_CANCELLED = "operation_cancelled", "operation cancelled"
     OPERATION_INTERRUPTED = "operation_interrupted", "operation interrupted"
+    RESTORE_QUEUED = "restore_queued", "restore queued"
 
 
 class AuditOutcome(models.TextChoices):
@@ -66,32 +67,72 @@ class AuditEventQuerySet(models.QuerySet):
     Django's own implementation is `SELECT DISTINCT DATE_TRUNC(...)` over every
     matching row (a full scan per page view). Here the bounds come from MIN/MAX
     and each candidate year/month/day is one `EXISTS` probe on the created_at
-    index, so the cost follows the number of periods, not of events.
+    index, so the cost follows the number of periods, not of events; on
+    PostgreSQL bounds and probes are one statement (one round trip).
+
+    `count_hint` is the number of rows the admin's paginator counted or
+    estimated for this very queryset (the changelist hands the same object to
+    the paginator and then to the date hierarchy). It only chooses the
+    strategy: a list known to be big skips reading the times of its first
+    FEW_EVENTS + 1 events.
     """
+
+    count_hint: int | None = None
 
     def datetimes(self, field_name, kind, order="ASC", tzinfo=None, **kwargs):
         if field_name != "created_at" or kind not in ("year", "month", "day") or kwargs:
             return super().datetimes(field_name, kind, order, tzinfo, **kwargs)
         tz = tzinfo or timezone.get_current_timezone()
-        if self.query.where:
+        if self.query.where and (self.count_hint is None or self.count_hint <= FEW_EVENTS):
             # A filtered list (a search above all) often matches few events, and each probe below would run
             # the filter again: read their times once, and probe only when there are many.
             moments = list(self.order_by().values_list("created_at", flat=True)[: FEW_EVENTS + 1])
             if len(moments) <= FEW_EVENTS:
                 periods = sorted({_period_of(timezone.localtime(moment, tz), kind, tz) for moment in moments})
                 return periods if order == "ASC" else periods[::-1]
+        if connection.vendor == "postgresql" and _zone_name(tz):
+            periods = self._probe_in_one_statement(kind, tz)
+        else:
+            periods = self._probe_each_period(kind, tz)
+        return periods if order == "ASC" else periods[::-1]
+
+    def _probe_each_period(self, kind: str, tz) -> list[datetime]:
         bounds = self.aggregate(first=Min("created_at"), last=Max("created_at"))
         if bounds["first"] is None:
             return []
         first, last = timezone.localtime(bounds["first"], tz), timezone.localtime(bounds["last"], tz)
-        start = datetime(first.year, 1 if kind == "year" else first.month, 1 if kind != "day" else first.day, tzinfo=tz)
+        start = _period_of(first, kind, tz)
         periods = []
         while start <= last:
             end = _next_period(start, kind)
             if self.filter(created_at__gte=start, created_at__lt=end).exists():
                 periods.append(start)
             start = end
-        return periods if order == "ASC" else periods[::-1]
+        return periods
+
+    def _probe_in_one_statement(self, kind: str, tz) -> list[datetime]:
+        """_probe_each_period as one query: MIN/MAX and each period's EXISTS run on the created_at index."""
+        sql, params = self.order_by().values("created_at").query.sql_with_params()
+        zone, step = _zone_name(tz), f"1 {kind}"
+        statement = f"""
+            WITH e AS NOT MATERIALIZED ({sql}),
+            b AS (SELECT date_trunc(%s, MIN(created_at) AT TIME ZONE %s) AS lo, MAX(created_at) AT TIME ZONE %s AS hi
+                  FROM e)
+            SELECT p FROM b, generate_series(b.lo, b.hi, %s::interval) AS p
+            WHERE EXISTS (
+                SELECT 1 FROM e
+                WHERE e.created_at >= p AT TIME ZONE %s AND e.created_at < (p + %s::interval) AT TIME ZONE %s
+            )
+            ORDER BY p
+        """
+        with connection.cursor() as cursor:
+            cursor.execute(statement, [*params, kind, zone, zone, step, zone, step, zone])
+            return [datetime(p.year, p.month, p.day, tzinfo=tz) for (p,) in cursor.fetchall()]
+
+
+def _zone_name(tz) -> str | None:
+    """The IANA name PostgreSQL's AT TIME ZONE takes for `tz`; None for a fixed offset (its sign would flip)."""
+    return getattr(tz, "key", None) or ("UTC" if tz is UTC else None)
 
 
 def _next_period(start: datetime, kind: str) -> datetime:

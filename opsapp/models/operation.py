@@ -9,6 +9,7 @@ class OperationKind(models.TextChoices):
     SNAPSHOT = "snapshot", "snapshot"
     DOWNGRADE = "downgrade", "downgrade"
     REHEARSAL = "rehearsal", "rehearsal"
+    RESTORE = "restore", "restore"
 
 
 class OperationState(models.TextChoices):
@@ -21,8 +22,9 @@ class OperationState(models.TextChoices):
 
 
 ACTIVE_STATES = (OperationState.QUEUED, OperationState.RUNNING)
-# A running sync is short and a running rehearsal touches only its scratch copy: neither is stopped half-way.
-UNCANCELLABLE_WHILE_RUNNING = (OperationKind.SYNC, OperationKind.REHEARSAL)
+# A running rehearsal touches only its scratch copy: it is not stopped half-way. (A running sync stops at
+# its next safe point, before it writes; a running restore's pg_restore is killed and rolls back.)
+UNCANCELLABLE_WHILE_RUNNING = (OperationKind.REHEARSAL,)
 
 
 class Operation(models.Model):
@@ -65,8 +67,8 @@ class Operation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True, editable=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
-    # What the operation was asked to do beyond its kind and request: a rehearsal's {"round_trip": true}.
-    # Never a secret.
+    # What the operation was asked to do beyond its kind and request: a rehearsal's {"round_trip": true}, a
+    # restore's {"destination": NAME} (a name from OPS_RESTORE_DESTINATIONS, never its URL). Never a secret.
     params = models.JSONField(default=dict, blank=True, editable=False)
     # Progress: bytes written of the database's size (snapshot), steps done of total (downgrade; rehearsal:
     # the restore, then each step).
@@ -74,6 +76,10 @@ class Operation(models.Model):
     progress_total = models.BigIntegerField(null=True, blank=True, editable=False)
     progress_unit = models.CharField(max_length=10, blank=True, editable=False)  # "bytes" | "steps"
     progress_label = models.CharField(max_length=500, blank=True, editable=False)
+    # When the counted work began (the dump's start, not the wait for the target's lock): the ETA's clock.
+    progress_since = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set when progress_total is an estimate (a dump's final size): what it was estimated from.
+    progress_estimate = models.CharField(max_length=300, blank=True, editable=False)
     cancel_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     cancel_requested_by = models.CharField(max_length=150, blank=True, editable=False)
     result = models.JSONField(null=True, blank=True, editable=False)

@@ -3,10 +3,35 @@ from __future__ import annotations
 from django.db import models
 
 
-class Revision(models.Model):
-    """One revision of a target's script directory, synced by the catalog service."""
+class ScriptCatalog(models.Model):
+    """The revisions of one script directory, stored once and shared by every target that reads it.
 
-    target = models.ForeignKey("opsapp.Target", on_delete=models.CASCADE, related_name="revisions", editable=False)
+    Identified by `fingerprint`, a sha256 over the revision facts (ids, parents,
+    labels, messages, relative paths, graph flags). A directory that changes
+    updates its catalog in place (rows keep their ids) when only its own
+    targets read it; a catalog no target points at is deleted. Where a database stands
+    (applied, current) is per target and derived from its own heads
+    (`Target.current_heads`), never stored per revision.
+    """
+
+    fingerprint = models.CharField(max_length=64, unique=True, editable=False)
+    # The script directory it was first read from (shown on pages; the facts hold relative paths).
+    directory = models.CharField(max_length=1000, blank=True, editable=False)
+    heads = models.JSONField(default=list, editable=False)
+    revision_count = models.IntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, editable=False)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.directory or 'script directory'} ({self.fingerprint[:12]})"
+
+
+class Revision(models.Model):
+    """One revision of a script directory's catalog, synced by the catalog service."""
+
+    catalog = models.ForeignKey(ScriptCatalog, on_delete=models.CASCADE, related_name="revisions", editable=False)
     revision = models.CharField(max_length=255, editable=False)
     down_revisions = models.JSONField(default=list, editable=False)
     branch_labels = models.JSONField(default=list, editable=False)
@@ -23,22 +48,20 @@ class Revision(models.Model):
     is_base = models.BooleanField(default=False, editable=False)
     is_branch_point = models.BooleanField(default=False, editable=False)
     is_merge_point = models.BooleanField(default=False, editable=False)
-    applied = models.BooleanField(default=False, editable=False)
-    is_current = models.BooleanField(default=False, editable=False)
 
     class Meta:
-        ordering = ["target", "-position"]
-        constraints = [models.UniqueConstraint(fields=["target", "revision"], name="uniq_revision_per_target")]
+        ordering = ["catalog", "-position"]
+        constraints = [models.UniqueConstraint(fields=["catalog", "revision"], name="uniq_revision_per_catalog")]
         indexes = [
-            # the changelist's ordering (RevisionAdmin.ordering: target_id, -position, -id),
-            # filtered by target or not; also filter(target=...).order_by("-position")
-            models.Index(fields=["target", "-position", "-id"], name="revision_target_pos_id"),
+            # the changelist's ordering (RevisionAdmin.ordering: catalog_id, -position, -id),
+            # filtered by target (= its catalog) or not; also filter(catalog=...).order_by("-position")
+            models.Index(fields=["catalog", "-position", "-id"], name="revision_catalog_pos_id"),
             # id-prefix search (LIKE 'abc%')
             models.Index(fields=["revision"], name="revision_id"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.target.name}:{self.revision}" if self.target_id else self.revision
+        return self.revision
 
     @property
     def short(self) -> str:

@@ -29,6 +29,9 @@ class Snapshot(models.Model):
     # Relative to OPS_SNAPSHOT_DIR.
     path = models.CharField(max_length=1000, blank=True, editable=False)
     size = models.BigIntegerField(null=True, blank=True, editable=False)
+    # pg_database_size (or the SQLite file's size) when the dump began: with `size`, how much the
+    # archive compresses, so the next dump's final size can be estimated (operations' ETA).
+    database_size = models.BigIntegerField(null=True, blank=True, editable=False)
     sha256 = models.CharField(max_length=64, blank=True, editable=False)
     dump_tool_version = models.CharField(max_length=200, blank=True, editable=False)
     server_version = models.CharField(max_length=200, blank=True, editable=False)
@@ -39,6 +42,7 @@ class Snapshot(models.Model):
 
     class Meta:
         ordering = ["-started_at", "-id"]
+        permissions = [("restore_snapshot", "Can restore a snapshot into a restore destination")]
         indexes = [
             # latest verified snapshot per target (gate, dashboard, prune)
             models.Index(fields=["target", "status", "-started_at"], name="snapshot_target_status"),

@@ -25,7 +25,17 @@ class Target(models.Model):
     alembic_ini = models.CharField(max_length=1000, blank=True, editable=False)
     # From OPS_TARGETS_FILE (e.g. {"region": "eu", "tier": "prod"}); the fleet matrix filters on them.
     tags = models.JSONField(default=dict, blank=True, editable=False)
+    # Names, sizes and mtimes of the script files: tells a sync whether to re-read the directory.
     script_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    # The revisions of its script directory, shared with every target reading the same one.
+    catalog = models.ForeignKey(
+        "opsapp.ScriptCatalog",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="targets",
+        editable=False,
+    )
     script_heads = models.JSONField(default=list, editable=False)
     current_heads = models.JSONField(default=list, editable=False)
     # Heads the console last saw in alembic_version: a difference is a

@@ -131,7 +131,9 @@ class BackupCodeDevice(TimestampMixin, ThrottlingMixin, Device):
         if index is None:
             self.throttle_increment(commit=True)
             return False
-        codes[index].delete()
+        # Deleted only if still there: a code another sign-in used meanwhile is not accepted twice.
+        if not BackupCode.objects.filter(pk=codes[index].pk).delete()[0]:
+            return False
         self.throttle_reset(commit=False)
         self.set_last_used_timestamp(commit=False)
         self.save()

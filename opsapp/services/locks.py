@@ -34,13 +34,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
-from opsapp.services.alembic_api import connect
+from opsapp.services.db_url import parse_url
 from opsapp.services.errors import OpsError, TargetUnreachable
 from opsapp.targets import TargetConfig, mask_url
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+# SQLAlchemy and Alembic are imported by the functions that take a lock, not here: the cron
+# reconcile jobs import this module and usually find nothing to lock (issue 18, start-up).
 
 # First key of the two-int advisory lock: a fixed namespace for this console.
 OPS_LOCK_CLASS = 0x0DE5C0
@@ -120,13 +124,12 @@ def lock_key(target_name: str) -> int:
 
 
 def sqlite_lock_path(config: TargetConfig) -> Path:
-    database = make_url(config.sqlalchemy_url).database or ""
+    database = parse_url(config.sqlalchemy_url).database or ""
     return Path(f"{Path(database).resolve()}.ops-lock")
 
 
 # ------------------------------------------------------------------ PostgreSQL
-_HOLDER_SQL = sa.text(
-    """
+_HOLDER_SQL = """
     SELECT a.pid, a.application_name
       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
      WHERE l.locktype = 'advisory' AND l.granted
@@ -134,25 +137,24 @@ _HOLDER_SQL = sa.text(
        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
      LIMIT 1
     """
-)
 
 
 def _pg_holder(conn: sa.Connection, key: int) -> LockHolder | None:
-    row = conn.execute(_HOLDER_SQL, {"k1": OPS_LOCK_CLASS, "k2": key}).first()
+    import sqlalchemy as sa
+
+    row = conn.execute(sa.text(_HOLDER_SQL), {"k1": OPS_LOCK_CLASS, "k2": key}).first()
     if row is None:
         return None
     return LockHolder.from_application_name(row.application_name or "", row.pid)
 
 
-_HELD_SQL = sa.text(
-    """
+_HELD_SQL = """
     SELECT EXISTS (
         SELECT 1 FROM pg_locks
          WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
            AND classid = CAST(:k1 AS oid) AND objid = CAST(:k2 AS oid) AND objsubid = 2
     )
     """
-)
 
 
 class HeldLock:
@@ -172,9 +174,13 @@ class HeldLock:
     def verify(self) -> None:
         if self._conn is None:  # SQLite: a kernel file lock held by this process cannot be taken away
             return
+        import sqlalchemy as sa
+
         try:
             held = bool(
-                self._conn.execute(_HELD_SQL, {"k1": OPS_LOCK_CLASS, "k2": lock_key(self.config.name)}).scalar()
+                self._conn.execute(
+                    sa.text(_HELD_SQL), {"k1": OPS_LOCK_CLASS, "k2": lock_key(self.config.name)}
+                ).scalar()
             )
         except sa.exc.SQLAlchemyError as exc:
             raise LockLost(
@@ -195,6 +201,8 @@ class HeldLock:
 def _pg_lock_on(
     conn: sa.Connection, config: TargetConfig, holder: LockHolder, wait_seconds: float
 ) -> Iterator[HeldLock]:
+    import sqlalchemy as sa
+
     key = lock_key(config.name)
     params = {"k1": OPS_LOCK_CLASS, "k2": key}
     try:
@@ -310,6 +318,8 @@ def target_lock(
         with _pg_lock_on(conn, config, holder, wait_seconds) as held:
             yield held
         return
+    from opsapp.services.alembic_api import connect
+
     with connect(config) as own, _pg_lock_on(own, config, holder, wait_seconds) as held:
         yield held
 
@@ -336,5 +346,7 @@ def current_holder(config: TargetConfig) -> LockHolder | None:
             return None
         finally:
             os.close(fd)
+    from opsapp.services.alembic_api import connect
+
     with connect(config, isolation_level="AUTOCOMMIT") as conn:
         return _pg_holder(conn, lock_key(config.name))

@@ -10,6 +10,7 @@ from django.core.management.base import CommandError
 
 from opsapp.models import Revision, Target
 from opsapp.services.actors import Actor
+from opsapp.services.catalog import store
 
 
 def target_names(option: str | None) -> list[str]:
@@ -54,6 +55,7 @@ def command_actor() -> Actor:
 
 def target_json(target: Target) -> dict[str, Any]:
     """The `show_revisions --json` object of one target (revisions newest first, like `alembic history`)."""
+    applied, current = store.position_of(target)
     revisions = [
         {
             "revision": row["revision"],
@@ -66,10 +68,10 @@ def target_json(target: Target) -> dict[str, Any]:
             "is_base": row["is_base"],
             "is_branch_point": row["is_branch_point"],
             "is_merge_point": row["is_merge_point"],
-            "applied": row["applied"],
-            "is_current": row["is_current"],
+            "applied": row["revision"] in applied,
+            "is_current": row["revision"] in current,
         }
-        for row in Revision.objects.filter(target=target)
+        for row in Revision.objects.filter(catalog_id=target.catalog_id)
         .order_by("-position")
         .values(
             "revision",
@@ -82,8 +84,6 @@ def target_json(target: Target) -> dict[str, Any]:
             "is_base",
             "is_branch_point",
             "is_merge_point",
-            "applied",
-            "is_current",
         )
         .iterator(chunk_size=2000)
     ]

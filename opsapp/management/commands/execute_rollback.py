@@ -19,8 +19,7 @@ from opsapp.management.cron import CronRecorded
 from opsapp.models import RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.errors import GateRefused, OpsError, RollbackFailed, TargetNotConfigured
-from opsapp.services.operations.downgrade import enqueue_downgrade
-from opsapp.services.rollback.requests import execute_request, reconcile
+from opsapp.services.rollback.reconcile import reconcile
 
 
 def _read_code() -> str:
@@ -81,6 +80,8 @@ class Command(CronRecorded):
             raise CommandError(f"Rollback request #{request_id} does not exist.", returncode=2)
         try:
             if options["enqueue"]:
+                from opsapp.services.operations.downgrade import enqueue_downgrade
+
                 op = enqueue_downgrade(request_id, code=options["code"], actor=actor)
                 emit(
                     self,
@@ -90,6 +91,9 @@ class Command(CronRecorded):
                     f"Follow it with `manage.py show_operation {op.pk} --wait`.",
                 )
                 return
+            # Imported here: the downgrade needs Alembic and SQLAlchemy, the cron --reconcile does not.
+            from opsapp.services.rollback.requests import execute_request
+
             result = execute_request(request_id, code=options["code"], actor=actor)
         except GateRefused as exc:
             emit(

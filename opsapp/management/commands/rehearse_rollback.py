@@ -13,6 +13,9 @@ Exit 0: the rehearsal succeeded (and the round trip, if asked, found nothing);
 id ({"operation": id, ...} with --json); follow it with show_operation ID --wait.
 --reconcile drops scratch copies left by a killed rehearsal and marks its
 record interrupted; exit 0.
+--json prints services/rehearsal/document.rehearsal_document: the same keys as
+a rehearsal in an evidence bundle's rehearsals.json (which adds `operation`
+and `audit_events`).
 """
 
 from __future__ import annotations
@@ -22,39 +25,15 @@ from django.core.management.base import CommandError
 from opsapp.management.commands._operations_cli import print_queued
 from opsapp.management.commands._rollback_cli import emit, named_actor
 from opsapp.management.cron import CronRecorded
-from opsapp.models import Rehearsal, RollbackRequest
+from opsapp.models import RollbackRequest
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError, TargetNotConfigured
 from opsapp.services.operations.queue import enqueue_rehearsal
+from opsapp.services.rehearsal.document import rehearsal_document
 from opsapp.services.rehearsal.run import reconcile, run_rehearsal
 from opsapp.services.rehearsal.summary import result_line
 
 PERMISSION = "opsapp.change_rollbackrequest"
-
-
-def rehearsal_json(rehearsal: Rehearsal) -> dict:
-    return {
-        "id": rehearsal.pk,
-        "request": rehearsal.request_id,
-        "snapshot": rehearsal.snapshot_id,
-        "status": rehearsal.status,
-        "message": result_line(rehearsal),
-        "server": rehearsal.server,
-        "plan_fingerprint": rehearsal.plan_fingerprint,
-        "restore_ms": rehearsal.restore_ms,
-        "downgrade_ms": rehearsal.downgrade_ms,
-        "duration_ms": rehearsal.duration_ms,
-        "steps": rehearsal.steps,
-        "failed_revision": rehearsal.failed_revision,
-        "failed_statement": rehearsal.failed_statement,
-        "sqlstate": rehearsal.sqlstate,
-        "error": rehearsal.error,
-        "rows_before": rehearsal.rows_before,
-        "rows_after": rehearsal.rows_after,
-        "destroyed": rehearsal.destroyed,
-        "schema_after": rehearsal.schema_after,
-        "round_trip": rehearsal.round_trip_report if rehearsal.round_trip else None,
-    }
 
 
 class Command(CronRecorded):
@@ -101,7 +80,7 @@ class Command(CronRecorded):
             emit(self, options, {"id": None, "request": request_id, "status": "refused", "message": str(exc)}, "")
             raise CommandError(f"Rehearsal refused: {exc}") from exc
         line = f"Request #{request_id}: {result_line(rehearsal)}."
-        emit(self, options, rehearsal_json(rehearsal), line)
+        emit(self, options, rehearsal_document(rehearsal), line)
         if rehearsal.status != "succeeded":
             raise CommandError(f"Rehearsal #{rehearsal.pk} failed.")
         if rehearsal.round_trip and not (rehearsal.round_trip_report or {}).get("ok"):

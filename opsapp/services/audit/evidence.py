@@ -41,6 +41,7 @@ from opsapp.services.audit.log import append_event
 from opsapp.services.audit.offline import BUNDLE_FORMAT
 from opsapp.services.audit.verify import run_verification
 from opsapp.services.errors import AuditError
+from opsapp.services.rehearsal.document import rehearsal_document
 
 README = """Evidence bundle for rollback request #{request_id} of target {target}
 Made {made} by {actor} with the ops console.
@@ -122,7 +123,8 @@ def request_facts(request: RollbackRequest) -> dict[str, Any]:
 
 
 def rehearsal_facts(request: RollbackRequest) -> list[dict[str, Any]]:
-    """What rehearsals.json says: each rehearsal of the request, oldest first, with its audit events' seqs."""
+    """What rehearsals.json says: each rehearsal of the request, oldest first (rehearsal_document's keys),
+    plus the operation that ran it and the seqs of its audit events."""
     events: dict[int, list[int]] = {}
     for seq, detail in (
         AuditEvent.objects.filter(request_id=request.pk, action__startswith="rehearsal_")
@@ -141,29 +143,7 @@ def rehearsal_facts(request: RollbackRequest) -> list[dict[str, Any]]:
         op = operations.get(rehearsal.pk)
         facts.append(
             {
-                "id": rehearsal.pk,
-                "status": rehearsal.status,
-                "started_by": rehearsal.started_by,
-                "started_at": _iso(rehearsal.started_at),
-                "finished_at": _iso(rehearsal.finished_at),
-                "snapshot": rehearsal.snapshot_id,
-                "plan_fingerprint": rehearsal.plan_fingerprint,
-                "script_fingerprint": rehearsal.script_fingerprint,
-                "isolation_level": rehearsal.isolation_level,
-                "server": rehearsal.server,
-                "round_trip": rehearsal.round_trip,
-                "restore_ms": rehearsal.restore_ms,
-                "downgrade_ms": rehearsal.downgrade_ms,
-                "duration_ms": rehearsal.duration_ms,
-                "steps": rehearsal.steps,
-                "failed_revision": rehearsal.failed_revision,
-                "failed_statement": rehearsal.failed_statement,
-                "sqlstate": rehearsal.sqlstate,
-                "error": rehearsal.error,
-                "rows_before": rehearsal.rows_before,
-                "rows_after": rehearsal.rows_after,
-                "destroyed": rehearsal.destroyed,
-                "round_trip_report": rehearsal.round_trip_report if rehearsal.round_trip else None,
+                **rehearsal_document(rehearsal),
                 "operation": None
                 if op is None
                 else {

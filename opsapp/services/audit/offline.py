@@ -151,8 +151,44 @@ def verify_export(path: Path, checkpoint_dir: Path, key: Ed25519PublicKey) -> tu
     return findings, notes
 
 
+def check_rehearsal_result(rehearsal: dict, event: dict) -> list[str]:
+    """A rehearsal's recorded result agrees with its `rehearsal_succeeded` event in the signed chain.
+
+    The event was written when the rehearsal finished; the bundle's copy comes
+    from the console's rehearsal table at export. The schema after the
+    downgrade is compared by the SHA-256 of its canonical JSON (events made
+    before that digest was recorded carry none: the schema is then vouched for
+    by the manifest signature only).
+    """
+    name, seq = f"rehearsal #{rehearsal['id']}", event["seq"]
+    detail = event.get("detail") or {}
+    findings = []
+    if rehearsal.get("status") != "succeeded":
+        findings.append(f"rehearsals.json: {name} is {rehearsal.get('status')!r}, but event #{seq} says it succeeded")
+    for key, recorded in (
+        ("snapshot", "snapshot"),
+        ("plan_fingerprint", "plan_fingerprint"),
+        ("destroyed", "destroyed"),
+    ):
+        if recorded in detail and canonical(rehearsal.get(key)) != canonical(detail[recorded]):
+            findings.append(f"rehearsals.json: {key} of {name} is not what its audit event #{seq} recorded")
+    digest = detail.get("schema_after_sha256")
+    if digest is not None:
+        if "schema_after" not in rehearsal:
+            findings.append(f"rehearsals.json: {name} has no schema_after, but its audit event #{seq} records one")
+        elif hashlib.sha256(canonical(rehearsal["schema_after"])).hexdigest() != digest:
+            findings.append(
+                f"rehearsals.json: schema_after of {name} is not the schema its audit event #{seq} recorded "
+                "(SHA-256 differs)"
+            )
+        if rehearsal.get("schema_after_sha256") not in (None, digest):
+            findings.append(f"rehearsals.json: schema_after_sha256 of {name} is not its audit event #{seq}'s")
+    return findings
+
+
 def check_rehearsals(rehearsals: list[dict], events: list[dict], request_id: int) -> list[str]:
-    """Each rehearsal in rehearsals.json is audited in the segment, and each audited one is listed."""
+    """Each rehearsal in rehearsals.json is audited in the segment, each audited one is listed, and a
+    succeeded one's result (snapshot, plan, losses, schema after) is what its audit event recorded."""
     findings = []
     listed = set()
     by_seq = {e["seq"]: e for e in events}
@@ -170,6 +206,8 @@ def check_rehearsals(rehearsals: list[dict], events: list[dict], request_id: int
                 or (event.get("detail") or {}).get("rehearsal") != rehearsal["id"]
             ):
                 findings.append(f"rehearsals.json: event #{seq} of rehearsal #{rehearsal['id']} is not in events.jsonl")
+            elif event["action"] == "rehearsal_succeeded":
+                findings += check_rehearsal_result(rehearsal, event)
     for event in events:
         detail = event.get("detail") or {}
         if (
@@ -244,7 +282,7 @@ def verify_bundle(path: Path, key: Ed25519PublicKey) -> tuple[list[str], list[st
     notes = [
         f"request #{request_id}: {len(manifest['event_seqs'])} events, chain #{events[0]['seq'] if events else '?'}.."
         f"#{body['seq']} signed by checkpoint of {body['time']} (signer {body['signer']})",
-        f"{len(rehearsals)} rehearsal(s), each with its audit events in the segment",
+        f"{len(rehearsals)} rehearsal(s), each with its audit events in the segment and its result as they recorded it",
     ]
     return findings, notes
 

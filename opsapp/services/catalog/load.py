@@ -12,6 +12,7 @@ reports the error in its own words.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import os
 import re
@@ -21,32 +22,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.script import Script, ScriptDirectory
-from alembic.script.revision import RevisionMap
-from alembic.util import to_tuple
-
-from opsapp.services.alembic_api import script_directory
 from opsapp.services.catalog.topology import Facts, compute_facts
 from opsapp.targets import TargetConfig, mask_url
 
+if TYPE_CHECKING:
+    from alembic.script import Script, ScriptDirectory
+
 _CREATE_DATE_RE = re.compile(r"^\s*Create Date:\s*(.+?)\s*$", re.MULTILINE)
-ROW_FIELDS = (
-    "down_revisions",
-    "branch_labels",
-    "branch_labels_text",
-    "depends_on",
-    "message",
-    "docstring",
-    "create_date",
-    "path",
-    "position",
-    "is_head",
-    "is_base",
-    "is_branch_point",
-    "is_merge_point",
-)
 
 
 @contextmanager
@@ -62,8 +46,59 @@ def _preserved_sys_path() -> Iterator[None]:
 
 def open_script_directory(config: TargetConfig) -> ScriptDirectory:
     """The target's ScriptDirectory (no migration file is imported). Raises ScriptDirectoryError."""
+    from opsapp.services.alembic_api import script_directory
+
     with _preserved_sys_path():
         return script_directory(config)
+
+
+@dataclass(frozen=True)
+class ScriptLocations:
+    """Where a script directory's files are: what the fingerprint stats."""
+
+    dir: str  # ScriptDirectory.dir
+    version_locations: tuple[Path, ...]  # ScriptDirectory._version_locations
+
+
+def script_locations(config: TargetConfig) -> ScriptLocations:
+    """ScriptDirectory.dir and ._version_locations as Alembic computes them, read from the ini
+    without importing Alembic when the ini is plain (a path for script_location; version_locations
+    absent or split by path_separator); otherwise, and for every error, from Alembic itself.
+
+    Raises ScriptDirectoryError when the script directory cannot be opened.
+    """
+    plain = _plain_locations(config)
+    if plain is not None:
+        return plain
+    sd = open_script_directory(config)
+    return ScriptLocations(sd.dir, tuple(sd._version_locations))
+
+
+_SEPARATORS = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
+
+
+def _plain_locations(config: TargetConfig) -> ScriptLocations | None:
+    # Alembic's Config.file_config and ScriptDirectory.from_config, for the plain cases only.
+    ini = Path(config.alembic_ini)
+    parser = configparser.ConfigParser({"here": ini.absolute().parent.as_posix()})
+    try:
+        if not parser.read([ini], encoding="locale"):
+            return None
+        location = parser.get("alembic", "script_location", fallback=None)
+        versions = parser.get("alembic", "version_locations", fallback=None)
+        separator = parser.get("alembic", "path_separator", fallback=None)
+    except (configparser.Error, OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not location or (":" in location and not os.path.isabs(location)) or not os.access(location, os.F_OK):
+        return None  # missing (Alembic's error), a package resource, or a path Alembic reports
+    if not versions:
+        return ScriptLocations(str(Path(location)), (Path(location, "versions").absolute(),))
+    if separator not in _SEPARATORS:
+        return None  # the legacy split (with a deprecation warning) or an invalid separator
+    parts = [part.strip() for part in versions.split(_SEPARATORS[separator]) if part]
+    if any(":" in part and not os.path.isabs(part) for part in parts):
+        return None
+    return ScriptLocations(str(Path(location)), tuple(Path(part).absolute() for part in parts))
 
 
 def _walk_files(location: Path) -> Iterator[tuple[str, int, int]]:
@@ -83,7 +118,7 @@ def _walk_files(location: Path) -> Iterator[tuple[str, int, int]]:
                 yield entry.path, st.st_size, st.st_mtime_ns
 
 
-def fingerprint_of(sd: ScriptDirectory, ini: Path) -> str:
+def fingerprint_of(sd: ScriptLocations, ini: Path) -> str:
     """sha256 over (name, size, mtime) of every .py under the version locations, env.py and the ini."""
     digest = hashlib.sha256()
     items: list[tuple[str, int, int]] = []
@@ -93,7 +128,7 @@ def fingerprint_of(sd: ScriptDirectory, ini: Path) -> str:
             items.append((str(extra), st.st_size, st.st_mtime_ns))
         except OSError:
             items.append((str(extra), -1, -1))
-    for location in sd._version_locations:
+    for location in sd.version_locations:
         items.extend(_walk_files(Path(location)))
     for name, size, mtime in sorted(items):
         digest.update(f"{name}\0{size}\0{mtime}\n".encode())
@@ -127,6 +162,9 @@ def load_catalog(config: TargetConfig) -> LoadedCatalog:
     Never raises for a broken script directory: problems are returned in
     `errors` (file name relative to the script directory, plus the error).
     """
+    from alembic.script import Script
+    from alembic.util import to_tuple
+
     result = LoadedCatalog()
     try:
         sd = open_script_directory(config)
@@ -187,6 +225,8 @@ def alembic_facts(scripts: list[Script], result: LoadedCatalog) -> Facts | None:
 
     The reference the linear facts are tested against, and the fallback for irregular graphs.
     """
+    from alembic.script.revision import RevisionMap
+
     rmap = RevisionMap(lambda: scripts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -29,6 +29,7 @@ from opsapp.models import Revision as RevisionRow
 from opsapp.models import Target
 from opsapp.services.catalog import drift
 from opsapp.services.catalog.preview import DowngradePlan
+from opsapp.services.catalog.store import catalog_key
 from opsapp.services.errors import RevisionResolutionError
 
 # One optional `branch@` before a revision, symbol or relative step; nothing blank around the `@`.
@@ -47,19 +48,19 @@ def revision_map_from_rows(target: Target) -> RevisionMap:
 
     Rows are fed in file order (by path), the order ScriptDirectory loads
     them, so traversal ties break the same way as with the real files.
-    Maps are cached per (target, script fingerprint, revision count): the rows
-    only change when a sync re-reads a changed directory, which changes the
-    fingerprint. Rebuilding a 10,000-revision map costs ~150 ms per page view.
+    Maps are cached per catalog and facts fingerprint (a sync that changes
+    the rows changes the fingerprint); targets sharing a script directory
+    share the map. Rebuilding a 10,000-revision map costs ~150 ms per page view.
     """
-    key = (target.pk, target.script_fingerprint, target.revision_count)
-    if target.script_fingerprint:
+    key = catalog_key(target)
+    if target.catalog_id is not None:
         with _MAP_CACHE_LOCK:
             cached = _MAP_CACHE.get(key)
             if cached is not None:
                 _MAP_CACHE.move_to_end(key)
                 return cached
     rmap = _build_revision_map(target)
-    if target.script_fingerprint:
+    if target.catalog_id is not None:
         # Build the lazy, memoized structures now, so threads only ever read a shared map.
         rmap.heads, rmap.bases, rmap._revision_map  # noqa: B018
         with _MAP_CACHE_LOCK:
@@ -71,7 +72,7 @@ def revision_map_from_rows(target: Target) -> RevisionMap:
 
 def _build_revision_map(target: Target) -> RevisionMap:
     rows = list(
-        RevisionRow.objects.filter(target=target)
+        RevisionRow.objects.filter(catalog_id=target.catalog_id)
         .order_by("path", "revision")
         .values_list("revision", "down_revisions", "depends_on", "branch_labels")
     )
@@ -234,7 +235,7 @@ def plan_downgrade(
         )
     check_expression(target_name, to)
     if revision_map is None:
-        target = Target.objects.filter(name=target_name).first()
+        target = Target.objects.filter(name=target_name).select_related("catalog").first()
         if target is None or target.last_synced_at is None:
             raise _refuse(
                 f"Target {target_name!r} has no synced catalog: run sync_revisions first.", target_name, revision=to

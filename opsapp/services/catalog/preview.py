@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from opsapp.models import Revision as RevisionRow
 from opsapp.models import Target
 from opsapp.services.catalog import topology
+from opsapp.services.catalog.store import catalog_key
 from opsapp.services.errors import RevisionResolutionError
 
 _SIZE = 8
@@ -45,18 +46,18 @@ _GRAPH_CACHE: OrderedDict[tuple, topology.Graph | None] = OrderedDict()
 
 
 def graph_from_rows(target: Target) -> topology.Graph | None:
-    """The linear-time graph of `target`'s synced rows (None if irregular), cached like the maps.
+    """The linear-time graph of `target`'s catalog (None if irregular), cached per catalog like the maps.
 
     Built in load order (by path), the order Alembic's map breaks ties in.
     """
-    key = (target.pk, target.script_fingerprint, target.revision_count)
+    key = catalog_key(target)
     with _LOCK:
-        if target.script_fingerprint and key in _GRAPH_CACHE:
+        if target.catalog_id is not None and key in _GRAPH_CACHE:
             _GRAPH_CACHE.move_to_end(key)
             return _GRAPH_CACHE[key]
-    rows = RevisionRow.objects.filter(target=target).order_by("path", "revision")
+    rows = RevisionRow.objects.filter(catalog_id=target.catalog_id).order_by("path", "revision")
     graph = topology.build_graph(list(rows.values_list("revision", "down_revisions", "depends_on", "branch_labels")))
-    if target.script_fingerprint:
+    if target.catalog_id is not None:
         with _LOCK:
             _GRAPH_CACHE[key] = graph
             while len(_GRAPH_CACHE) > _SIZE:
@@ -69,15 +70,16 @@ _STEPS_CACHE: OrderedDict[tuple, tuple[list[str] | None, bool]] = OrderedDict()
 
 def _steps(target: Target, graph: topology.Graph, heads: list[str], to: str) -> tuple[list[str] | None, bool]:
     """(downgrade_steps, whether `to` is applied), remembered per catalog, heads and revision:
-    a page viewed again costs a dictionary lookup, not a walk of the history."""
-    key = (target.pk, target.script_fingerprint, target.revision_count, tuple(heads), to)
+    a page viewed again costs a dictionary lookup, not a walk of the history (and targets on
+    one directory at the same heads share the answer)."""
+    key = (*catalog_key(target), tuple(heads), to)
     with _LOCK:
-        if target.script_fingerprint and key in _STEPS_CACHE:
+        if target.catalog_id is not None and key in _STEPS_CACHE:
             _STEPS_CACHE.move_to_end(key)
             return _STEPS_CACHE[key]
     applied = topology.applied_set(graph, heads)
     answer = (topology.downgrade_steps(graph, heads, to, applied=applied), to in applied)
-    if target.script_fingerprint:
+    if target.catalog_id is not None:
         with _LOCK:
             _STEPS_CACHE[key] = answer
             while len(_STEPS_CACHE) > 64:
@@ -95,7 +97,7 @@ def preview_downgrade(target_name: str, to: str, current_heads: list[str]) -> Do
     else (prefixes, labels, relative steps, irregular rows) goes to
     `plan_downgrade`. Raises RevisionResolutionError like it.
     """
-    target = Target.objects.filter(name=target_name).first()
+    target = Target.objects.filter(name=target_name).select_related("catalog").first()
     heads = sorted(set(current_heads))
     if target is None or target.last_synced_at is None or not heads:
         return _plan(target_name, to, current_heads)

@@ -1,4 +1,4 @@
-"""The revision catalog: sync a target's script directory and database state into Revision rows.
+"""The revision catalog: sync a target's script directory (its shared catalog) and database state.
 
 Admin pages read the synced rows (and `peek_heads`, which stores nothing);
 they never write. Only `sync_target` imports migration files, and only when
@@ -16,27 +16,27 @@ console's own downgrade passes `moved_by` and is attributed to its executor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from alembic.runtime.migration import MigrationContext
 from django.conf import settings
-from django.db import connection as console_db
 from django.db import transaction
 from django.utils import timezone
 
-from opsapp.models import AuditAction, AuditOutcome, Revision, RollbackRequest, Target, TargetState
+from opsapp.models import AuditAction, AuditOutcome, RollbackRequest, ScriptCatalog, Target, TargetState
 from opsapp.services.actors import Actor
-from opsapp.services.alembic_api import connect
 from opsapp.services.audit.log import append_event
-from opsapp.services.catalog import drift
-from opsapp.services.catalog.load import ROW_FIELDS, LoadedCatalog, fingerprint_of, load_catalog, open_script_directory
+from opsapp.services.catalog import drift, store
+from opsapp.services.catalog.load import LoadedCatalog, fingerprint_of, script_locations
+from opsapp.services.catalog.store import CatalogRead, Graph, graph_of
 from opsapp.services.errors import OpsError, TargetMisconfigured, TargetNotConfigured, TargetUnreachable
-from opsapp.services.fleet.versions import read_version_table
+from opsapp.services.version_table import read_heads
 from opsapp.targets import TargetConfig, get_target, mask_url
 
-BATCH = 1000
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
 SYSTEM_ACTOR = Actor(username="system:catalog")
 # The actor of a heads change the console did not make: who saw it goes in the detail.
 OUTSIDE_THE_CONSOLE = "outside the console"
@@ -79,7 +79,7 @@ def script_fingerprint(config: TargetConfig) -> str:
 
     Raises ScriptDirectoryError when the script directory cannot be opened.
     """
-    return fingerprint_of(open_script_directory(config), config.alembic_ini)
+    return fingerprint_of(script_locations(config), config.alembic_ini)
 
 
 def read_current_heads(config: TargetConfig, connection: sa.Connection | None = None) -> list[str]:
@@ -89,14 +89,20 @@ def read_current_heads(config: TargetConfig, connection: sa.Connection | None = 
     """
     if connection is not None:
         return _heads_on(config, connection)
-    if config.is_postgresql:
-        # One connection and one SELECT (no SQLAlchemy engine, no has_table probe): the fleet's cost.
-        return read_version_table(config)
+    # The bare driver when it can (no SQLAlchemy import in a cron run), else SQLAlchemy's engine.
+    heads = read_heads(config)
+    if heads is not None:
+        return heads
+    from opsapp.services.alembic_api import connect
+
     with connect(config, shared=True) as conn:
         return _heads_on(config, conn)
 
 
 def _heads_on(config: TargetConfig, connection: sa.Connection) -> list[str]:
+    import sqlalchemy as sa
+    from alembic.runtime.migration import MigrationContext
+
     try:
         return sorted(MigrationContext.configure(connection).get_current_heads())
     except sa.exc.SQLAlchemyError as exc:
@@ -113,47 +119,7 @@ class DbRead:
     error: str | None = None
 
 
-@dataclass
-class _Graph:
-    """Parents of every revision (down revisions plus resolved depends_on), from rows or a fresh load."""
-
-    parents: dict[str, tuple[str, ...]]
-    heads: list[str]
-
-    @classmethod
-    def from_rows(cls, rows: dict[str, dict[str, Any]], heads: list[str]) -> _Graph:
-        # depends_on may name a branch label; Alembic resolves a label to the revision declaring it.
-        names = {rev: rev for rev in rows}
-        for rev, row in rows.items():
-            for label in row["branch_labels"]:
-                names.setdefault(label, rev)
-        parents = {
-            rev: tuple(row["down_revisions"]) + tuple(names[d] for d in row["depends_on"] if d in names)
-            for rev, row in rows.items()
-        }
-        return cls(parents=parents, heads=heads)
-
-    def ancestors(self, revisions: list[str]) -> set[str]:
-        seen: set[str] = set()
-        todo = [rev for rev in revisions if rev in self.parents]
-        while todo:
-            rev = todo.pop()
-            if rev in seen:
-                continue
-            seen.add(rev)
-            todo.extend(p for p in self.parents.get(rev, ()) if p not in seen)
-        return seen
-
-    def covered_rows(self, revisions: list[str]) -> dict[str, list[str]]:
-        """Each of `revisions` that is an ancestor of another one of them -> those it is below.
-
-        Dependencies count: Alembic collapses a `depends_on` revision into its dependant's row too.
-        """
-        covered: dict[str, list[str]] = {}
-        for newer in sorted(set(revisions)):
-            for rev in (self.ancestors([newer]) - {newer}) & set(revisions):
-                covered.setdefault(rev, []).append(newer)
-        return covered
+_Graph = Graph  # the parent graph of a catalog (store.Graph)
 
 
 @dataclass
@@ -206,67 +172,6 @@ def compute_state(target: Target, graph: _Graph, db: DbRead) -> StateResult:
 
 
 # ---------------------------------------------------------------- writing
-def _chunks(items: list, size: int = BATCH):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _upsert_rows(target: Target, rows: dict[str, dict[str, Any]], result: StateResult) -> int:
-    """Create, update and delete Revision rows in batches; no per-row queries. Returns how many rows changed."""
-    existing = {
-        values["revision"]: values
-        for values in Revision.objects.filter(target=target).values(
-            "id", "revision", *ROW_FIELDS, "applied", "is_current"
-        )
-    }
-    to_create, to_update = [], []
-    fields = (*ROW_FIELDS, "applied", "is_current")
-    for rev, row in rows.items():
-        wanted = {**row, "applied": rev in result.applied, "is_current": rev in result.current}
-        old = existing.get(rev)
-        if old is None:
-            to_create.append(Revision(target=target, revision=rev, **wanted))
-        elif any(old[name] != wanted[name] for name in fields):
-            to_update.append(Revision(id=old["id"], target=target, revision=rev, **wanted))
-    gone = [values["id"] for rev, values in existing.items() if rev not in rows]
-    for chunk in _chunks(gone):
-        Revision.objects.filter(id__in=chunk).delete()
-    Revision.objects.bulk_create(to_create, batch_size=BATCH)
-    Revision.objects.bulk_update(to_update, fields, batch_size=250)
-    return len(gone) + len(to_create) + len(to_update)
-
-
-def _analyze_revisions() -> None:
-    """Refresh PostgreSQL's statistics of the revision table (after a bulk sync they are stale:
-    the changelist's plan would be chosen on row estimates from before the sync)."""
-    if console_db.vendor == "postgresql":
-        with console_db.cursor() as cursor:
-            cursor.execute(f"ANALYZE {console_db.ops.quote_name(Revision._meta.db_table)}")
-
-
-def _update_flags(target: Target, result: StateResult) -> None:
-    """Set applied/is_current from `result`, touching only rows whose flag changes."""
-    current_flags = Revision.objects.filter(target=target).values_list("id", "revision", "applied", "is_current")
-    changes: dict[tuple[str, bool], list[int]] = {}
-    for pk, rev, applied, is_current in current_flags:
-        if applied != (rev in result.applied):
-            changes.setdefault(("applied", not applied), []).append(pk)
-        if is_current != (rev in result.current):
-            changes.setdefault(("is_current", not is_current), []).append(pk)
-    for (name, value), ids in changes.items():
-        for chunk in _chunks(ids, 5000):
-            Revision.objects.filter(id__in=chunk).update(**{name: value})
-
-
-def _rows_from_db(target: Target) -> dict[str, dict[str, Any]]:
-    return {
-        values["revision"]: values
-        for values in Revision.objects.filter(target=target).values(
-            "revision", "down_revisions", "depends_on", "branch_labels"
-        )
-    }
-
-
 def _read_db(config: TargetConfig | None, problem: str | None, last_known: list[str]) -> DbRead:
     """What alembic_version holds; on failure the error (masked) plus the last known heads for the flags."""
     if config is None:
@@ -352,15 +257,15 @@ _STEADY_STATES = (
 )
 
 
-def _nothing_changed(target: Target, loaded: LoadedCatalog | None, problem: str | None, db: DbRead) -> bool:
+def _nothing_changed(target: Target, found: CatalogRead | None, problem: str | None, db: DbRead) -> bool:
     """True when neither the scripts nor alembic_version moved since the last sync.
 
-    The state and flags are a pure function of the synced rows, the script
+    The state is a pure function of the catalog, the script
     heads and the database heads; when none changed there is nothing to
     recompute (the cron re-sync of an unchanged target costs a few queries).
     """
     return (
-        loaded is None
+        found is None
         and problem is None
         and db.error is None
         and target.last_synced_at is not None
@@ -376,69 +281,87 @@ def _nothing_changed(target: Target, loaded: LoadedCatalog | None, problem: str 
 
 # ------------------------------------------------------------------ public
 def sync_target(
-    name: str, *, actor: Actor | None = None, force: bool = False, moved_by: RollbackRequest | None = None
+    name: str,
+    *,
+    actor: Actor | None = None,
+    force: bool = False,
+    moved_by: RollbackRequest | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> Target:
     """Sync target `name`'s catalog and state; return the saved Target.
 
     `actor` is who syncs (the observer of any heads change, which is audited
     as made outside the console); `moved_by` is the console's own request
-    whose downgrade just moved the heads. Re-imports the script directory
-    only when its fingerprint changed (or `force`); the returned object's
-    `catalog_reread` attribute says whether it did. Raises
+    whose downgrade just moved the heads. Looks at the script directory only
+    when its fingerprint changed (or `force`), and then reuses the catalog of
+    a target that already read the same files; the returned object's
+    `catalog_reread` attribute says whether this sync imported them. Raises
     TargetNotConfigured for an unknown name; never raises for an unreachable
     database or a broken script directory.
+
+    `checkpoint` is called at the safe points, where stopping leaves the
+    catalog exactly as it was: after the script directory was read, and
+    under the target row's lock just before the first write. Whatever it
+    raises propagates, and nothing is written (a queued sync's cancel).
     """
     actor = actor or SYSTEM_ACTOR
     target = ensure_target_row(name)
     config, problem = _config(name)
-    fingerprint, loaded = "", None
+    fingerprint, found = "", None
     if config is not None:
         try:
             fingerprint = script_fingerprint(config)
         except OpsError as exc:
             problem = str(exc)
         if problem is None and (force or fingerprint != target.script_fingerprint or target.last_synced_at is None):
-            loaded = load_catalog(config)
+            found = store.catalog_for(config, fingerprint, force=force, previous=target.catalog_id)
+    if checkpoint is not None:
+        checkpoint()
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
+        previous_catalog = target.catalog_id
         # Read alembic_version under the row lock: read before it, a slower
         # concurrent sync could store stale heads after a newer one and audit
         # a change that never happened.
         db = _read_db(config, problem, target.current_heads)
-        if _nothing_changed(target, loaded, problem, db):
+        if checkpoint is not None:
+            checkpoint()  # the last point before the first write; raising rolls this transaction back
+        if _nothing_changed(target, found, problem, db):
             target.last_synced_at = target.last_checked_at = timezone.now()
             target.save(update_fields=["last_synced_at", "last_checked_at"])
             target.catalog_reread = False
             return target
-        rows: dict[str, dict[str, Any]] | None = None
         if problem is not None:
             target.sync_errors = [{"file": "", "error": mask_url(problem)}]
             target.script_fingerprint = ""
-        elif loaded is not None and (
-            force or fingerprint != target.script_fingerprint or target.last_synced_at is None
-        ):
+        elif found is not None and (force or fingerprint != target.script_fingerprint or target.last_synced_at is None):
             target.script_fingerprint = fingerprint
-            target.sync_errors = loaded.errors
-            if not loaded.errors:
-                rows = loaded.rows
-                target.script_heads = loaded.heads
-                target.revision_count = len(rows)
+            target.sync_errors = found.errors
+            if found.catalog is not None:
+                _point_at(target, found.catalog)
         else:
             # Unchanged directory (or another sync just stored it): nothing to re-read.
-            loaded = None
-        graph_rows = rows if rows is not None else _rows_from_db(target)
-        graph = _Graph.from_rows(graph_rows, list(target.script_heads))
-        result = _apply_state(target, graph, db, actor, moved_by=moved_by)
-        if rows is not None:
-            if _upsert_rows(target, rows, result) >= BATCH:
-                # After the commit: ANALYZE's lock would otherwise be held with the target row's.
-                transaction.on_commit(_analyze_revisions)
-        else:
-            _update_flags(target, result)
+            found = None
+        graph = graph_of(target.catalog, list(target.script_heads))
+        _apply_state(target, graph, db, actor, moved_by=moved_by)
         target.last_synced_at = timezone.now()
         target.save()
-    target.catalog_reread = loaded is not None
+    if previous_catalog != target.catalog_id:
+        store.prune_catalogs([previous_catalog])
+    target.catalog_reread = found is not None and found.reread
     return target
+
+
+def _point_at(target: Target, catalog: ScriptCatalog) -> None:
+    """Point `target` at `catalog`, locked so that a concurrent prune cannot delete it under us."""
+    if not ScriptCatalog.objects.select_for_update().filter(pk=catalog.pk).exists():
+        # Pruned since it was found (the last target on it moved away, a rare race):
+        # forget the file fingerprint so the next sync reads the directory again.
+        target.script_fingerprint = ""
+        return
+    target.catalog = catalog
+    target.script_heads = list(catalog.heads)
+    target.revision_count = catalog.revision_count
 
 
 def sync_all(*, actor: Actor | None = None, force: bool = False) -> list[Target]:
@@ -475,7 +398,7 @@ def stale_catalog_note(target: Target) -> str:
 
 
 def refresh_state(name: str, *, actor: Actor | None = None) -> Target:
-    """Re-read only alembic_version and recompute state and flags from the synced rows.
+    """Re-read only alembic_version and recompute the state from the synced catalog.
 
     Never imports a migration file. When the script directory changed since
     the last sync, says so in `state_detail` (the catalog is stale).
@@ -488,14 +411,14 @@ def refresh_state(name: str, *, actor: Actor | None = None) -> Target:
     with transaction.atomic():
         target = Target.objects.select_for_update().get(pk=target.pk)
         db = _read_db(config, problem, target.current_heads)  # under the lock, as in sync_target
-        graph = _Graph.from_rows(_rows_from_db(target), list(target.script_heads))
+        graph = graph_of(target.catalog, list(target.script_heads))
         if target.last_synced_at is None:
             _record_heads(target, db, actor)
             target.state = TargetState.UNREACHABLE if db.error else TargetState.NOT_SYNCED
             target.state_detail = db.error or "The catalog has not been synced yet: run sync_revisions."
             target.last_checked_at = timezone.now()
         else:
-            _update_flags(target, _apply_state(target, graph, db, actor, note=note))
+            _apply_state(target, graph, db, actor, note=note)
         target.save()
     target.catalog_reread = False
     return target

@@ -7,9 +7,10 @@ failed enqueue leaves no row behind. Only the row's id goes on the queue.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -21,18 +22,20 @@ from opsapp.models import (
     OperationKind,
     OperationState,
     RollbackRequest,
+    Snapshot,
 )
 from opsapp.models.operation import UNCANCELLABLE_WHILE_RUNNING
 from opsapp.services.actors import Actor
 from opsapp.services.audit.log import append_event, request_context
 from opsapp.services.catalog.sync import ensure_target_row
-from opsapp.services.errors import OpsError
+from opsapp.services.errors import OpsError, SnapshotError
 from opsapp.targets import get_target
 
 _UNITS = {
     OperationKind.DOWNGRADE: "steps",
     OperationKind.REHEARSAL: "steps",
     OperationKind.SNAPSHOT: "bytes",
+    OperationKind.RESTORE: "bytes",
 }
 
 
@@ -52,6 +55,7 @@ def create_operation(
     request: RollbackRequest | None = None,
     retry_of: Operation | None = None,
     params: dict[str, Any] | None = None,
+    snapshot: Snapshot | None = None,
 ) -> Operation:
     """Create an Operation and enqueue `run_operation(id)`; both in one transaction. Must run inside one."""
     from opsapp.services.operations.tasks import run_operation
@@ -62,7 +66,7 @@ def create_operation(
         kind=kind,
         target=target,
         request=request,
-        snapshot=request.snapshot if request is not None and kind == OperationKind.DOWNGRADE else None,
+        snapshot=snapshot or (request.snapshot if request is not None and kind == OperationKind.DOWNGRADE else None),
         retry_of=retry_of,
         attempt=(retry_of.attempt + 1) if retry_of else 1,
         requested_by_id=actor.user_id,
@@ -120,6 +124,72 @@ def enqueue_rehearsal(request_id: int, *, actor: Actor, round_trip: bool = False
     )
 
 
+def enqueue_restore(snapshot_id: int, destination: str, *, actor: Actor) -> Operation:
+    """Queue a restore of snapshot `snapshot_id` into restore destination `destination`; audited.
+
+    Only the destination's name enters the operation and the queue; the
+    worker reads its URL (opsapp.destinations). Checked here: the snapshot is
+    restorable, the destination is configured and valid, and no other restore
+    into it is queued or running. The worker checks again (empty database, not
+    a target) before pg_restore starts. Raises SnapshotError (refusals audited).
+    """
+    from opsapp.destinations import get_destination
+    from opsapp.services.snapshots.restore import check_restorable
+
+    snap = Snapshot.objects.select_related("target").filter(pk=snapshot_id).first()
+    if snap is None:
+        raise SnapshotError(f"Snapshot #{snapshot_id} does not exist.", reason="not_found", snapshot_id=snapshot_id)
+    try:
+        check_restorable(snap)
+        try:
+            config = get_destination(destination)
+        except OpsError as exc:
+            raise SnapshotError(str(exc), reason=exc.reason) from exc
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                # Serialises two clicks for one destination: the second sees the first's operation.
+                with connection.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"ops-restore:{config.name}"])
+            busy = Operation.objects.filter(
+                kind=OperationKind.RESTORE, params__destination=config.name, state__in=ACTIVE_STATES
+            ).first()
+            if busy is not None:
+                raise SnapshotError(
+                    f"A restore into destination {config.name!r} is already {busy.state} as operation #{busy.pk}.",
+                    reason="destination_busy",
+                )
+            op = create_operation(
+                OperationKind.RESTORE,
+                snap.target.name,
+                actor=actor,
+                snapshot=snap,
+                params={"destination": config.name},
+            )
+            append_event(
+                action=AuditAction.RESTORE_QUEUED,
+                outcome=AuditOutcome.INFO,
+                actor=actor,
+                target=snap.target.name,
+                snapshot_id=snap.pk,
+                message=f"Restore of snapshot #{snap.pk} of {snap.target.name} into destination {config.name!r} "
+                f"queued as operation #{op.pk}.",
+                detail={"operation": op.pk, "destination": config.name, "into": config.masked_url},
+            )
+            return op
+    except SnapshotError as exc:
+        append_event(
+            action=AuditAction.SNAPSHOT_RESTORED,
+            outcome=AuditOutcome.REFUSED,
+            actor=actor,
+            target=snap.target.name,
+            snapshot_id=snap.pk,
+            message=f"Restore not queued: {exc}",
+            detail={"destination": destination, "reason": exc.reason},
+        )
+        exc.snapshot_id = snap.pk
+        raise
+
+
 def get_operation(operation_id: int) -> Operation:
     op = Operation.objects.select_related("target", "request", "snapshot").filter(pk=operation_id).first()
     if op is None:
@@ -137,13 +207,16 @@ def active_operations() -> QuerySet[Operation]:
 
 
 def cancel_operation(operation_id: int, *, actor: Actor) -> Operation:
-    """Cancel a queued operation at once, or ask a running snapshot or downgrade to stop.
+    """Cancel a queued operation at once, or ask a running one to stop.
 
     A queued one turns `cancelled` here (its worker will skip it). A running
     snapshot is stopped by its worker within a heartbeat (the dump killed,
-    its file removed); a running downgrade is aborted as a whole (its
-    transaction rolls back). Audited either way. Raises CannotCancel for a
-    finished operation or a running sync.
+    its file removed); a running restore likewise (pg_restore killed, its
+    single transaction rolled back); a running downgrade is aborted as a
+    whole (its transaction rolls back); a running sync stops at its next safe
+    point, before it writes the catalog (once it writes, it finishes).
+    Audited either way. Raises CannotCancel for a finished operation or a
+    running rehearsal.
     """
     op = get_operation(operation_id)
     now = timezone.now()
@@ -174,10 +247,18 @@ def cancel_operation(operation_id: int, *, actor: Actor) -> Operation:
             if op.state == OperationState.RUNNING:
                 return op  # already asked
             raise CannotCancel(f"Operation #{op.pk} is {op.state}; only a queued or running one can be cancelled.")
-        what = "abort of the whole downgrade" if op.kind == OperationKind.DOWNGRADE else "stop of the running dump"
+        what = _STOP_WHAT.get(OperationKind(op.kind), "stop")
         _audit_cancel(op, actor, f"Operation #{op.pk} ({op.kind} of {op.target.name}): {what} requested.")
     op.refresh_from_db()
     return op
+
+
+_STOP_WHAT = {
+    OperationKind.DOWNGRADE: "abort of the whole downgrade",
+    OperationKind.SNAPSHOT: "stop of the running dump",
+    OperationKind.RESTORE: "stop of the running pg_restore (its transaction rolls back)",
+    OperationKind.SYNC: "stop at the sync's next safe point, before it writes",
+}
 
 
 def _audit_cancel(op: Operation, actor: Actor, message: str) -> None:
@@ -200,11 +281,19 @@ def audit_operation(op: Operation, action: str, outcome: str, actor: Actor, mess
     )
 
 
-def eta_seconds(op: Operation) -> int | None:
-    """Seconds left at the current rate, or None when it cannot be told yet."""
-    if op.state != OperationState.RUNNING or not op.started_at or not op.progress_total or not op.progress_done:
+def eta_seconds(op: Operation, now: datetime | None = None) -> int | None:
+    """Seconds left at the rate since the counted work began, or None when it cannot be told.
+
+    The rate is measured from `progress_since` (a dump's start), not from
+    `started_at`, so a wait for the target's lock does not slow the estimate.
+    None before any progress, without a total (a first snapshot of a target:
+    its final size cannot be estimated), and once the total is reached or
+    passed (a dump that outgrew its estimated size).
+    """
+    since = op.progress_since or op.started_at
+    if op.state != OperationState.RUNNING or not since or not op.progress_total or not op.progress_done:
         return None
-    elapsed = (timezone.now() - op.started_at).total_seconds()
+    elapsed = ((now or timezone.now()) - since).total_seconds()
     if elapsed <= 0 or op.progress_done >= op.progress_total:
         return None
     rate = op.progress_done / elapsed
@@ -236,6 +325,8 @@ def operation_summary(op: Operation) -> dict[str, Any]:
             "percent": op.percent,
             "label": op.progress_label,
             "eta_seconds": eta_seconds(op),
+            # Non-empty when `total` is an estimate (a dump's final size): what it was estimated from.
+            "estimate": op.progress_estimate,
         },
         "result": op.result,
         "error": op.error,

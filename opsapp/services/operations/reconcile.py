@@ -16,6 +16,9 @@ free lock proves the worker process is gone. Then:
   or a command) go too. Until the server has dropped the dead worker's
   session (the copy's lock still held), the operation is left running. Never
   retried: rehearse again;
+- restore: interrupted. Its pg_restore died with the worker (it reads the
+  archive from the worker's pipe and is killed with it), so its single
+  transaction rolled back: the destination is as before. Never retried;
 - sync: interrupted.
 
 The queue's own row of a dead job is marked failed, so no worker picks it
@@ -111,6 +114,12 @@ def _close_work(op: Operation, actor: Actor) -> str | None:
         if rehearsal.status == RehearsalStatus.INTERRUPTED:
             return f"{base}; rehearsal #{rehearsal.pk} interrupted, its scratch copy {rehearsal.scratch_name} dropped."
         return f"{base}; rehearsal #{rehearsal.pk} had recorded its result ({rehearsal.status})."
+    if op.kind == OperationKind.RESTORE:
+        destination = (op.params or {}).get("destination", "?")
+        return (
+            f"{base}; its pg_restore stopped with it and its single transaction rolled back, so destination "
+            f"{destination!r} is as before. Queue the restore again."
+        )
     return f"{base}."
 
 

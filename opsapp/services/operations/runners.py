@@ -2,7 +2,8 @@
 
 Each holds the target's lock (services/locks.py) for its whole run, so two
 workers never run two operations on one target at once, while operations on
-different targets run in parallel. A job waits up to OPS_JOB_LOCK_WAIT_SECONDS
+different targets run in parallel (a restore takes no target lock: it only
+reads the snapshot's file). A job waits up to OPS_JOB_LOCK_WAIT_SECONDS
 for the lock (its label says who holds it). A downgrade takes the lock on its
 own working connection (rollback.execute), as the gate requires. A rehearsal
 takes no target lock: it only reads the target's heads and works on a scratch
@@ -22,16 +23,19 @@ from django.conf import settings
 from django.utils import timezone
 from sqlalchemy.engine import make_url
 
-from opsapp.models import Operation, OperationKind, Rehearsal, RehearsalStatus, Snapshot
+from opsapp.models import AuditAction, AuditOutcome, Operation, OperationKind, Rehearsal, RehearsalStatus, Snapshot
 from opsapp.services.actors import Actor
 from opsapp.services.alembic_api import connect
 from opsapp.services.catalog.sync import sync_target
 from opsapp.services.errors import GateRefused, OpsError, RollbackFailed
 from opsapp.services.locks import LockBusy, LockHolder, current_holder, target_lock
-from opsapp.services.operations.worker import Heartbeat
+from opsapp.services.operations.queue import audit_operation
+from opsapp.services.operations.worker import Heartbeat, OperationCancelled
 from opsapp.services.rollback.execute import execute_request
 from opsapp.services.rollback.requests import attach_snapshot
+from opsapp.services.snapshots.estimate import estimate_dump_size
 from opsapp.services.snapshots.lifecycle import take_snapshot
+from opsapp.services.snapshots.postgres import RestoreProgress
 from opsapp.targets import TargetConfig, get_target
 
 _WAIT_POLL_SECONDS = 0.5
@@ -78,11 +82,22 @@ def _wait_until_free(config: TargetConfig, beat: Heartbeat) -> None:
 
 # ------------------------------------------------------------------ snapshot
 def run_snapshot(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
-    """pg_dump (or SQLite backup) with progress = bytes written against the database's size; cancellable."""
+    """pg_dump (or SQLite backup) with progress = bytes written against the archive's estimated size; cancellable.
+
+    The total is an estimate from this target's earlier snapshots
+    (snapshots.estimate), said so on the operation; without one there is no
+    total and no ETA, only the bytes written.
+    """
     config = get_target(op.target.name)
     with _job_lock(config, op, actor, beat):
-        total = database_size(config)
-        beat.report(progress_done=0, progress_total=total, progress_label="dumping")
+        estimate = estimate_dump_size(op.target, database_size(config))
+        beat.report(
+            progress_done=0,
+            progress_total=estimate.total,
+            progress_estimate=estimate.basis[:300],
+            progress_since=timezone.now(),
+            progress_label="dumping",
+        )
 
         def created(snap: Snapshot) -> None:
             Operation.objects.filter(pk=op.pk).update(snapshot=snap)
@@ -92,19 +107,44 @@ def run_snapshot(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]
             beat.check()  # raising here stops pg_dump; take_snapshot removes the file and fails the row
 
         snap = take_snapshot(op.target.name, actor=actor, progress=progress, on_created=created)
-    # The archive is compressed, so it ends below the database's size: the bar ends at the file's size.
+    # The estimate served while it ran; the finished bar ends at the file's real size.
     beat.report(progress_done=snap.size, progress_total=snap.size, progress_label="verified")
     if op.request_id:
         attach_snapshot(op.request, snap.pk, actor=actor)
         beat.report(progress_label=f"verified and attached to rollback request #{op.request_id}")
-    return {"snapshot": snap.pk, "status": snap.status, "size": snap.size, "sha256": snap.sha256, "heads": snap.heads}
+    return {
+        "snapshot": snap.pk,
+        "status": snap.status,
+        "size": snap.size,
+        "sha256": snap.sha256,
+        "heads": snap.heads,
+        "estimated_size": estimate.total,
+    }
 
 
 # ---------------------------------------------------------------------- sync
 def run_sync(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
+    """sync_target under the target's lock; a cancel is honoured at its safe points, before anything is written.
+
+    Safe points: while it waits for the lock, after the script directory was
+    read, and under the target row's lock just before the first write. Each
+    reads the operation row for a cancel request (not waiting for a beat).
+    Once the writing transaction passed its last safe point the sync finishes.
+    """
     config = get_target(op.target.name)
-    with _job_lock(config, op, actor, beat):
-        target = sync_target(op.target.name, actor=actor)
+    try:
+        with _job_lock(config, op, actor, beat):
+            target = sync_target(op.target.name, actor=actor, checkpoint=beat.check_now)
+    except OperationCancelled:
+        audit_operation(
+            op,
+            AuditAction.OPERATION_CANCELLED,
+            AuditOutcome.INFO,
+            actor,
+            f"Operation #{op.pk} (sync of {op.target.name}) stopped at a safe point before writing, as "
+            f"{beat.cancelled_by or 'an operator'} asked: the catalog is unchanged.",
+        )
+        raise
     return {"state": target.state, "heads": target.current_heads, "pending": target.pending_count}
 
 
@@ -204,9 +244,52 @@ def run_rehearsal_operation(op: Operation, actor: Actor, beat: Heartbeat) -> dic
     return result
 
 
+# ------------------------------------------------------------------- restore
+def run_restore(op: Operation, actor: Actor, beat: Heartbeat) -> dict[str, Any]:
+    """pg_restore of the operation's snapshot into its restore destination (a name; the URL is read here).
+
+    Progress: archive bytes read of the file's size, the items restored in
+    the label. A cancel kills pg_restore (its single transaction rolls back).
+    Takes no target lock: the target is not touched, only its snapshot file
+    is read. Never retried.
+    """
+    from opsapp.services.snapshots.restore import restore_to_destination
+
+    assert op.snapshot is not None
+    destination = str((op.params or {}).get("destination") or "")
+    beat.report(
+        progress_done=0,
+        progress_total=op.snapshot.size,
+        progress_since=timezone.now(),
+        progress_label=f"checking destination {destination!r}"[:500],
+    )
+    beat.check_now()
+
+    def progress(p: RestoreProgress) -> None:
+        beat.report(progress_done=p.bytes_done, progress_label=f"{p.items} item(s) restored; {p.action}"[:500])
+        beat.check()  # raising here kills pg_restore: nothing is committed
+
+    try:
+        result = restore_to_destination(
+            op.snapshot.pk, destination, actor=actor, progress=progress, on_process=beat.set_aborter
+        )
+    except OpsError as exc:
+        if not beat.cancelled.is_set():
+            raise
+        message = (
+            f"Cancelled by {beat.cancelled_by or 'an operator'} while it ran: pg_restore was stopped and its "
+            f"single transaction rolled back; destination {destination!r} is as it was."
+        )
+        audit_operation(op, AuditAction.OPERATION_CANCELLED, AuditOutcome.INFO, actor, f"Operation #{op.pk}: {message}")
+        raise OperationCancelled(message) from exc
+    beat.report(progress_done=op.snapshot.size, progress_label="restored and checked")
+    return result
+
+
 RUNNERS = {
     OperationKind.SNAPSHOT: run_snapshot,
     OperationKind.SYNC: run_sync,
     OperationKind.DOWNGRADE: run_downgrade,
     OperationKind.REHEARSAL: run_rehearsal_operation,
+    OperationKind.RESTORE: run_restore,
 }

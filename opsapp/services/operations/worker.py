@@ -63,6 +63,19 @@ class Heartbeat(threading.Thread):
         if self.cancelled.is_set():
             raise OperationCancelled(f"Cancelled by {self.cancelled_by or 'an operator'} while it ran.")
 
+    def check_now(self) -> None:
+        """At a safe point: read the row for a cancel request (not waiting for the next beat), then check()."""
+        if not self.cancelled.is_set():
+            asked = (
+                Operation.objects.filter(pk=self.operation_id, cancel_requested_at__isnull=False)
+                .values_list("cancel_requested_by", flat=True)
+                .first()
+            )
+            if asked is not None:
+                self.cancelled_by = asked
+                self.cancelled.set()
+        self.check()
+
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=self.interval * 5 + 5)

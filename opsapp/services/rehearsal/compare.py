@@ -28,16 +28,108 @@ def _tables(conn: sa.Connection, version_table: str) -> list[str]:
     return sorted(t for t in sa.inspect(conn).get_table_names() if t != version_table)
 
 
-def measure(conn: sa.Connection, version_table: str = "alembic_version") -> Measure:
-    """Rows of every table and non-null values of every column, on `conn` (inside its transaction if any)."""
+def measure(
+    conn: sa.Connection, version_table: str = "alembic_version", value_columns: dict[str, set[str]] | None = None
+) -> Measure:
+    """Rows of every table and non-null values of every column, on `conn` (inside its transaction if any).
+
+    With `value_columns` ({table: columns}), non-null values are counted only
+    for those columns (the rows of every table still are).
+    """
     quote = conn.dialect.identifier_preparer.quote
     inspector = sa.inspect(conn)
     result: Measure = {}
     for table in _tables(conn, version_table):
         columns = [c["name"] for c in inspector.get_columns(table)]
+        if value_columns is not None:
+            columns = [c for c in columns if c in value_columns.get(table, ())]
         parts = ["count(*)"] + [f"count({quote(c)})" for c in columns]
         row = conn.exec_driver_sql(f"SELECT {', '.join(parts)} FROM {quote(table)}").one()
         result[table] = {"rows": int(row[0]), "values": {c: int(n) for c, n in zip(columns, row[1:], strict=True)}}
+    return result
+
+
+def storage_of(conn: sa.Connection, version_table: str = "alembic_version") -> dict[str, int] | None:
+    """PostgreSQL: {table: its data file number (pg_relation_filenode)} of the tables `measure` counts.
+
+    None when one of them is partitioned or takes part in inheritance: a
+    parent's count(*) then moves with its children's rows, so only counting
+    every table again is exact.
+    """
+    rows = conn.exec_driver_sql(
+        "SELECT c.relname, pg_relation_filenode(c.oid), c.relkind = 'p' OR c.relispartition "
+        "OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid) "
+        "FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')"
+    ).all()
+    if any(inherits for _name, _node, inherits in rows):
+        return None
+    return {name: int(node or 0) for name, node, _inherits in rows if name != version_table}
+
+
+def columns_of(conn: sa.Connection, version_table: str = "alembic_version") -> dict[str, set[str]]:
+    """PostgreSQL: {table: its column names} of the current schema, from the catalog (one query; inside the
+    downgrade's transaction it sees the transaction's own changes)."""
+    found: dict[str, set[str]] = {}
+    for table, column in conn.exec_driver_sql(
+        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p') "
+        "AND a.attnum > 0 AND NOT a.attisdropped"
+    ):
+        if table != version_table:
+            found.setdefault(table, set()).add(column)
+    return found
+
+
+def uncounted_drops(before: Measure, columns_before: dict[str, set[str]], columns_now: dict[str, set[str]]) -> set:
+    """(table, column) pairs that disappeared from a table that is still there without their values counted."""
+    return {
+        (table, column)
+        for table, now in columns_now.items()
+        if table in before
+        for column in columns_before.get(table, set()) - now
+        if column not in before[table]["values"]
+    }
+
+
+def tables_written(conn: sa.Connection) -> set[str]:
+    """PostgreSQL, inside the downgrade's transaction: tables of the current schema whose rows it inserted,
+    updated or deleted (pg_stat_xact_user_tables: the server's own per-transaction counts, triggers and
+    foreign-key cascades included; an aborted subtransaction's writes count too, which only adds tables)."""
+    return {
+        row[0]
+        for row in conn.exec_driver_sql(
+            "SELECT relname FROM pg_stat_xact_user_tables WHERE schemaname = current_schema() "
+            "AND n_tup_ins + n_tup_upd + n_tup_del > 0"
+        )
+    }
+
+
+def rows_after(
+    conn: sa.Connection,
+    before: Measure,
+    storage_before: dict[str, int],
+    written: set[str],
+    schema_after: Schema,
+    version_table: str = "alembic_version",
+) -> Measure:
+    """Rows of every table after the downgrade, counting again only the tables it may have changed.
+
+    A table keeps exactly the rows it had when the transaction wrote none of
+    them (`tables_written`) and its data file is the same (TRUNCATE and table
+    rewrites give it a new one, and bypass the row counts): its count is the
+    one measured before. Every other table, and any table that is new, is
+    counted (`count(*)`). `values` are left empty: what is lost is the
+    dropped columns' values, measured before.
+    """
+    storage_after = storage_of(conn, version_table) or {}
+    quote = conn.dialect.identifier_preparer.quote
+    result: Measure = {}
+    for table in sorted(schema_after):
+        if table in before and table not in written and storage_before.get(table) == storage_after.get(table):
+            result[table] = {"rows": before[table]["rows"], "values": {}}
+        else:
+            rows = conn.exec_driver_sql(f"SELECT count(*) FROM {quote(table)}").scalar()
+            result[table] = {"rows": int(rows or 0), "values": {}}
     return result
 
 

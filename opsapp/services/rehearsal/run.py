@@ -1,28 +1,37 @@
 """Rehearsing a rollback request: its stored plan, run on a scratch copy restored from its snapshot.
 
 1. The request's attached snapshot must be verified, of this target, at the
-   request's from-heads, with its file intact; the plan is re-rendered from
-   the script files and must match the stored plan fingerprint (gate "plan"'s
-   own check). Otherwise the rehearsal is refused (audited) before anything is
-   restored.
+   request's from-heads, with its file present at its recorded size; the plan
+   is re-rendered from the script files and must match the stored plan
+   fingerprint (gate "plan"'s own check). Otherwise the rehearsal is refused
+   (audited) before anything is restored.
 2. A scratch copy is made (services/rehearsal/scratch): `pg_restore --jobs N`
-   into a new database, or a file copy for SQLite. Its heads must be the
-   snapshot's.
+   into a new database, or a file copy for SQLite. Meanwhile a thread re-reads
+   the snapshot file's SHA-256; nothing runs on the copy unless it matches the
+   recorded one (else the rehearsal fails and the copy is dropped). Its heads
+   must be the snapshot's.
 3. Rows and non-null values are counted on the copy, then the executor's own
    downgrade (rollback.execute.downgrade_in_transaction) runs there: same
    isolation level, one transaction, `transaction_per_migration=False`.
-   Each step is timed. Then the copy is counted again.
+   Each step is timed. Then the copy is counted again. On PostgreSQL without
+   a round trip, values are counted only in the columns the static analysis
+   says are dropped (a column dropped that it missed rolls the transaction
+   back: all is counted, the downgrade runs again), and only the tables the
+   transaction wrote or whose data file changed are counted again
+   (compare.rows_after); docs/design.md "Rehearsals" says why that is exact.
 4. Optionally the round trip: upgrade back step by step, compare each step's
    schema with the one before its downgrade, the rows with those before, and
    `pg_dump --schema-only` with the snapshot's.
-5. The scratch copy is dropped (always). The production target is only read
-   (its heads, never locked, never written).
+5. The result is recorded, the approvers are mailed, then the scratch copy is
+   dropped (always). The production target is only read (its heads, never
+   locked, never written).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -41,6 +50,7 @@ from opsapp.services.catalog.sync import read_current_heads
 from opsapp.services.errors import OpsError
 from opsapp.services.isolation import sqlstate_of
 from opsapp.services.rehearsal import compare, scratch
+from opsapp.services.rehearsal.document import schema_sha256
 from opsapp.services.rehearsal.summary import result_line
 from opsapp.services.rollback.execute import downgrade_in_transaction, execution_connection, failed_step
 from opsapp.services.rollback.gate import check_plan
@@ -103,7 +113,8 @@ def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> P
             actor,
             "snapshot",
         )
-    problem = snapshot_file_problem(snap)
+    # Only that the file is there, and its size; its SHA-256 is re-read beside the restore (_Checksum).
+    problem = _snapshot_file_missing(snap)
     if problem:
         raise refuse_rehearsal(request, f"Snapshot file check failed: {problem}", actor, "snapshot")
     # Gate "plan"'s own check, with the snapshot's heads standing in for the target's (the copy will hold them).
@@ -111,6 +122,41 @@ def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> P
     if message or preview is None:
         raise refuse_rehearsal(request, message or "The plan cannot be re-generated.", actor, "plan")
     return preview
+
+
+def _snapshot_file_missing(snap) -> str | None:
+    path = snapshot_path(snap) if snap.path else None
+    if path is None or not path.is_file():
+        return snapshot_file_problem(snap)  # says which: no file recorded, or missing
+    if snap.size is not None and path.stat().st_size != snap.size:
+        return f"Snapshot #{snap.pk}: file {str(path)!r} is {path.stat().st_size} bytes, not the {snap.size} recorded."
+    return None
+
+
+class _Checksum:
+    """The snapshot file's SHA-256, re-read in a thread while the copy is made from the same file.
+
+    The rehearsal trusts nothing it restored until this agrees with the
+    recorded checksum (`problem()` waits for it); a mismatch fails the
+    rehearsal and the copy is dropped like any other failure. hashlib
+    releases the GIL on large reads, so the hash runs beside pg_restore
+    instead of before it (it took ~1 s per 280 MB archive, a whole core).
+    """
+
+    def __init__(self, snap) -> None:
+        self._result: list[str | None] = []
+        self._thread = threading.Thread(target=self._run, args=(snap,), name="snapshot-checksum", daemon=True)
+        self._thread.start()
+
+    def _run(self, snap) -> None:
+        try:
+            self._result.append(snapshot_file_problem(snap))
+        except Exception as exc:  # noqa: BLE001 - reported as the file's problem, never lost in a thread
+            self._result.append(f"Snapshot #{snap.pk}: the checksum could not be computed: {exc}")
+
+    def problem(self) -> str | None:
+        self._thread.join()
+        return self._result[0] if self._result else "the checksum thread ended without a result"
 
 
 def run_rehearsal(
@@ -140,7 +186,9 @@ def run_rehearsal(
     say("checking the snapshot and re-generating the plan")
     preview = _precheck(request, config, actor)
     snap = request.snapshot
+    checksum = _Checksum(snap)
     with ExitStack() as stack:
+        stack.callback(checksum.problem)  # never leave the thread reading after the rehearsal ends
         try:
             if config.is_postgresql:
                 server = scratch.choose_server(config)
@@ -172,9 +220,12 @@ def run_rehearsal(
         )
         if on_created is not None:
             on_created(rehearsal)
-        _Run(request, rehearsal, config, preview, copy, actor, say, counter).run()
-    rehearsal.refresh_from_db()
-    _notify(request, rehearsal, actor)
+        _Run(request, rehearsal, config, preview, copy, actor, say, counter, checksum).run()
+        rehearsal.refresh_from_db()
+        # The approvers hear the result before the copy is dropped: on PostgreSQL 15 DROP DATABASE waits
+        # for a server-wide checkpoint (seconds on a busy server). The drop still always follows (the stack).
+        _notify(request, rehearsal, actor)
+        say("dropping the scratch copy")
     return rehearsal
 
 
@@ -189,7 +240,7 @@ def _drop_leftovers(server: scratch.Server) -> None:
 class _Run:
     """One rehearsal on a live scratch copy; records its outcome on `rehearsal`."""
 
-    def __init__(self, request, rehearsal, config, preview, copy, actor, say, counter=None) -> None:
+    def __init__(self, request, rehearsal, config, preview, copy, actor, say, counter=None, checksum=None) -> None:
         self.request: RollbackRequest = request
         self.rehearsal: Rehearsal = rehearsal
         self.preview: Preview = preview
@@ -198,6 +249,7 @@ class _Run:
         self.say: Progress = say
         self.count: Counter = counter or (lambda _done, _total: None)
         self.config = config
+        self.checksum: _Checksum | None = checksum
         self.scratch_config = dataclasses.replace(config, url=copy.url)
         self.started = time.monotonic()
 
@@ -213,6 +265,9 @@ class _Run:
             if self.config.is_postgresql:
                 scratch.restore_parallel(snapshot_path(snap), self.copy.url, settings.OPS_REHEARSAL_RESTORE_JOBS)
             restore_ms = _ms(began)
+            problem = self.checksum.problem() if self.checksum is not None else None
+            if problem:
+                raise OpsError(f"Snapshot file check failed: {problem} Nothing was run on the copy.")
             heads = read_current_heads(self.scratch_config)
             if sorted(heads) != sorted(snap.heads):
                 raise OpsError(f"The restored copy is at heads {heads}, not the snapshot's {snap.heads}.")
@@ -230,8 +285,18 @@ class _Run:
 
     def _downgrade_and_measure(self, conn: sa.Connection, restore_ms: int) -> None:
         version_table = self.preview.version_table
-        before = compare.measure(conn, version_table)
+        # PostgreSQL without a round trip: values are counted before only in the columns the plan drops
+        # (its static analysis; checked inside the downgrade's transaction below, which runs again with
+        # everything counted if a dropped column was missed); after it, only the tables it changed.
+        storage = (
+            compare.storage_of(conn, version_table)
+            if self.config.is_postgresql and not self.rehearsal.round_trip
+            else None
+        )
+        columns_before = compare.columns_of(conn, version_table) if storage is not None else {}
+        before = compare.measure(conn, version_table, self._planned_drops() if storage is not None else None)
         states = [compare.schema_of(conn, version_table)] if self.rehearsal.round_trip else []
+        written: set[str] | None = None
         conn.commit()
         steps: list[dict[str, Any]] = []
         completed: list[str] = []
@@ -247,24 +312,56 @@ class _Run:
             mark[0] = time.monotonic()
 
         self._progress(f"downgrading the copy to {self.request.to_revision}")
-        began = time.monotonic()
-        try:
-            with conn.begin():
-                downgrade_in_transaction(
-                    conn, self.scratch_config, self.preview, self.request.to_revision, completed, on_step=on_step
-                )
-        except Exception as exc:  # noqa: BLE001 - the failure is the rehearsal's finding
-            self._fail(exc, failed_step(exc, self.preview.steps, completed), restore_ms=restore_ms, steps=steps)
-            return
+        recounted = False
+        while True:
+            began = time.monotonic()
+            mark[0] = began
+            try:
+                with conn.begin():
+                    downgrade_in_transaction(
+                        conn, self.scratch_config, self.preview, self.request.to_revision, completed, on_step=on_step
+                    )
+                    if storage is not None:
+                        written = compare.tables_written(conn)  # only readable before the commit
+                        missed = compare.uncounted_drops(before, columns_before, compare.columns_of(conn))
+                        if missed and recounted:
+                            raise OpsError(f"Dropped columns {sorted(missed)} could not be measured on the copy.")
+                        if missed:
+                            raise _Uncounted(missed)  # rolls the copy back to what was counted
+            except _Uncounted as uncounted:
+                # A column the plan's text does not name (e.g. dropped by dynamic SQL) was dropped: count
+                # every value as it was, then run the downgrade again on the rolled-back copy.
+                log.info("rehearsal %s: uncounted dropped columns %s", self.rehearsal.pk, sorted(uncounted.columns))
+                before = compare.measure(conn, version_table)
+                conn.commit()
+                recounted = True
+                steps.clear()
+                completed.clear()
+                continue
+            except Exception as exc:  # noqa: BLE001 - the failure is the rehearsal's finding
+                self._fail(exc, failed_step(exc, self.preview.steps, completed), restore_ms=restore_ms, steps=steps)
+                return
+            break
         downgrade_ms = _ms(began)
         schema_after = compare.schema_of(conn, version_table)
-        after = compare.measure(conn, version_table)
+        if storage is not None and written is not None:
+            after = compare.rows_after(conn, before, storage, written, schema_after, version_table)
+        else:
+            after = compare.measure(conn, version_table)
         conn.commit()
         report: dict[str, Any] = {}
         if self.rehearsal.round_trip:
             self._progress("round trip: upgrading the copy back")
             report = self._round_trip(conn, steps, states, before)
         self._succeed(restore_ms, downgrade_ms, steps, before, after, schema_after, report)
+
+    def _planned_drops(self) -> dict[str, set[str]]:
+        """{table: columns} the static analysis found dropped (request.destructive)."""
+        drops: dict[str, set[str]] = {}
+        for item in self.request.destructive or []:
+            if str(item.get("kind", "")).upper() == "DROP COLUMN" and item.get("table") and item.get("column"):
+                drops.setdefault(str(item["table"]), set()).add(str(item["column"]))
+        return drops
 
     # ------------------------------------------------------------ round trip
     def _round_trip(self, conn: sa.Connection, steps: list[dict[str, Any]], states: list, before) -> dict[str, Any]:
@@ -333,6 +430,8 @@ class _Run:
                     "plan_fingerprint": self.rehearsal.plan_fingerprint,
                     "duration_ms": duration_ms,
                     "destroyed": destroyed,
+                    # Ties the recorded schema to the chain: the evidence verifier recomputes it offline.
+                    "schema_after_sha256": schema_sha256(schema_after),
                     "round_trip_ok": report.get("ok") if report else None,
                 },
                 **request_context(self.request),
@@ -370,6 +469,14 @@ class _Run:
                 },
                 **request_context(self.request),
             )
+
+
+class _Uncounted(Exception):
+    """Raised inside the downgrade's transaction to roll it back: dropped columns whose values were not counted."""
+
+    def __init__(self, columns: set) -> None:
+        super().__init__(f"uncounted dropped columns: {sorted(columns)}")
+        self.columns = columns
 
 
 def _ms(since: float) -> int:

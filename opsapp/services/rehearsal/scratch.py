@@ -176,13 +176,30 @@ def postgres_scratch(server: Server, request_id: int) -> Iterator[Scratch]:
         engine.dispose()
 
 
+def restore_options(memory_mb: int) -> str:
+    """PGOPTIONS of the restore sessions: settings a throwaway copy can afford, none that changes its contents.
+
+    - synchronous_commit=off: a commit does not wait for its WAL flush. A
+      crash may lose the last commits of the copy, which is then dropped and
+      restored again anyway (the copy is never kept).
+    - maintenance_work_mem: index and constraint builds sort in memory instead
+      of spilling to temporary files (`memory_mb` per job).
+    Both are session settings any role may set; the server's own
+    configuration and every other database are left alone.
+    """
+    return f"-c synchronous_commit=off -c maintenance_work_mem={int(memory_mb)}MB"
+
+
 def restore_parallel(path: Path, url: str, jobs: int) -> None:
     """`pg_restore --jobs N` into the empty scratch database `url` (no --single-transaction: it excludes --jobs).
 
+    Its sessions run with `restore_options` (OPS_REHEARSAL_RESTORE_MEMORY_MB).
     A failed restore leaves a partial copy, which the caller drops.
     """
     binary = settings.OPS_PG_RESTORE
     conninfo, env_extra = libpq_target(url)
+    inherited = os.environ.get("PGOPTIONS", "")
+    env_extra["PGOPTIONS"] = f"{inherited} {restore_options(settings.OPS_REHEARSAL_RESTORE_MEMORY_MB)}".strip()
     cmd = [binary, "--no-owner", "--no-privileges", "--exit-on-error", "--no-password", f"--jobs={max(1, jobs)}"]
     cmd += [f"--dbname={conninfo}", "--", str(path)]
     try:

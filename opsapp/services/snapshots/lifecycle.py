@@ -1,4 +1,4 @@
-"""Snapshots of targets: take, verify, restore, prune (issue 5).
+"""Snapshots of targets: take, verify, prune (issue 5); restore is in `restore`.
 
 A snapshot file is written to a hidden temporary name in OPS_SNAPSHOT_DIR,
 flushed, and only then renamed to its final, unique name
@@ -25,7 +25,6 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from sqlalchemy.engine import make_url
 
 from opsapp.models import AuditAction, AuditOutcome, Snapshot, SnapshotStatus, Target
 from opsapp.models.rollback import OPEN_STATUSES, RollbackRequest
@@ -36,21 +35,11 @@ from opsapp.services.errors import OpsError, SnapshotError
 from opsapp.services.snapshots import postgres as snapshot_pg
 from opsapp.services.snapshots import sqlite as snapshot_sqlite
 from opsapp.services.snapshots.files import ensure_dir, fsync_dir, sha256_file
-from opsapp.targets import all_targets, get_target, mask_url
+from opsapp.targets import get_target, mask_url
 
 PG_CUSTOM = "pg_custom"
 SQLITE = "sqlite"
 VERIFIABLE = (SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED, SnapshotStatus.FAILED)
-RESTORE_REFUSALS = (
-    "not_found",
-    "not_restorable",
-    "file_problem",
-    "wrong_kind",
-    "is_target",
-    "not_empty",
-    "bad_url",
-    "unreachable",
-)
 
 
 def snapshot_path(snapshot: Snapshot) -> Path:
@@ -126,6 +115,7 @@ def take_snapshot(
         with transaction.atomic():
             snap.path = filename
             snap.size = result.size
+            snap.database_size = result.database_size
             snap.sha256 = result.sha256
             snap.heads = sorted(result.heads)
             snap.dump_tool_version = result.tool_version[:200]
@@ -283,122 +273,6 @@ def snapshots_to_verify(target_name: str | None = None) -> QuerySet[Snapshot]:
     if target_name:
         qs = qs.filter(target__name=target_name)
     return qs.order_by("started_at", "id")
-
-
-# ------------------------------------------------------------------- restore
-def _same_database(a: str, b: str) -> bool:
-    try:
-        ua, ub = make_url(a), make_url(b)
-    except Exception:  # noqa: BLE001
-        return False
-    # "postgres://" and "postgresql+psycopg://" name the same server.
-    backend_a, backend_b = (
-        "postgresql" if u.get_backend_name() == "postgres" else u.get_backend_name() for u in (ua, ub)
-    )
-    if backend_a != backend_b:
-        return False
-    if backend_a == "sqlite":
-        return bool(ua.database and ub.database) and Path(ua.database).resolve() == Path(ub.database).resolve()
-    return (ua.host or "localhost", ua.port or 5432, ua.database) == (
-        ub.host or "localhost",
-        ub.port or 5432,
-        ub.database,
-    )
-
-
-def _configured_target_at(into_url: str, *, postgresql: bool) -> str | None:
-    """The name of the configured target whose database `into_url` is, or None.
-
-    The same URL (any spelling of the scheme) is recognised without
-    connecting. For PostgreSQL the server is also asked who it is: the
-    cluster's `system_identifier` and the database name, so `localhost` and
-    `127.0.0.1` (or any other name of the same server) are the same target.
-    """
-    into_identity = snapshot_pg.server_identity(into_url) if postgresql else None
-    for config in all_targets():
-        if _same_database(config.url, into_url):
-            return config.name
-        if into_identity is not None and config.is_postgresql:
-            if snapshot_pg.server_identity(config.url) == into_identity:
-                return config.name
-    return None
-
-
-def restore_snapshot(snapshot_id: int, into_url: str, *, actor: Actor) -> dict:
-    """Restore a snapshot into a new, empty database and check it.
-
-    Returns {"snapshot", "into" (masked), "heads", "row_counts": {table: n}}.
-    Raises SnapshotError (audited as refused or failed) for an unknown or
-    unusable snapshot, a URL of the wrong kind or naming a configured target,
-    a database that is not empty, a failed restore, or restored heads that
-    differ from the snapshot's. The snapshot row never changes.
-    """
-    masked = mask_url(into_url)
-    snap = Snapshot.objects.select_related("target").filter(pk=snapshot_id).first()
-    if snap is None:
-        raise SnapshotError(f"Snapshot #{snapshot_id} does not exist.", reason="not_found", snapshot_id=snapshot_id)
-    try:
-        if snap.status not in (SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED):
-            raise SnapshotError(
-                f"Snapshot #{snap.pk} is {snap.status}; only a complete or verified snapshot can be restored.",
-                reason="not_restorable",
-            )
-        problem = snapshot_file_problem(snap)
-        if problem:
-            raise SnapshotError(f"Refusing to restore: {problem}", reason="file_problem")
-        scheme = into_url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in into_url else ""
-        wanted = ("postgres", "postgresql") if snap.format == PG_CUSTOM else ("sqlite",)
-        if scheme not in wanted:
-            kind = (
-                "a PostgreSQL archive; --into must be a postgresql:// URL"
-                if snap.format == PG_CUSTOM
-                else ("a SQLite copy; --into must be a sqlite:/// URL of a new file")
-            )
-            raise SnapshotError(f"Snapshot #{snap.pk} is {kind} (got {masked!r}).", reason="wrong_kind")
-        target_name = _configured_target_at(into_url, postgresql=snap.format == PG_CUSTOM)
-        if target_name is not None:
-            raise SnapshotError(
-                f"Refusing to restore into {masked}: it is the database of target {target_name!r}. "
-                "In-place restore is not offered; restore into a new database and swap it in (docs/restore.md).",
-                reason="is_target",
-            )
-        path = snapshot_path(snap)
-        if snap.format == PG_CUSTOM:
-            snapshot_pg.check_empty(into_url)
-            snapshot_pg.restore(path, into_url)
-            heads, counts = snapshot_pg.inspect_restored(into_url)
-        else:
-            snapshot_sqlite.restore(path, into_url)
-            heads, counts = snapshot_sqlite.inspect_restored(into_url)
-        if sorted(heads) != sorted(snap.heads):
-            raise SnapshotError(
-                f"Restored into {masked}, but its alembic_version {heads} differs from the snapshot's heads {snap.heads}.",
-                reason="heads_mismatch",
-            )
-    except SnapshotError as exc:
-        outcome = AuditOutcome.REFUSED if exc.reason in RESTORE_REFUSALS else AuditOutcome.FAILURE
-        append_event(
-            action=AuditAction.SNAPSHOT_RESTORED,
-            outcome=outcome,
-            actor=actor,
-            target=snap.target.name,
-            snapshot_id=snap.pk,
-            message=str(exc),
-            detail={"into": masked, "reason": exc.reason},
-        )
-        exc.snapshot_id = snap.pk
-        raise
-    append_event(
-        action=AuditAction.SNAPSHOT_RESTORED,
-        outcome=AuditOutcome.SUCCESS,
-        actor=actor,
-        target=snap.target.name,
-        snapshot_id=snap.pk,
-        to_revision=heads,
-        message=f"Snapshot #{snap.pk} of {snap.target.name} restored into {masked}.",
-        detail={"into": masked, "heads": heads, "row_counts": counts},
-    )
-    return {"snapshot": snap.pk, "into": masked, "heads": heads, "row_counts": counts}
 
 
 # --------------------------------------------------------------------- prune

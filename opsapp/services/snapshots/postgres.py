@@ -13,25 +13,36 @@ heads therefore always match the archive, even if a migration runs mid-dump.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import os
 import re
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
+import psycopg
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
-from sqlalchemy.engine import make_url
 
-from opsapp.services.alembic_api import connect
-from opsapp.services.catalog.sync import read_current_heads
+from opsapp.services.db_url import parse_url as make_url
 from opsapp.services.errors import SnapshotError
 from opsapp.services.snapshots.files import create_private_file
+from opsapp.services.version_table import connect_psycopg, heads_in_transaction
 from opsapp.targets import TargetConfig, mask_url
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+# SQLAlchemy is imported by the functions that need it (restore, inspection): the nightly
+# take_snapshot and verify_snapshots cron runs do not (issue 18, start-up).
 
 CHUNK = 1 << 20
 TOOL_TIMEOUT_SECONDS = 60
@@ -47,6 +58,7 @@ class DumpResult:
     tool_version: str
     server_version: str
     heads_after: list[str] = field(default_factory=list)
+    database_size: int | None = None  # when the dump began: with `size`, how well the archive compresses
 
 
 def libpq_target(url: str) -> tuple[str, dict[str, str]]:
@@ -128,6 +140,36 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     binary = settings.OPS_PG_DUMP
     version = tool_version(binary, "OPS_PG_DUMP")
     conninfo, env_extra = libpq_target(config.url)
+    conn = connect_psycopg(config)
+    if conn is not None:
+        with conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction(), conn.cursor() as cursor:
+                heads = heads_in_transaction(config, cursor)
+                server_version = str(cursor.execute("SHOW server_version").fetchone()[0])
+                server_num = int(cursor.execute("SHOW server_version_num").fetchone()[0])
+                check_tool_not_older(version, server_num, server_version)
+                exported = str(cursor.execute("SELECT pg_export_snapshot()").fetchone()[0])
+                # Held open until pg_dump is done: the exported snapshot lives as long as this transaction.
+                size, digest = _stream_dump(
+                    [binary, "--format=custom", "--no-password", f"--snapshot={exported}", f"--dbname={conninfo}"],
+                    _child_env(env_extra),
+                    dest,
+                    progress,
+                )
+        return DumpResult(
+            size=size,
+            sha256=digest,
+            heads=heads,
+            tool_version=version,
+            server_version=server_version,
+            heads_after=heads,
+        )
+    # A URL only SQLAlchemy reads (multi-host): the same steps through its engine.
+    from opsapp.services.alembic_api import connect
+    from opsapp.services.catalog.sync import read_current_heads
+
     with connect(config) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
@@ -136,6 +178,7 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
             server_version = str(conn.exec_driver_sql("SHOW server_version").scalar())
             server_num = int(conn.exec_driver_sql("SHOW server_version_num").scalar())
             check_tool_not_older(version, server_num, server_version)
+            database_size = int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0)
             exported = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar())
             # Held open until pg_dump is done: the exported snapshot lives as long as this transaction.
             size, digest = _stream_dump(
@@ -145,7 +188,13 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
                 progress,
             )
     return DumpResult(
-        size=size, sha256=digest, heads=heads, tool_version=version, server_version=server_version, heads_after=heads
+        size=size,
+        sha256=digest,
+        heads=heads,
+        tool_version=version,
+        server_version=server_version,
+        heads_after=heads,
+        database_size=database_size,
     )
 
 
@@ -220,6 +269,8 @@ def check_archive(path: Path) -> None:
 
 
 def _engine(url: str) -> sa.Engine:
+    import sqlalchemy as sa
+
     scheme, rest = url.split("://", 1)
     if scheme in ("postgres", "postgresql"):
         url = f"postgresql+psycopg://{rest}"
@@ -231,6 +282,8 @@ def _engine(url: str) -> sa.Engine:
 
 
 def _open(url: str) -> tuple[sa.Engine, sa.Connection]:
+    import sqlalchemy as sa
+
     engine = _engine(url)
     try:
         return engine, engine.connect()
@@ -259,6 +312,8 @@ def server_identity(url: str) -> tuple[str, str] | None:
     `127.0.0.1`, a DNS name) give the same identity for the same database.
     None when the server cannot be reached or the role may not read it.
     """
+    import sqlalchemy as sa
+
     try:
         engine, conn = _open(url)
     except SnapshotError:
@@ -293,24 +348,133 @@ def check_empty(url: str) -> None:
         )
 
 
-def restore(path: Path, url: str) -> None:
-    """`pg_restore --no-owner` into `url` in one transaction (all or nothing)."""
+@dataclass
+class RestoreProgress:
+    """How far a pg_restore is: archive bytes read of the file's size, items restored, its last action."""
+
+    bytes_done: int
+    bytes_total: int
+    items: int
+    action: str
+
+
+# `pg_restore --verbose` announces each item it restores with one of these.
+_ITEM_PREFIXES = ("creating ", "processing data for ", "executing ", "processing ")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # A worker killed with SIGKILL takes its pg_restore along: its single transaction then rolls back.
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # resolved here, never in the forked child
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
+def restore(
+    path: Path,
+    url: str,
+    *,
+    progress: Callable[[RestoreProgress], None] | None = None,
+    on_process: Callable[[Callable[[], None] | None], None] | None = None,
+) -> int:
+    """`pg_restore --no-owner` into `url` in one transaction (all or nothing); return the items restored.
+
+    The archive is fed on pg_restore's stdin, so the bytes read are the
+    progress and a worker that dies closes the pipe: pg_restore stops and its
+    transaction rolls back. `progress` is called after each chunk and while
+    pg_restore finishes (indexes, constraints); an exception it raises kills
+    pg_restore and propagates. `on_process` receives a function that kills
+    pg_restore (and None once it ended), for a cancel from another thread.
+    """
     binary = settings.OPS_PG_RESTORE
     conninfo, env_extra = libpq_target(url)
-    cmd = [binary, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", "--no-password"]
-    cmd += [f"--dbname={conninfo}", "--", str(path)]
+    cmd = [binary, "--verbose", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction"]
+    cmd += ["--no-password", f"--dbname={conninfo}"]
+    total = path.stat().st_size
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(env_extra), check=False)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=_child_env(env_extra),
+            preexec_fn=_die_with_parent if _PRCTL is not None else None,  # noqa: PLW1509 - one prctl call
+        )
     except FileNotFoundError as exc:
         raise SnapshotError(
             f"pg_restore not found: {binary!r} does not exist or is not on PATH; set OPS_PG_RESTORE to the binary.",
             reason="tool_missing",
         ) from exc
-    if done.returncode != 0:
+    state = {"items": 0, "action": "connecting", "errors": []}
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            text = line.removeprefix("pg_restore: ")
+            if text.startswith(_ITEM_PREFIXES):
+                state["items"] += 1
+                state["action"] = text
+            elif text and not text.startswith(("connecting to database", "implied data-only")):
+                state["errors"].append(line)
+
+    reader = threading.Thread(target=read_stderr, name="pg_restore-stderr", daemon=True)
+    reader.start()
+    if on_process is not None:
+        on_process(proc.kill)
+    done = 0
+
+    def report() -> None:
+        if progress is not None:
+            progress(RestoreProgress(done, total, int(state["items"]), str(state["action"])))
+
+    try:
+        assert proc.stdin is not None
+        try:
+            with path.open("rb") as archive:
+                while chunk := archive.read(CHUNK):
+                    proc.stdin.write(chunk)
+                    done += len(chunk)
+                    report()
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # pg_restore stopped reading: an error (its exit code says) or a kill
+        while True:
+            try:
+                returncode = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                report()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if on_process is not None:
+            on_process(None)
+        reader.join(timeout=10)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    report()
+    if returncode != 0:
+        message = "; ".join(state["errors"][-5:])
+        if not message and returncode < 0:
+            message = f"stopped by signal {-returncode}"
         raise SnapshotError(
-            f"pg_restore failed (exit {done.returncode}); nothing was restored: {mask_url(done.stderr.strip())}",
+            f"pg_restore failed (exit {returncode}); nothing was restored: {mask_url(message) or 'no error output'}",
             reason="restore_failed",
         )
+    return int(state["items"])
 
 
 def inspect_restored(url: str) -> tuple[list[str], dict[str, int]]:

@@ -14,10 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy.engine import make_url
-
-from opsapp.services.alembic_api import connect
-from opsapp.services.catalog.sync import read_current_heads
+from opsapp.services.db_url import parse_url as make_url
 from opsapp.services.errors import SnapshotError
 from opsapp.services.snapshots.files import create_private_file, fsync_dir, fsync_file, sha256_file
 from opsapp.services.snapshots.postgres import DumpResult
@@ -40,10 +37,9 @@ def _readonly(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
 
 
 def _heads(config: TargetConfig) -> list[str]:
-    with connect(config) as conn:
-        heads = read_current_heads(config, conn)
-        conn.rollback()
-    return heads
+    from opsapp.services.catalog.sync import read_current_heads
+
+    return read_current_heads(config)
 
 
 def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | None) -> DumpResult:
@@ -52,6 +48,7 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     if not source.is_file():
         raise SnapshotError(f"Target {config.name!r} is unreachable: SQLite file {str(source)!r} does not exist.")
     heads = _heads(config)
+    database_size = source.stat().st_size
     if dest.exists():
         raise SnapshotError(f"Refusing to overwrite {str(dest)!r}.")
     # Created empty and private first (an empty file is an empty SQLite database):
@@ -77,7 +74,13 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     heads_after = _heads(config)
     version = f"sqlite3 {sqlite3.sqlite_version}"
     return DumpResult(
-        size=size, sha256=digest, heads=heads, tool_version=version, server_version=version, heads_after=heads_after
+        size=size,
+        sha256=digest,
+        heads=heads,
+        tool_version=version,
+        server_version=version,
+        heads_after=heads_after,
+        database_size=database_size,
     )
 
 
