@@ -246,12 +246,14 @@ def run(sizes: dict, *, profile: bool = False) -> list:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     common.WORK_DIR.mkdir(exist_ok=True)
-    started = time.perf_counter()
-    common.log(f"building {args.targets} targets on {len(DIRECTORIES)} script directories")
-    sys.path.insert(0, str(common.REPO_ROOT))
     if args.drop:
         drop_all(args.targets)
+        common.log("dropped the bench's databases")
         return 0
+    started = time.perf_counter()
+    machine = common.machine_info()  # the load average before the bench adds its own
+    common.log(f"building {args.targets} targets on {len(DIRECTORIES)} script directories")
+    sys.path.insert(0, str(common.REPO_ROOT))
     keep = existing_databases() if args.reuse else set()
     scripts = build_scripts(args.revisions)
     templates = build_templates(scripts, keep)
@@ -336,7 +338,7 @@ def main(argv: list[str]) -> int:
     verdicts = judged(results, goals)
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": common.machine_info(),
+        "machine": machine,
         "load_average_at_end": list(os.getloadavg()),
         "parameters": {"targets": args.targets, "jobs": args.jobs, "revisions_per_directory": args.revisions},
         "goals": {name: f"<= {goal}" for name, goal in goals.items()},

@@ -8,9 +8,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from opsapp.models import AuditAction, AuditEvent, Revision, Target, TargetState
+from opsapp.services.catalog.sync import read_current_heads
 from opsapp.services.errors import TargetUnreachable
 from opsapp.services.fleet.parallel import sync_targets
-from opsapp.services.fleet.versions import read_version_table
 from opsapp.targets import get_target
 from tests.conftest import pg_query
 
@@ -58,7 +58,7 @@ def resync_queries(names: list[str]) -> list[str]:
 
 def test_a_resync_of_unchanged_targets_costs_as_many_console_queries_for_six_as_for_two(fleet):
     before = dict(Target.objects.values_list("name", "last_synced_at"))
-    revisions = list(Revision.objects.order_by("pk").values_list("pk", "applied", "is_current"))
+    revisions = list(Revision.objects.order_by("pk").values_list("pk", "revision", "catalog_id"))
 
     two = resync_queries(["t0", "t1"])
     six = resync_queries(list(fleet))
@@ -66,7 +66,7 @@ def test_a_resync_of_unchanged_targets_costs_as_many_console_queries_for_six_as_
     assert len(six) == len(two)
     # No revision row is read or written for an unchanged target.
     assert not [sql for sql in six if "opsapp_revision" in sql]
-    assert list(Revision.objects.order_by("pk").values_list("pk", "applied", "is_current")) == revisions
+    assert list(Revision.objects.order_by("pk").values_list("pk", "revision", "catalog_id")) == revisions
     for name, synced_at in Target.objects.values_list("name", "last_synced_at"):
         assert synced_at > before[name], name
     assert set(Target.objects.values_list("state", flat=True)) == {TargetState.AT_HEAD}
@@ -79,8 +79,7 @@ def test_a_resync_still_sees_heads_moved_outside_the_console(fleet):
 
     assert results["t3"].state == TargetState.BEHIND
     assert Target.objects.get(name="t3").current_heads == ["l1"]
-    assert Revision.objects.get(target__name="t3", revision="l1").is_current
-    assert not Revision.objects.get(target__name="t3", revision="l2").applied
+    assert Target.objects.get(name="t3").pending_count == 1
     event = AuditEvent.objects.get(action=AuditAction.HEADS_CHANGED)
     assert (event.target_name, event.from_revision, event.to_revision) == ("t3", "l2", "l1")
     assert {n: t.state for n, t in results.items() if n != "t3"} == dict.fromkeys(
@@ -93,9 +92,10 @@ def test_a_resync_rereads_a_script_directory_that_changed(fleet, scripts):
 
     results = sync_targets(list(fleet))
 
-    assert all(t.catalog_reread for t in results)
+    # The directory's catalog is shared: it is re-read once, and every target sees the new revision.
+    assert any(t.catalog_reread for t in results)
     assert {t.state for t in results} == {TargetState.BEHIND}
-    assert Revision.objects.filter(revision="l3").count() == len(fleet)
+    assert Revision.objects.filter(revision="l3").count() == 1
 
 
 def test_a_tag_changed_in_the_configuration_reaches_the_target_on_resync(fleet, settings):
@@ -129,8 +129,8 @@ def test_reading_the_version_table_directly_matches_alembic(scripts, pg_database
     stamped = configure_target("stamped", at_head(pg_database_factory()), scripts.ini)
     down = configure_target("down", "postgresql://postgres:s3cret@127.0.0.1:1/x", scripts.ini)
 
-    assert read_version_table(get_target(empty)) == []
-    assert read_version_table(get_target(stamped)) == ["l2"]
+    assert read_current_heads(get_target(empty)) == []
+    assert read_current_heads(get_target(stamped)) == ["l2"]
     with pytest.raises(TargetUnreachable) as caught:
-        read_version_table(get_target(down))
+        read_current_heads(get_target(down))
     assert "is unreachable" in str(caught.value) and "s3cret" not in str(caught.value)

@@ -1,7 +1,7 @@
 """The fleet matrix: every target against its state, snapshot age and open requests.
 
-Three queries for the whole fleet (targets, their latest verified
-snapshots, open requests per target), so the admin index, `check_drift --all --json` and
+One query for the whole fleet (latest verified snapshot and open request
+count are correlated subqueries, index probes per target), so the admin index, `check_drift --all --json` and
 /metrics read the same rows at 500 targets as at 5. Reads the console's own
 tables only: cron keeps them fresh.
 """
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from opsapp.models import RollbackRequest, Snapshot, SnapshotStatus, Target, TargetState
@@ -126,28 +127,28 @@ def fleet_matrix(
     `names` limits it to those targets; `tag` ("region", "eu") and `state`
     (a MATRIX_STATES key) filter it. Unknown filter values give no row.
     """
-    # Three queries whatever the size of the fleet: the targets (with the id of each one's latest
-    # verified snapshot, one index probe each on snapshot_target_status), those snapshots' times,
-    # and the open requests counted per target (rollback_target_status). No GROUP BY over the
-    # targets' columns, no query per target.
-    latest_verified = (
-        Snapshot.objects.filter(target=OuterRef("pk"), status=SnapshotStatus.VERIFIED)
-        .order_by("-started_at", "-id")
-        .values("pk")[:1]
+    # One query whatever the size of the fleet, with no join and no GROUP BY over the targets'
+    # columns: per target, index probes for its latest verified snapshot (snapshot_target_status)
+    # and its open requests (rollback_target_status). One round trip matters on a busy machine.
+    latest_verified = Snapshot.objects.filter(target=OuterRef("pk"), status=SnapshotStatus.VERIFIED).order_by(
+        "-started_at", "-id"
     )
-    stored = Target.objects.annotate(snapshot_id=Subquery(latest_verified))
+    open_count = (
+        RollbackRequest.objects.filter(target=OuterRef("pk"), status__in=OPEN_STATUSES)
+        .order_by()
+        .values("target")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    stored = Target.objects.annotate(
+        snapshot_id=Subquery(latest_verified.values("pk")[:1]),
+        snapshot_at=Subquery(latest_verified.values("started_at")[:1]),
+        open_requests=Coalesce(Subquery(open_count), 0),
+    )
     if names is not None:
         stored = stored.filter(name__in=names)
     fields = ("pk", "name", "state", "state_detail", "pending_count", "current_heads", "tags", "last_synced_at")
-    by_name = {values[1]: values for values in stored.values_list(*fields, "snapshot_id")}
-    snapshot_ids = [values[-1] for values in by_name.values() if values[-1] is not None]
-    snapshot_at = (
-        dict(Snapshot.objects.filter(pk__in=snapshot_ids).values_list("pk", "started_at")) if snapshot_ids else {}
-    )
-    requests = RollbackRequest.objects.filter(status__in=OPEN_STATUSES)
-    if names is not None:
-        requests = requests.filter(target__name__in=names)
-    open_requests = dict(requests.values("target").annotate(n=Count("pk")).values_list("target", "n"))
+    by_name = {v[1]: v for v in stored.values_list(*fields, "snapshot_id", "snapshot_at", "open_requests")}
     now = timezone.now()
     labels = dict(TargetState.choices)
     wanted = set(configured_names()) if names is None else set(names)
@@ -157,9 +158,8 @@ def fleet_matrix(
         if t is None:
             rows.append(_unsynced_row(name))
             continue
-        pk, _, raw_state, detail, pending, heads, tags, synced_at, snapshot_id = t
+        pk, _, raw_state, detail, pending, heads, tags, synced_at, snapshot_id, taken, requests = t
         column = matrix_state(raw_state)
-        taken = snapshot_at.get(snapshot_id)
         rows.append(
             FleetRow(
                 name=name,
@@ -174,7 +174,7 @@ def fleet_matrix(
                 snapshot_id=snapshot_id,
                 snapshot_at=taken,
                 snapshot_age_seconds=(now - taken).total_seconds() if taken else None,
-                open_requests=open_requests.get(pk, 0),
+                open_requests=requests,
                 last_synced_at=synced_at,
             )
         )
