@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal")
+SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal", "jobs")
 
 FULL = {
     "catalog_sizes": (1_000, 10_000, 50_000),
@@ -41,6 +41,10 @@ FULL = {
     "plan_steps": 200,
     "startup_runs": 10,
     "snapshot_rounds": 3,
+    "latency_samples": 50,
+    "jobs_count": 500,
+    "jobs_pairs": 2,
+    "jobs_snapshot_rows": 400_000,
 }
 QUICK = {
     "catalog_sizes": (200, 1_000),
@@ -58,6 +62,10 @@ QUICK = {
     "plan_steps": 200,
     "startup_runs": 3,
     "snapshot_rounds": 3,
+    "latency_samples": 10,
+    "jobs_count": 100,
+    "jobs_pairs": 1,
+    "jobs_snapshot_rows": 50_000,
 }
 
 
@@ -130,6 +138,7 @@ def main(argv: list[str]) -> int:
     import bench_audit
     import bench_catalog
     import bench_downgrade
+    import bench_jobs
     import bench_rehearsal
     import bench_snapshot
     import bench_startup
@@ -141,6 +150,7 @@ def main(argv: list[str]) -> int:
         "snapshot": bench_snapshot,
         "downgrade": bench_downgrade,
         "rehearsal": bench_rehearsal,
+        "jobs": bench_jobs,
     }
     results: list[common.Result] = []
     failures: dict[str, str] = {}

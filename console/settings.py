@@ -117,6 +117,11 @@ VAR_DIR = Path(env.str("OPS_VAR_DIR", default=str(BASE_DIR / "var")))
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'console.sqlite3'}"),
 }
+# Seconds a process keeps its database connection (Django's CONN_MAX_AGE; 0: a new one per request,
+# and per job in a worker). Workers should keep theirs (docs/production.md): a job then costs the
+# server no new backend process. A connection kept is checked before reuse (CONN_HEALTH_CHECKS).
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
