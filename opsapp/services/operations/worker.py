@@ -126,11 +126,9 @@ def run(operation_id: int) -> str:
             worker_host=socket.gethostname()[:255],
             worker_pid=os.getpid(),
         )
-        op = (
-            Operation.objects.select_related("target", "request", "snapshot", "requested_by")
-            .filter(pk=operation_id)
-            .first()
-        )
+        # Request and snapshot load when a runner reads them: most jobs are syncs, which have
+        # neither, and joining them (a request carries its plan and SQL) cost every job.
+        op = Operation.objects.select_related("target", "requested_by").filter(pk=operation_id).first()
         if op is None:
             return "missing"
         if not claimed:
