@@ -46,6 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--revisions", type=int, default=100, help="revisions per script directory")
     parser.add_argument("--requests", type=int, default=30, help="admin index requests for the p95")
     parser.add_argument("--keep", action="store_true", help="keep the databases for inspection")
+    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "fleet.json", help="where the JSON goes")
     return parser.parse_args(argv)
 
 
@@ -199,8 +200,8 @@ def main(argv: list[str]) -> int:
         "database_creation_seconds": round(create_time(), 1),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    common.RESULTS_DIR.mkdir(exist_ok=True)
-    out = common.RESULTS_DIR / "fleet.json"
+    out = args.out
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     common.log(f"wrote {out}")
     from django.db import connections
@@ -209,6 +210,68 @@ def main(argv: list[str]) -> int:
     if not args.keep:
         drop_all(args.targets)
     return 0
+
+
+# ------------------------------------------------------------------ as a section of bench/run.py
+FULL_TARGETS = 500  # the size the goals are set at
+
+
+def run(sizes: dict, *, profile: bool = False):
+    """The fleet figures as rows of bench/run.py, measured in a process of its own (its own settings)."""
+    import subprocess
+
+    from common import Result
+
+    out = common.WORK_DIR / "fleet_section.json"
+    out.unlink(missing_ok=True)
+    argv = [sys.executable, str(Path(__file__).resolve()), "--out", str(out)]
+    argv += ["--targets", str(sizes["fleet_targets"]), "--jobs", str(sizes["fleet_jobs"])]
+    argv += ["--revisions", str(sizes["fleet_revisions"])]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench_fleet.py exited {done.returncode}: {done.stderr[-2000:]}")
+    report = json.loads(out.read_text())
+    res, params = report["results"], report["parameters"]
+    at_size = params["targets"] >= FULL_TARGETS
+    size = f"{params['targets']} targets, {params['revisions_per_directory']} revisions per directory"
+
+    def goal(text: str, ok: bool) -> tuple[str, bool | None]:
+        return (text, ok) if at_size else (f"{text} at {FULL_TARGETS} targets", None)
+
+    g, ok = goal("<= 60 s", res["first_sync_seconds"] <= 60)
+    yield Result(
+        f"fleet first sync --all --jobs {params['jobs']}",
+        res["first_sync_seconds"],
+        "s",
+        goal=g,
+        meets_goal=ok,
+        note=size,
+        extra=report,
+    )
+    g, ok = goal("<= 15 s", res["resync_seconds"] <= 15)
+    yield Result(
+        f"fleet re-sync, nothing changed, --jobs {params['jobs']} vs --jobs 1",
+        res["resync_seconds"],
+        "s",
+        baseline=res["resync_serial_seconds"],
+        ratio=common.ratio(res["resync_seconds"], res["resync_serial_seconds"]),
+        goal=g,
+        meets_goal=ok,
+        note=size,
+    )
+    g, ok = goal("p95 <= 200 ms", res["index_p95_ms"] <= 200)
+    yield Result(
+        "fleet admin index (the fleet matrix), p95",
+        res["index_p95_ms"],
+        "ms",
+        goal=g,
+        meets_goal=ok,
+        note=f"p50 {res['index_p50_ms']} ms; {size}",
+    )
+
+
+def cleanup() -> None:
+    drop_all(0)  # bench_fleet.py drops its databases itself; this catches a run that died half-way
 
 
 if __name__ == "__main__":
