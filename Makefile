@@ -39,7 +39,7 @@ setup: install .env
 ## Run the console on its embedded default (SQLite console DB, demo target `shop`): the web server and one
 ## worker (snapshots, downgrades and syncs started from the admin run there). Ctrl-C ends both.
 run: setup
-	@$(PY) manage.py db_worker --no-reload --no-startup-delay & worker=$$!; \
+	@CONN_MAX_AGE=600 $(PY) manage.py db_worker --no-reload --no-startup-delay & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(PY) manage.py runserver --noreload 127.0.0.1:$(PORT)
 

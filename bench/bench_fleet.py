@@ -208,8 +208,10 @@ def run(sizes: dict, *, profile: bool = False) -> list:
 
     targets = sizes.get("fleet_targets", GOAL_TARGETS)
     out = common.WORK_DIR / f"fleet_{targets}.json"
+    argv = [sys.executable, __file__, "--targets", str(targets), "--out", str(out)]
+    argv += ["--jobs", str(sizes.get("fleet_jobs", 8)), "--revisions", str(sizes.get("fleet_revisions", 100))]
     done = subprocess.run(
-        [sys.executable, __file__, "--targets", str(targets), "--out", str(out)],
+        argv,
         capture_output=True,
         text=True,
         check=False,
@@ -229,6 +231,18 @@ def run(sizes: dict, *, profile: bool = False) -> list:
         )
         for name, verdict in report["verdicts"].items()
     ]
+    rows = report["results"].get("catalog_rows")
+    if rows:
+        results.append(
+            common.Result(
+                name=f"fleet {targets}: catalog rows stored per directory vs per target",
+                value=rows["per_directory_storage"],
+                unit="rows",
+                baseline=rows["per_target_storage"],
+                ratio=common.ratio(rows["per_directory_storage"], rows["per_target_storage"]),
+                note=f"{rows['catalogs']} catalogs",
+            )
+        )
     serial = report["results"]["resync_serial_seconds"]
     resync = report["results"]["resync_seconds"]
     results.append(
@@ -362,6 +376,10 @@ def main(argv: list[str]) -> int:
         drop_all(args.targets)
         common.log("dropped the bench's databases")
     return 0
+
+
+def cleanup() -> None:
+    drop_all(0)  # bench_fleet.py drops its databases itself; this catches a run that died half-way
 
 
 if __name__ == "__main__":

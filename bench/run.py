@@ -1,6 +1,6 @@
 """Benchmark the console against the plain tools it wraps. One entry point.
 
-    python bench/run.py [--quick] [--only catalog,audit,snapshot,downgrade,fleet] [--profile]
+    python bench/run.py [--quick] [--only catalog,startup,audit,snapshot,downgrade,rehearsal,jobs,fleet] [--profile]
 
 Builds its own data (script directories under bench/work/, a console database
 `ops_bench`, throwaway target databases it drops at the end), prints a table
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal", "fleet")
+SECTIONS = ("catalog", "startup", "audit", "snapshot", "downgrade", "rehearsal", "jobs", "fleet")
 
 FULL = {
     "catalog_sizes": (1_000, 10_000, 50_000),
@@ -41,7 +41,13 @@ FULL = {
     "plan_steps": 200,
     "startup_runs": 10,
     "snapshot_rounds": 3,
-    "fleet_targets": 500,  # issue 16's goals are for 500 targets
+    "latency_samples": 50,
+    "jobs_count": 500,
+    "jobs_pairs": 2,
+    "jobs_snapshot_rows": 400_000,
+    "fleet_targets": 500,
+    "fleet_jobs": 8,
+    "fleet_revisions": 100,
 }
 QUICK = {
     "catalog_sizes": (200, 1_000),
@@ -59,7 +65,13 @@ QUICK = {
     "plan_steps": 200,
     "startup_runs": 3,
     "snapshot_rounds": 3,
-    "fleet_targets": 50,
+    "latency_samples": 10,
+    "jobs_count": 100,
+    "jobs_pairs": 1,
+    "jobs_snapshot_rows": 50_000,
+    "fleet_targets": 12,
+    "fleet_jobs": 4,
+    "fleet_revisions": 10,
 }
 
 
@@ -139,6 +151,7 @@ def main(argv: list[str]) -> int:
     import bench_catalog
     import bench_downgrade
     import bench_fleet
+    import bench_jobs
     import bench_rehearsal
     import bench_snapshot
     import bench_startup
@@ -150,6 +163,7 @@ def main(argv: list[str]) -> int:
         "snapshot": bench_snapshot,
         "downgrade": bench_downgrade,
         "rehearsal": bench_rehearsal,
+        "jobs": bench_jobs,
         "fleet": bench_fleet,
     }
     results: list[common.Result] = []

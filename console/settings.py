@@ -123,6 +123,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # request executed twice) run one after the other instead of failing with "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("transaction_mode", "IMMEDIATE")
     DATABASES["default"]["OPTIONS"].setdefault("timeout", 20)
+# Seconds a process keeps its database connection (Django's CONN_MAX_AGE; 0: a new one per request,
+# and per job in a worker). Workers should keep theirs (docs/production.md): a job then costs the
+# server no new backend process. A connection kept is checked before reuse (CONN_HEALTH_CHECKS).
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

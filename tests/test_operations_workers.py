@@ -244,6 +244,72 @@ def test_two_workers_never_run_two_operations_on_one_target_at_once_but_run_two_
     assert a.snapshot.finished_at <= b.snapshot.started_at  # one after the other on one target
 
 
+def liveness_lock_pid(operation_id: int) -> int | None:
+    """The backend holding operation `operation_id`'s liveness lock, None when it is free."""
+    from django.db import connection
+
+    from opsapp.services.operations.liveness import _key
+
+    key = _key(operation_id)
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND classid = %s AND objid = %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [key >> 32, key & 0xFFFFFFFF],
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def backend_exists(pid: int) -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+        return cur.fetchone() is not None
+
+
+def test_a_worker_takes_every_jobs_liveness_lock_on_one_connection_and_replaces_it_when_it_is_lost(
+    small_env, operator, settings
+):
+    """A connection per job would cost the server a backend per job. Each job is held running (waiting for
+    the target's lock, which the test holds) while the test reads who holds its liveness lock."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from opsapp.models import OperationKind
+    from opsapp.services.locks import LockHolder, target_lock
+    from opsapp.services.operations.queue import enqueue
+
+    def run_one_held() -> tuple[int, int]:
+        holder = LockHolder(user="test", operation="hold", since=timezone.now())
+        with target_lock(small_env.config, holder=holder, wait_seconds=10):
+            op = enqueue(OperationKind.SYNC, small_env.name, actor=actor_for(operator))
+            pid = wait_for(lambda: liveness_lock_pid(op.pk), what=f"operation #{op.pk} to run", proc=proc, timeout=60)
+            assert op_row(op.pk).state == "running"
+        wait_for(lambda: op_row(op.pk).state != "running", what=f"operation #{op.pk} to end", timeout=60)
+        assert op_row(op.pk).state == "succeeded", op_row(op.pk).error
+        assert liveness_lock_pid(op.pk) is None  # released when the job ended
+        return op.pk, pid
+
+    proc = start_worker(worker_env(settings, small_env))
+    try:
+        _, first = run_one_held()
+        _, second = run_one_held()
+        assert first == second
+        # The server drops that idle connection between two jobs: the next job opens a new one and runs.
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", [first])
+        wait_for(lambda: not backend_exists(first), what="the backend to end", timeout=30)
+        _, third = run_one_held()
+        assert third != first
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
 def test_queued_jobs_survive_a_worker_restart(small_env, operator, settings):
     from opsapp.models import OperationKind
     from opsapp.services.operations.queue import enqueue

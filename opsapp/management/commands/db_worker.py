@@ -10,6 +10,7 @@ from __future__ import annotations
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
 from opsapp.services.actors import Actor
+from opsapp.services.operations import liveness
 from opsapp.services.operations.reconcile import reconcile_operations
 
 
@@ -19,4 +20,6 @@ class Command(DBWorkerCommand):
     def handle(self, *args, **options) -> None:
         for op in reconcile_operations(actor=Actor(username="worker")):
             self.stderr.write(f"Operation #{op.pk}: {op.error}")
-        super().handle(*args, **options)
+        # One connection for the liveness locks of every job this worker runs (not one per job).
+        with liveness.session():
+            super().handle(*args, **options)

@@ -76,10 +76,12 @@ class Heartbeat(threading.Thread):
                 self.cancelled.set()
         self.check()
 
-    def stop(self) -> None:
+    def stop(self) -> dict[str, Any]:
+        """End the thread; return the progress fields last reported (the caller writes them with the end)."""
         self._halt.set()
         self.join(timeout=self.interval * 5 + 5)
-        self.beat()  # the last progress reported, written once more from the caller's thread
+        with self._mutex:
+            return dict(self._fields)
 
     # -- the thread
     def run(self) -> None:
@@ -137,18 +139,16 @@ def run(operation_id: int) -> str:
             worker_host=socket.gethostname()[:255],
             worker_pid=os.getpid(),
         )
-        op = (
-            Operation.objects.select_related("target", "request", "snapshot", "requested_by")
-            .filter(pk=operation_id)
-            .first()
-        )
+        # Request and snapshot load when a runner reads them: most jobs are syncs, which have
+        # neither, and joining them (a request carries its plan and SQL) cost every job.
+        op = Operation.objects.select_related("target", "requested_by").filter(pk=operation_id).first()
         if op is None:
             return "missing"
         if not claimed:
             return op.state  # cancelled while queued, or already taken: never run twice
         beat = Heartbeat(op.pk, settings.OPS_HEARTBEAT_SECONDS)
         beat.start()
-        state, result, error = OperationState.FAILED, None, ""
+        state, result, error, progress = OperationState.FAILED, None, "", {}
         try:
             runner = runners.RUNNERS[OperationKind(op.kind)]
             result = runner(op, actor_of(op), beat)
@@ -161,12 +161,14 @@ def run(operation_id: int) -> str:
             log.exception("operation %s failed unexpectedly", op.pk)
             error = mask_url(f"{type(exc).__name__}: {exc}")
         finally:
-            beat.stop()
-        _finish(op, state, result, error)
+            progress = beat.stop()
+        _finish(op, state, result, error, progress)
         return state
 
 
-def _finish(op: Operation, state: str, result: Any, error: str) -> None:
+def _finish(op: Operation, state: str, result: Any, error: str, progress: dict[str, Any]) -> None:
+    """Record the end and the last progress reported, in one statement (a job's last write)."""
+    now = timezone.now()
     Operation.objects.filter(pk=op.pk, state=OperationState.RUNNING).update(
-        state=state, finished_at=timezone.now(), result=result, error=error[:10000]
+        state=state, finished_at=now, heartbeat_at=now, result=result, error=error[:10000], **progress
     )
