@@ -219,7 +219,9 @@ def test_json_output_is_clean_and_alembic_info_lines_appear_on_stderr_only_with_
         chatty = manage(args, tmp_path, "-v", "2", log_level="INFO")
         assert chatty.returncode == 0, chatty.stderr
         json.loads(chatty.stdout)
-        assert "INFO alembic.runtime.migration Context impl SQLiteImpl." in chatty.stderr, args
+        if args[0] == "seed_demo":
+            # seed_demo runs Alembic; the syncs read alembic_version with the bare driver (no Alembic log).
+            assert "INFO alembic.runtime.migration Context impl SQLiteImpl." in chatty.stderr, args
 
 
 # ------------------------------------------------ a fresh checkout, as a newcomer has it
