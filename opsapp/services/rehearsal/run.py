@@ -262,8 +262,15 @@ class _Run:
         try:
             self._progress(f"restoring snapshot #{snap.pk} into {self.copy.name}")
             began = time.monotonic()
-            if self.config.is_postgresql:
-                scratch.restore_parallel(snapshot_path(snap), self.copy.url, settings.OPS_REHEARSAL_RESTORE_JOBS)
+            try:
+                if self.config.is_postgresql:
+                    scratch.restore_parallel(snapshot_path(snap), self.copy.url, settings.OPS_REHEARSAL_RESTORE_JOBS)
+            except OpsError as exc:
+                # An altered file may break the restore itself: the checksum is the reason to report then.
+                problem = self.checksum.problem() if self.checksum is not None else None
+                if problem:
+                    raise OpsError(f"Snapshot file check failed: {problem} Nothing was run on the copy.") from exc
+                raise
             restore_ms = _ms(began)
             problem = self.checksum.problem() if self.checksum is not None else None
             if problem:

@@ -198,8 +198,7 @@ def restore_parallel(path: Path, url: str, jobs: int) -> None:
     """
     binary = settings.OPS_PG_RESTORE
     conninfo, env_extra = libpq_target(url)
-    inherited = os.environ.get("PGOPTIONS", "")
-    env_extra["PGOPTIONS"] = f"{inherited} {restore_options(settings.OPS_REHEARSAL_RESTORE_MEMORY_MB)}".strip()
+    env_extra["PGOPTIONS"] = restore_options(settings.OPS_REHEARSAL_RESTORE_MEMORY_MB)
     cmd = [binary, "--no-owner", "--no-privileges", "--exit-on-error", "--no-password", f"--jobs={max(1, jobs)}"]
     cmd += [f"--dbname={conninfo}", "--", str(path)]
     try:
