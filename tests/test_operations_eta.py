@@ -40,13 +40,16 @@ def test_the_final_size_is_estimated_from_the_newest_earlier_snapshot_of_the_sam
     assert f"snapshot #{newest.pk}" in estimate.basis and "25%" in estimate.basis
 
 
-def test_without_an_earlier_snapshot_there_is_no_made_up_total():
-    from opsapp.services.snapshots.estimate import estimate_dump_size
+def test_without_an_earlier_snapshot_the_database_size_is_the_total_as_an_upper_bound():
+    from opsapp.services.snapshots.estimate import UPPER_BOUND, estimate_dump_size
 
     target = Target.objects.create(name="t1")
     snapshot_row(target, size=5 * MB, database_size=None)  # taken before sizes were recorded
     first = estimate_dump_size(target, 200 * MB)
-    assert first.total is None and "no earlier snapshot" in first.basis
+    assert first.total == 200 * MB and first.basis.startswith(UPPER_BOUND)
+    assert "no earlier snapshot" in first.basis
+    unknown = estimate_dump_size(target, None)  # not even the database's size: no made-up total
+    assert unknown.total is None and "no earlier snapshot" in unknown.basis
 
 
 def test_the_eta_runs_from_the_start_of_the_dump_not_from_the_wait_for_the_lock(rollback_env, operator):
@@ -93,3 +96,10 @@ def test_the_operation_page_says_the_total_and_the_time_left_are_estimates(clien
     page = html.unescape(client.get(page_url).content.decode()).replace("\xa0", " ")
     assert "10.0 MB written" in page and "(25%)" not in page
     assert "time left unknown: no earlier snapshot of this target" in page
+    Operation.objects.filter(pk=op.pk).update(
+        progress_total=40 * MB,
+        progress_estimate="an upper bound: the database's size, since no earlier snapshot of this target tells",
+    )
+    page = html.unescape(client.get(page_url).content.decode()).replace("\xa0", " ")
+    assert "10.0 MB written of at most 40.0 MB (25%)" in page
+    assert "at most " in page and "s left (an estimate at the rate so far)" in page

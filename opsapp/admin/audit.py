@@ -255,9 +255,9 @@ class AuditEventAdmin(admin.ModelAdmin):
     # ------------------------------------------------------------- columns
     @admin.display(description="time", ordering="created_at")
     def time(self, obj: AuditEvent) -> str:
-        # To the second, as the verification banner prints it. Django's own datetime cell ("Jan. 1, 2025,
-        # 12:03 a.m.") drops the seconds and cost half of the page's rendering time (its date formatter).
-        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        # The console's one date form (console/formats: "Y-m-d H:i:s T") written with strftime: Django's
+        # date formatter cost half of this page's rendering time at 100 rows.
+        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
 
     @admin.display(description="request", ordering="request_id")
     def request_link(self, obj: AuditEvent) -> str:

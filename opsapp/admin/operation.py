@@ -22,6 +22,7 @@ from opsapp.models import ACTIVE_STATES, Operation, OperationKind, OperationStat
 from opsapp.models.operation import UNCANCELLABLE_WHILE_RUNNING
 from opsapp.services.actors import Actor
 from opsapp.services.errors import OpsError
+from opsapp.services.snapshots.estimate import UPPER_BOUND
 
 PERM_CANCEL = "opsapp.cancel_operation"
 REFRESH_SECONDS = 2
@@ -37,7 +38,9 @@ def progress_text(op: Operation) -> str:
         if op.kind == OperationKind.RESTORE:
             of = f" of {filesizeformat(total)}" if total else ""
             return f"{filesizeformat(done)}{of} of the archive fed to pg_restore{pct}"
-        about = "about " if op.progress_estimate and op.state in ACTIVE_STATES else ""
+        about = ""
+        if op.progress_estimate and op.state in ACTIVE_STATES:
+            about = "at most " if op.progress_estimate.startswith(UPPER_BOUND) else "about "
         of = f" of {about}{filesizeformat(total)}" if total else ""
         return f"{filesizeformat(done)} written{of}{pct}"
     if op.kind == OperationKind.REHEARSAL and total:
@@ -97,7 +100,8 @@ def eta_text(op: Operation) -> str:
             return "past the estimated size: the end cannot be told"
         return ""
     minutes, seconds = divmod(eta, 60)
-    left = f"about {minutes} min {seconds} s left" if minutes else f"about {seconds} s left"
+    about = "at most" if (op.progress_estimate or "").startswith(UPPER_BOUND) else "about"
+    left = f"{about} {minutes} min {seconds} s left" if minutes else f"{about} {seconds} s left"
     return f"{left} (an estimate at the rate so far)"
 
 

@@ -6,8 +6,9 @@ database's size would stop at 30 % and its ETA would be several times too
 long. The best guide is this target's own history: an earlier snapshot
 recorded both its file's size and the database's size when it began, and the
 ratio between them carries over to the database's size now. Without such a
-snapshot there is no estimate: the page shows the bytes written and says the
-end cannot be told, rather than a made-up figure.
+snapshot (a target's first) the bar runs against the database's size, as an
+upper bound, and says so: the bar moves, it may end early, and the time left
+is "at most" (UPPER_BOUND). Without even that size there is no total.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from django.template.defaultfilters import filesizeformat
 from opsapp.models import Snapshot, SnapshotStatus, Target
 
 USABLE = (SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED, SnapshotStatus.PRUNED)
+# How a basis that is an upper bound begins (Operation.progress_estimate): the page says "at most".
+UPPER_BOUND = "an upper bound"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ def estimate_dump_size(target: Target, database_size: int | None) -> DumpEstimat
         .first()
     )
     if earlier is None:
+        if database_size:
+            return DumpEstimate(
+                database_size,
+                f"{UPPER_BOUND}: the database's size, since no earlier snapshot of this target tells how much "
+                "its compressed archive is smaller",
+            )
         return DumpEstimate(None, "no earlier snapshot of this target to estimate the dump's final size from")
     ratio = earlier.size / earlier.database_size
     percent = max(1, round(ratio * 100))

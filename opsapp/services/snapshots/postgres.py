@@ -150,6 +150,7 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
                 server_version = str(cursor.execute("SHOW server_version").fetchone()[0])
                 server_num = int(cursor.execute("SHOW server_version_num").fetchone()[0])
                 check_tool_not_older(version, server_num, server_version)
+                database_size = int(cursor.execute("SELECT pg_database_size(current_database())").fetchone()[0] or 0)
                 exported = str(cursor.execute("SELECT pg_export_snapshot()").fetchone()[0])
                 # Held open until pg_dump is done: the exported snapshot lives as long as this transaction.
                 size, digest = _stream_dump(
@@ -165,6 +166,7 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
             tool_version=version,
             server_version=server_version,
             heads_after=heads,
+            database_size=database_size,
         )
     # A URL only SQLAlchemy reads (multi-host): the same steps through its engine.
     from opsapp.services.alembic_api import connect
