@@ -286,8 +286,13 @@ def test_a_worker_takes_every_jobs_liveness_lock_on_one_connection_and_replaces_
         holder = LockHolder(user="test", operation="hold", since=timezone.now())
         with target_lock(small_env.config, holder=holder, wait_seconds=10):
             op = enqueue(OperationKind.SYNC, small_env.name, actor=actor_for(operator))
-            pid = wait_for(lambda: liveness_lock_pid(op.pk), what=f"operation #{op.pk} to run", proc=proc, timeout=60)
-            assert op_row(op.pk).state == "running"
+            # The worker takes the liveness lock, then marks the row running: wait for both.
+            pid = wait_for(
+                lambda: op_row(op.pk).state == "running" and liveness_lock_pid(op.pk),
+                what=f"operation #{op.pk} to run",
+                proc=proc,
+                timeout=60,
+            )
         wait_for(lambda: op_row(op.pk).state != "running", what=f"operation #{op.pk} to end", timeout=60)
         assert op_row(op.pk).state == "succeeded", op_row(op.pk).error
         assert liveness_lock_pid(op.pk) is None  # released when the job ended
