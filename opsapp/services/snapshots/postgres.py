@@ -200,41 +200,70 @@ def dump(config: TargetConfig, dest: Path, progress: Callable[[int], None] | Non
     )
 
 
+# How often a running dump's file size is read for its progress (and a cancel noticed).
+PROGRESS_POLL_SECONDS = 0.25
+
+
 def _stream_dump(
     cmd: list[str], env: dict[str, str], dest: Path, progress: Callable[[int], None] | None
 ) -> tuple[int, str]:
-    hasher = hashlib.sha256()
-    size = 0
-    with tempfile.TemporaryFile() as errfile, os.fdopen(create_private_file(dest), "wb") as out:
+    """Run pg_dump writing `dest` itself (`--file`); return the archive's size and SHA-256.
+
+    pg_dump writes (and fsyncs) the file directly, as a plain `pg_dump --file` does: no copy of
+    the archive passes through this process while the dump runs, which on a busy machine made
+    the dump several percent slower than pg_dump alone. Progress is the file's size, read every
+    PROGRESS_POLL_SECONDS; `progress` may raise (a cancel) and the dump is then killed. The file
+    is created first, 0600 whatever the umask: pg_dump truncates it and keeps its mode. The dump
+    dies with this process (PR_SET_PDEATHSIG), so a killed worker leaves no pg_dump running.
+    """
+    os.close(create_private_file(dest))
+    with tempfile.TemporaryFile() as errfile:
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, env=env)
+            proc = subprocess.Popen(
+                [*cmd, f"--file={dest}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errfile,
+                env=env,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,  # noqa: PLW1509 - one prctl call
+            )
         except OSError as exc:
             raise SnapshotError(f"Cannot run pg_dump {cmd[0]!r}: {exc}.", reason="tool_broken") from exc
         try:
-            assert proc.stdout is not None
-            while chunk := proc.stdout.read(CHUNK):
-                out.write(chunk)
-                hasher.update(chunk)
-                size += len(chunk)
-                if progress:
-                    progress(size)
-            out.flush()
-            os.fsync(out.fileno())
-            returncode = proc.wait()
+            while True:
+                try:
+                    returncode = proc.wait(timeout=PROGRESS_POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if progress:
+                        progress(dest.stat().st_size)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-        finally:
-            if proc.stdout:
-                proc.stdout.close()
         if returncode != 0:
             errfile.seek(0)
             message = mask_url(errfile.read().decode(errors="replace").strip())
-            raise SnapshotError(
-                f"pg_dump failed (exit {returncode}): {message or 'no error output'}", reason="dump_failed"
-            )
+            raise SnapshotError(_dump_failure(returncode, message, dest), reason="dump_failed")
+    hasher = hashlib.sha256()
+    size = 0
+    with open(dest, "rb") as archive:
+        while chunk := archive.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+    if progress:
+        progress(size)
     return size, hasher.hexdigest()
+
+
+def _dump_failure(returncode: int, message: str, dest: Path) -> str:
+    """What a failed pg_dump says, naming the snapshot directory when the file could not be written."""
+    where = f"Cannot write the snapshot file in {str(dest.parent)!r}"
+    if returncode == -signal.SIGXFSZ:  # the file-size limit: the kernel stops the writer
+        return f"{where}: File too large (pg_dump was stopped by SIGXFSZ)."
+    if "could not write to output file" in message or "could not close output file" in message:
+        return f"{where}: {message}"
+    return f"pg_dump failed (exit {returncode}): {message or 'no error output'}"
 
 
 def list_archive(path: Path) -> str:
