@@ -113,7 +113,7 @@ def validate_destination(name: str) -> list[tuple[str, str]]:
     url, problems = _read_url(name)
     if problems:
         return problems
-    from sqlalchemy.engine import make_url
+    from opsapp.services.db_url import parse_url as make_url  # no SQLAlchemy import in every command's checks
 
     try:
         parsed = make_url(url.replace("postgres://", "postgresql://", 1))

@@ -8,7 +8,7 @@ from tests.operations_support import run_queued_jobs
 
 pytestmark = pytest.mark.django_db
 
-BAD_IDS = ["999999", "abc", "1.5", "-1"]
+BAD_IDS = ["999999", "abc", "1.5", "-1", "\u00b2", "\u0661"]  # "²" and an Arabic-Indic one are isdigit()
 
 
 @pytest.mark.parametrize("object_id", BAD_IDS)
@@ -27,6 +27,9 @@ BAD_IDS = ["999999", "abc", "1.5", "-1"]
         "/admin/opsapp/rollbackrequest/{}/cancel/",
         "/admin/opsapp/rollbackrequest/{}/take-snapshot/",
         "/admin/opsapp/target/{}/sync/",
+        "/admin/opsapp/operation/{}/change/",
+        "/admin/opsapp/operation/{}/cancel/",
+        "/admin/opsapp/snapshot/{}/restore/",
     ],
 )
 @pytest.mark.parametrize("method", ["get", "post"])

@@ -286,7 +286,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     def get_search_results(self, request: HttpRequest, queryset, search_term: str):
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip().lstrip("#")
-        if term.isdigit() and len(term) < 19:
+        if term.isascii() and term.isdigit() and len(term) < 19:
             results = results | queryset.filter(request_id=int(term))
         return results, may_have_duplicates
 

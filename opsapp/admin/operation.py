@@ -175,7 +175,11 @@ class OperationAdmin(admin.ModelAdmin):
         return custom + super().get_urls()
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
-        op = Operation.objects.select_related("target").filter(pk=object_id).first() if object_id.isdigit() else None
+        op = (
+            Operation.objects.select_related("target").filter(pk=object_id).first()
+            if object_id.isascii() and object_id.isdigit()
+            else None
+        )
         extra = dict(extra_context or {})
         if op is not None:
             active = op.state in ACTIVE_STATES
@@ -208,7 +212,10 @@ class OperationAdmin(admin.ModelAdmin):
         """GET: the confirmation page. POST: cancel (queued) or ask the worker to stop (running)."""
         if not request.user.has_perm(PERM_CANCEL):
             raise PermissionDenied
-        op = get_object_or_404(Operation.objects.select_related("target"), pk=object_id if object_id.isdigit() else 0)
+        op = get_object_or_404(
+            Operation.objects.select_related("target"),
+            pk=object_id if object_id.isascii() and object_id.isdigit() else 0,
+        )
         back = reverse("admin:opsapp_operation_change", args=[op.pk])
         if request.method == "POST":
             try:

@@ -37,7 +37,7 @@ def chosen_target(request: HttpRequest) -> Target | None:
     if not wanted:
         preserved = QueryDict(request.GET.get("_changelist_filters", ""))
         wanted = preserved.get("target__id__exact", "")
-    if not wanted.isdigit() or len(wanted) > 18:
+    if not (wanted.isascii() and wanted.isdigit()) or len(wanted) > 18:
         return None
     return Target.objects.select_related("catalog").filter(pk=int(wanted)).first()
 

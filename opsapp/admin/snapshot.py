@@ -157,7 +157,7 @@ class SnapshotAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:opsapp_operation_change", args=[op.pk]))
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
-        snap = Snapshot.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        snap = Snapshot.objects.filter(pk=object_id).first() if object_id.isascii() and object_id.isdigit() else None
         extra = dict(extra_context or {})
         extra["may_restore"] = (
             snap is not None and snap.status in RESTORABLE and request.user.has_perm(RESTORE_PERMISSION)
@@ -170,7 +170,10 @@ class SnapshotAdmin(admin.ModelAdmin):
 
         if not request.user.has_perm(RESTORE_PERMISSION):
             raise PermissionDenied
-        snap = get_object_or_404(Snapshot.objects.select_related("target"), pk=object_id if object_id.isdigit() else 0)
+        snap = get_object_or_404(
+            Snapshot.objects.select_related("target"),
+            pk=object_id if object_id.isascii() and object_id.isdigit() else 0,
+        )
         back = reverse("admin:opsapp_snapshot_change", args=[snap.pk])
         destinations = all_destinations()
         if request.method == "POST":

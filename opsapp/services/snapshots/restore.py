@@ -11,15 +11,17 @@ URL and no password through the queue. Every attempt is audited
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
+import psycopg
 
 from opsapp.models import AuditAction, AuditOutcome, Snapshot, SnapshotStatus
 from opsapp.services.actors import Actor
 from opsapp.services.audit.log import append_event
+from opsapp.services.db_url import parse_url as make_url
 from opsapp.services.errors import OpsError, SnapshotError
 from opsapp.services.snapshots import postgres as snapshot_pg
 from opsapp.services.snapshots import sqlite as snapshot_sqlite
@@ -138,18 +140,17 @@ def restore_snapshot(
                 f"Restored into {where}, but its alembic_version {heads} differs from the snapshot's heads {snap.heads}.",
                 reason="heads_mismatch",
             )
-    except SnapshotError as exc:
-        outcome = AuditOutcome.REFUSED if exc.reason in RESTORE_REFUSALS else AuditOutcome.FAILURE
-        append_event(
-            action=AuditAction.SNAPSHOT_RESTORED,
-            outcome=outcome,
-            actor=actor,
-            target=snap.target.name,
-            snapshot_id=snap.pk,
-            message=str(exc),
-            detail={"into": masked, "destination": destination, "reason": exc.reason},
+    except (OSError, psycopg.Error, sqlite3.Error) as exc:
+        # The file vanished or the destination failed mid-way (after pg_restore, while reading it back):
+        # a failure like any other, audited, with the password masked.
+        failure = SnapshotError(
+            f"Restore of snapshot #{snap.pk} into {where} failed: {mask_url(str(exc)).strip()}",
+            reason="restore_failed",
         )
-        exc.snapshot_id = snap.pk
+        _audit_failure(snap, actor, masked, destination, failure)
+        raise failure from exc
+    except SnapshotError as exc:
+        _audit_failure(snap, actor, masked, destination, exc)
         raise
     append_event(
         action=AuditAction.SNAPSHOT_RESTORED,
@@ -171,16 +172,44 @@ def restore_snapshot(
     }
 
 
-def check_restorable(snap: Snapshot) -> None:
-    """Raise SnapshotError unless the snapshot is complete or verified and its file matches its checksum."""
+def _audit_failure(snap: Snapshot, actor: Actor, masked: str, destination: str | None, exc: SnapshotError) -> None:
+    outcome = AuditOutcome.REFUSED if exc.reason in RESTORE_REFUSALS else AuditOutcome.FAILURE
+    append_event(
+        action=AuditAction.SNAPSHOT_RESTORED,
+        outcome=outcome,
+        actor=actor,
+        target=snap.target.name,
+        snapshot_id=snap.pk,
+        message=str(exc),
+        detail={"into": masked, "destination": destination, "reason": exc.reason},
+    )
+    exc.snapshot_id = snap.pk
+
+
+def check_restorable(snap: Snapshot, *, hash_file: bool = True) -> None:
+    """Raise SnapshotError unless the snapshot is complete or verified and its file matches its checksum.
+
+    `hash_file=False` (queueing a restore from a web request) checks the file's presence and size
+    only: hashing a multi-gigabyte archive would hold the request; the worker hashes it before
+    pg_restore starts.
+    """
     if snap.status not in (SnapshotStatus.COMPLETE, SnapshotStatus.VERIFIED):
         raise SnapshotError(
             f"Snapshot #{snap.pk} is {snap.status}; only a complete or verified snapshot can be restored.",
             reason="not_restorable",
         )
-    problem = snapshot_file_problem(snap)
+    problem = snapshot_file_problem(snap) if hash_file else _file_missing_or_resized(snap)
     if problem:
         raise SnapshotError(f"Refusing to restore: {problem}", reason="file_problem")
+
+
+def _file_missing_or_resized(snap: Snapshot) -> str | None:
+    path = snapshot_path(snap) if snap.path else None
+    if path is None or not path.is_file():
+        return snapshot_file_problem(snap)  # says which: no file recorded, or missing
+    if snap.size is not None and path.stat().st_size != snap.size:
+        return f"Snapshot #{snap.pk}: file {str(path)!r} is {path.stat().st_size} bytes, not the {snap.size} recorded."
+    return None
 
 
 def restore_to_destination(
