@@ -65,16 +65,21 @@ class Heartbeat(threading.Thread):
 
     def check_now(self) -> None:
         """At a safe point: read the row for a cancel request (not waiting for the next beat), then check()."""
-        if not self.cancelled.is_set():
-            asked = (
-                Operation.objects.filter(pk=self.operation_id, cancel_requested_at__isnull=False)
-                .values_list("cancel_requested_by", flat=True)
-                .first()
-            )
-            if asked is not None:
-                self.cancelled_by = asked
-                self.cancelled.set()
+        self._read_cancel_request()
         self.check()
+
+    def _read_cancel_request(self) -> None:
+        """Mark this job cancelled when its row says someone asked (once; later reads are skipped)."""
+        if self.cancelled.is_set():
+            return
+        asked = (
+            Operation.objects.filter(pk=self.operation_id, cancel_requested_at__isnull=False)
+            .values_list("cancel_requested_by", flat=True)
+            .first()
+        )
+        if asked is not None:
+            self.cancelled_by = asked
+            self.cancelled.set()
 
     def stop(self) -> dict[str, Any]:
         """End the thread; return the progress fields last reported (the caller writes them with the end)."""
@@ -98,15 +103,7 @@ class Heartbeat(threading.Thread):
             Operation.objects.filter(pk=self.operation_id, state=OperationState.RUNNING).update(
                 heartbeat_at=timezone.now(), **fields
             )
-            if not self.cancelled.is_set():
-                asked = (
-                    Operation.objects.filter(pk=self.operation_id, cancel_requested_at__isnull=False)
-                    .values_list("cancel_requested_by", flat=True)
-                    .first()
-                )
-                if asked is not None:
-                    self.cancelled_by = asked
-                    self.cancelled.set()
+            self._read_cancel_request()
         except DatabaseError:  # a busy SQLite file or a dropped connection: the next beat tries again
             log.warning("heartbeat of operation %s not written", self.operation_id, exc_info=True)
         if self.cancelled.is_set() and aborter is not None:

@@ -55,7 +55,7 @@ from opsapp.services.rehearsal.summary import result_line
 from opsapp.services.rollback.execute import downgrade_in_transaction, execution_connection, failed_step
 from opsapp.services.rollback.gate import check_plan
 from opsapp.services.rollback.plan import Preview
-from opsapp.services.snapshots.lifecycle import snapshot_file_problem, snapshot_path
+from opsapp.services.snapshots.lifecycle import snapshot_file_missing, snapshot_file_problem, snapshot_path
 from opsapp.targets import TargetConfig, get_target, mask_url
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> P
             "snapshot",
         )
     # Only that the file is there, and its size; its SHA-256 is re-read beside the restore (_Checksum).
-    problem = _snapshot_file_missing(snap)
+    problem = snapshot_file_missing(snap)
     if problem:
         raise refuse_rehearsal(request, f"Snapshot file check failed: {problem}", actor, "snapshot")
     # Gate "plan"'s own check, with the snapshot's heads standing in for the target's (the copy will hold them).
@@ -122,15 +122,6 @@ def _precheck(request: RollbackRequest, config: TargetConfig, actor: Actor) -> P
     if message or preview is None:
         raise refuse_rehearsal(request, message or "The plan cannot be re-generated.", actor, "plan")
     return preview
-
-
-def _snapshot_file_missing(snap) -> str | None:
-    path = snapshot_path(snap) if snap.path else None
-    if path is None or not path.is_file():
-        return snapshot_file_problem(snap)  # says which: no file recorded, or missing
-    if snap.size is not None and path.stat().st_size != snap.size:
-        return f"Snapshot #{snap.pk}: file {str(path)!r} is {path.stat().st_size} bytes, not the {snap.size} recorded."
-    return None
 
 
 class _Checksum:

@@ -207,6 +207,19 @@ def snapshot_file_problem(snapshot: Snapshot) -> str | None:
     return None
 
 
+def snapshot_file_missing(snapshot: Snapshot) -> str | None:
+    """snapshot_file_problem without the hash: None when the file is there at its recorded size.
+
+    For callers that must answer at once (a web request) or that hash the file themselves later.
+    """
+    path = snapshot_path(snapshot) if snapshot.path else None
+    if path is None or not path.is_file():
+        return snapshot_file_problem(snapshot)  # says which: no file recorded, or missing
+    if snapshot.size is not None and path.stat().st_size != snapshot.size:
+        return f"Snapshot #{snapshot.pk}: file {str(path)!r} is {path.stat().st_size} bytes, not the {snapshot.size} recorded."
+    return None
+
+
 def _archive_problem(snapshot: Snapshot) -> str | None:
     problem = snapshot_file_problem(snapshot)
     if problem:

@@ -25,7 +25,12 @@ from opsapp.services.db_url import parse_url as make_url
 from opsapp.services.errors import OpsError, SnapshotError
 from opsapp.services.snapshots import postgres as snapshot_pg
 from opsapp.services.snapshots import sqlite as snapshot_sqlite
-from opsapp.services.snapshots.lifecycle import PG_CUSTOM, snapshot_file_problem, snapshot_path
+from opsapp.services.snapshots.lifecycle import (
+    PG_CUSTOM,
+    snapshot_file_missing,
+    snapshot_file_problem,
+    snapshot_path,
+)
 from opsapp.services.snapshots.postgres import RestoreProgress
 from opsapp.targets import all_targets, mask_url
 
@@ -198,18 +203,9 @@ def check_restorable(snap: Snapshot, *, hash_file: bool = True) -> None:
             f"Snapshot #{snap.pk} is {snap.status}; only a complete or verified snapshot can be restored.",
             reason="not_restorable",
         )
-    problem = snapshot_file_problem(snap) if hash_file else _file_missing_or_resized(snap)
+    problem = snapshot_file_problem(snap) if hash_file else snapshot_file_missing(snap)
     if problem:
         raise SnapshotError(f"Refusing to restore: {problem}", reason="file_problem")
-
-
-def _file_missing_or_resized(snap: Snapshot) -> str | None:
-    path = snapshot_path(snap) if snap.path else None
-    if path is None or not path.is_file():
-        return snapshot_file_problem(snap)  # says which: no file recorded, or missing
-    if snap.size is not None and path.stat().st_size != snap.size:
-        return f"Snapshot #{snap.pk}: file {str(path)!r} is {path.stat().st_size} bytes, not the {snap.size} recorded."
-    return None
 
 
 def restore_to_destination(
